@@ -1,0 +1,257 @@
+"""YAML configs: one ``base:`` level, dotted overrides, unknown keys caught early.
+
+A config is a plain nested dict. Fixed sections (``train``, ``model.preprocess``,
+...) accept only the keys of :data:`DEFAULTS`; an unknown key is an error that
+suggests the nearest known one. *Component* sections (:data:`COMPONENT_KEYS`) are
+``{name: NAME, **kwargs}``: their keys are the keyword arguments of the registered
+factory, checked when the component is built (:meth:`ComponentRegistry.build`).
+
+Modules never read a config: :mod:`detkit.detectors` is the one adapter that maps
+a config to constructor arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detkit.errors import ConfigError
+from detkit.io import write_text
+from detkit.plugins import did_you_mean
+
+#: Sections whose keys belong to a registered factory (validated at build time).
+COMPONENT_KEYS: frozenset[str] = frozenset(
+    {
+        "model.trunk",
+        "model.neck",
+        "model.proposer",
+        "model.region_extractor",
+        "model.roi_head",
+        "model.mask_head",
+        "model.dense_head",
+        "data.train",
+        "data.val",
+    }
+)
+
+#: Every fixed key with its default. ``None`` means "unset".
+DEFAULTS: dict[str, Any] = {
+    "plugins": [],
+    "model": {
+        "type": "two_stage",
+        "num_classes": None,
+        "class_names": None,
+        "preprocess": {
+            "min_size": 800,
+            "max_size": 1333,
+            "size_divisible": 32,
+            "pixel_mean": [0.485, 0.456, 0.406],
+            "pixel_std": [0.229, 0.224, 0.225],
+        },
+        "trunk": {"name": "resnet50"},
+        "neck": {"name": "fpn"},
+        "proposer": {"name": "rpn"},
+        "region_extractor": {"name": "multiscale_roi_align"},
+        "roi_head": {"name": "fast_rcnn"},
+        "mask_head": None,
+        "dense_head": None,
+        "postprocess": {
+            "score_thresh": 0.05,
+            "nms_thresh": 0.5,
+            "detections_per_img": 100,
+            "min_box_size": 0.01,
+        },
+    },
+    "data": {
+        "train": None,
+        "val": None,
+        "augment": {"min_sizes": None, "max_size": None, "hflip": 0.5},
+        "workers": 0,
+    },
+    "train": {
+        "device": "auto",
+        "seed": 0,
+        "epochs": 12,
+        "max_iters": None,
+        "max_minutes": None,
+        "batch_size": 2,
+        "optimizer": "sgd",
+        "lr": 0.02,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "schedule": "step",
+        "steps": [0.67, 0.89],
+        "gamma": 0.1,
+        "warmup_iters": 500,
+        "warmup_factor": 0.001,
+        "clip_grad_norm": 10.0,
+        "eval_period": 1,
+        "log_period": 20,
+        "threads": None,
+        "init_weights": None,
+    },
+    "eval": {"batch_size": 2, "max_images": None},
+    "output": {"dir": "runs/train"},
+}
+
+
+def _is_component(path: str) -> bool:
+    return path in COMPONENT_KEYS
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any], *, path: str = "") -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base``.
+
+    Component sections are replaced whole when ``name`` changes (the old keys belong
+    to another factory) and merged key by key otherwise.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        sub = f"{path}.{key}" if path else key
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            if _is_component(sub) and "name" in value and value["name"] != old.get("name"):
+                out[key] = copy.deepcopy(dict(value))
+            else:
+                out[key] = merge(old, value, path=sub)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate(config: Mapping[str, Any], *, source: str = "config") -> None:
+    """Raise :class:`ConfigError` for keys that :data:`DEFAULTS` does not know."""
+
+    def walk(node: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> None:
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else key
+            if key not in schema:
+                raise ConfigError(
+                    f"{source}: unknown key {sub!r}{did_you_mean(key, schema)}; "
+                    f"known keys{' under ' + repr(path) if path else ''}: {', '.join(sorted(schema))}"
+                )
+            if _is_component(sub):
+                if value is not None and not (isinstance(value, Mapping) and "name" in value):
+                    raise ConfigError(f"{source}: {sub!r} must be a mapping with a 'name' key, or null")
+                continue
+            if isinstance(schema[key], Mapping):
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{source}: {sub!r} must be a mapping, got {value!r}")
+                walk(value, schema[key], sub)
+
+    walk(config, {**DEFAULTS, "base": None}, "")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=1"`` -> (``["a", "b"]``, ``1``); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value (e.g. train.lr=0.01)")
+    key, _, raw = item.partition("=")
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; keys are checked like file keys."""
+    out = copy.deepcopy(config)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node: dict[str, Any] = out
+        for i, k in enumerate(keys[:-1]):
+            prefix = ".".join(keys[: i + 1])
+            if not isinstance(node.get(k), dict):
+                if node.get(k) is None and (_is_component(prefix) or prefix in ("model", "data")):
+                    node[k] = {}
+                else:
+                    validate(_nested(keys, value), source=f"override {item!r}")
+                    raise ConfigError(f"override {item!r}: {prefix!r} is not a section")
+            node = node[k]
+        node[keys[-1]] = value
+        validate(out, source=f"override {item!r}")
+    return out
+
+
+def _nested(keys: list[str], value: Any) -> dict[str, Any]:
+    node: Any = value
+    for k in reversed(keys):
+        node = {k: node}
+    return node
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a config file (and its ``base:``), apply overrides, fill defaults.
+
+    Args:
+        path: a YAML file, or ``None`` for the defaults alone.
+        overrides: ``key.path=value`` strings, applied last.
+
+    Returns:
+        The resolved config: every key of :data:`DEFAULTS` is present.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        file = Path(path)
+        data = _read_yaml(file)
+        base = data.pop("base", None)
+        if base is not None:
+            base_path = (file.parent / str(base)).resolve()
+            base_data = _read_yaml(base_path)
+            if "base" in base_data:
+                raise ConfigError(
+                    f"config {str(base_path)!r} (the base of {str(file)!r}) has a 'base:' of its own; "
+                    "detkit allows one base level: merge the two bases into one file"
+                )
+            validate(base_data, source=str(base_path))
+            layers.append((str(base_path), base_data))
+        validate(data, source=str(file))
+        layers.append((str(file), data))
+    config = copy.deepcopy(DEFAULTS)
+    for _, layer in layers:
+        config = merge(config, layer)
+    return apply_overrides(config, overrides)
+
+
+def dump_config(config: Mapping[str, Any]) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
+
+
+def save_config(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Atomically write the resolved config (written beside every run's outputs)."""
+    write_text(path, dump_config(config))
+
+
+def get(config: Mapping[str, Any], dotted: str) -> Any:
+    """``get(cfg, "train.lr")``."""
+    node: Any = config
+    for k in dotted.split("."):
+        node = node[k]
+    return node

@@ -1,0 +1,29 @@
+"""Errors a user can cause.
+
+Every error that a user can provoke with a bad file, config, annotation or plugin
+is a :class:`DetkitError`. The CLI prints its message without a traceback and
+exits with a non-zero status, so the message must name the file, key or record
+at fault and say what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class DetkitError(Exception):
+    """Base class of every user-facing detkit error."""
+
+
+class ConfigError(DetkitError):
+    """A config file, key or value is wrong."""
+
+
+class PluginError(DetkitError):
+    """A plugin failed to load, or a component name is unknown or duplicated."""
+
+
+class DataError(DetkitError):
+    """A dataset, annotation file or image cannot be used."""
+
+
+class CheckpointError(DetkitError):
+    """A checkpoint or weight file cannot be read or does not fit the model."""

@@ -1,0 +1,183 @@
+"""Stage contracts: one documented ``forward`` signature per stage kind.
+
+A detector is a composition of stages (see docs/ARCHITECTURE.md)::
+
+    images -> Preprocess -> Trunk -> Neck -> Proposer -> RoIHead (RegionExtractor inside)
+           -> PostProcess -> list[Detections]
+
+Only the typed containers of :mod:`detkit.structures` cross these boundaries.
+
+Stages that learn (:class:`Proposer`, :class:`RoIHead`, :class:`DenseHead`) return
+``(output, losses)``: ``losses`` is a ``dict[str, Tensor]`` of scalar losses, empty
+at inference, keys ``loss_<stage>_<term>``. The return type never changes with
+``self.training``. Stages that only transform (:class:`Preprocess`,
+:class:`Trunk`, :class:`Neck`, :class:`RegionExtractor`, :class:`PostProcess`)
+return their output alone.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, RegionFeatures, Targets
+
+Losses = dict[str, Tensor]
+
+
+class Preprocess(nn.Module):
+    """Normalize, resize and pad a list of images into an :class:`ImageBatch`.
+
+    ``forward(images, targets=None) -> (ImageBatch, list[Targets] | None)``
+
+    Args:
+        images: N tensors ``(3, H, W)``, float in ``[0, 1]``, RGB.
+        targets: optional ground truth per image in original pixels; returned
+            rescaled to the resized image (masks resized too).
+    """
+
+    def forward(
+        self, images: list[Tensor], targets: list[Targets] | None = None
+    ) -> tuple[ImageBatch, list[Targets] | None]:
+        raise NotImplementedError
+
+
+class Trunk(nn.Module):
+    """Image-level feature extractor (a classifier without its head).
+
+    ``forward(x: Tensor[N, 3, Hp, Wp]) -> FeatureMaps``
+
+    Attributes:
+        out_channels: feature name -> channels, for every map returned.
+        out_strides: feature name -> stride.
+    """
+
+    out_channels: dict[str, int]
+    out_strides: dict[str, int]
+
+    def forward(self, x: Tensor) -> FeatureMaps:
+        raise NotImplementedError
+
+
+class Neck(nn.Module):
+    """Feature-to-feature transform (FPN and the like).
+
+    ``forward(features: FeatureMaps) -> FeatureMaps``; same attributes as :class:`Trunk`.
+    """
+
+    out_channels: dict[str, int]
+    out_strides: dict[str, int]
+
+    def forward(self, features: FeatureMaps) -> FeatureMaps:
+        raise NotImplementedError
+
+
+class Proposer(nn.Module):
+    """Class-agnostic candidate regions for each image.
+
+    ``forward(images, features, targets=None) -> (list[Proposals], losses)``
+
+    Args:
+        images: the preprocessed batch (proposals are in its resized pixels).
+        features: image features, or ``None`` when :attr:`needs_features` is False.
+        targets: ground truth in resized pixels, in training only.
+
+    Returns:
+        One :class:`Proposals` per image, sorted by decreasing ``objectness``;
+        losses (``loss_<name>_*``) when the proposer learns and targets are given.
+
+    Attributes:
+        needs_features: whether the proposer reads ``features`` (RPN) or raw
+            pixels (selective search, sliding windows).
+    """
+
+    needs_features: bool = True
+
+    def forward(
+        self, images: ImageBatch, features: FeatureMaps | None, targets: list[Targets] | None = None
+    ) -> tuple[list[Proposals], Losses]:
+        raise NotImplementedError
+
+
+class RegionExtractor(nn.Module):
+    """Pool a fixed-size feature for every box.
+
+    ``forward(images, features, boxes) -> RegionFeatures``
+
+    Args:
+        images: the preprocessed batch (R-CNN crops its pixels).
+        features: image features (RoI pooling reads them).
+        boxes: per image ``(R_i, 4)`` xyxy in resized pixels.
+    """
+
+    def forward(self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]) -> RegionFeatures:
+        raise NotImplementedError
+
+
+class RoIHead(nn.Module):
+    """Classify and refine proposals (and predict masks, with a mask head).
+
+    ``forward(images, features, proposals, targets=None) -> (list[Detections], losses)``
+
+    In training the head matches proposals to ``targets``, samples them, pools
+    their features with its :class:`RegionExtractor` and returns its losses; the
+    detections it returns then are empty. At inference it returns *raw*
+    detections: every (proposal, class) pair with its class-specific box and
+    probability, to be filtered by :class:`PostProcess`.
+
+    Args:
+        proposals: per image, in resized pixels.
+        targets: ground truth in resized pixels (training only).
+    """
+
+    def forward(
+        self,
+        images: ImageBatch,
+        features: FeatureMaps | None,
+        proposals: list[Proposals],
+        targets: list[Targets] | None = None,
+    ) -> tuple[list[Detections], Losses]:
+        raise NotImplementedError
+
+
+class DenseHead(nn.Module):
+    """Single-shot head: dense predictions on feature maps, no proposals.
+
+    ``forward(images, features, targets=None) -> (list[Detections], losses)``; the
+    detections are raw, as for :class:`RoIHead`.
+    """
+
+    def forward(
+        self, images: ImageBatch, features: FeatureMaps, targets: list[Targets] | None = None
+    ) -> tuple[list[Detections], Losses]:
+        raise NotImplementedError
+
+
+class PostProcess(nn.Module):
+    """Raw detections -> final detections in original image pixels.
+
+    ``forward(detections, images) -> list[Detections]``: clip to the image, drop
+    low scores and tiny boxes, class-wise NMS, keep the top k, rescale boxes to
+    ``images.original_sizes`` (and paste masks at full resolution).
+    """
+
+    def forward(self, detections: list[Detections], images: ImageBatch) -> list[Detections]:
+        raise NotImplementedError
+
+
+__all__ = [
+    "DenseHead",
+    "Detections",
+    "FeatureMaps",
+    "ImageBatch",
+    "Losses",
+    "Neck",
+    "PostProcess",
+    "Preprocess",
+    "Proposals",
+    "Proposer",
+    "RegionExtractor",
+    "RegionFeatures",
+    "RoIHead",
+    "Targets",
+    "Trunk",
+]

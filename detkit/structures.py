@@ -1,0 +1,276 @@
+"""The typed containers that cross stage boundaries.
+
+Conventions shared by every container:
+
+* boxes are absolute ``xyxy`` float32 pixels of the image they refer to;
+* labels are int64 class indices ``0..K-1`` (background is a head's internal business);
+* every container has ``.to(device)``;
+* per-instance containers (:class:`Targets`, :class:`Proposals`, :class:`Detections`)
+  index and concatenate like tensors: all fields have the same length and
+  ``x[keep]`` indexes every field.
+
+Shape glossary: N images, G ground-truth objects, R proposals, D detections,
+C channels, Hp/Wp padded batch size, H/W image size.
+
+Interop with torchvision's ``list[dict[str, Tensor]]`` lives at the bottom of this
+module; nothing inside the pipeline uses dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T", bound="_Instances")
+
+
+def _empty_boxes(device: torch.device | str | None = None) -> Tensor:
+    return torch.zeros((0, 4), dtype=torch.float32, device=device)
+
+
+@dataclass
+class ImageBatch:
+    """Images normalized, resized and padded into one tensor.
+
+    Attributes:
+        tensor: ``(N, 3, Hp, Wp)`` float, zero-padded at the bottom and right.
+        image_sizes: ``(h, w)`` of each image after resizing, before padding.
+        original_sizes: ``(h, w)`` of each image as it was given.
+    """
+
+    tensor: Tensor
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
+    def to(self, device: torch.device | str) -> ImageBatch:
+        return ImageBatch(self.tensor.to(device), list(self.image_sizes), list(self.original_sizes))
+
+
+@dataclass
+class FeatureMaps:
+    """Image-level features by name, finest first.
+
+    Attributes:
+        maps: name -> ``(N, C, Hi, Wi)``.
+        strides: name -> stride in input pixels of the padded batch.
+    """
+
+    maps: dict[str, Tensor]
+    strides: dict[str, int]
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.maps[name]
+
+    def names(self) -> list[str]:
+        return list(self.maps)
+
+    def to(self, device: torch.device | str) -> FeatureMaps:
+        return FeatureMaps({k: v.to(device) for k, v in self.maps.items()}, dict(self.strides))
+
+
+@dataclass
+class RegionFeatures:
+    """Features pooled for every region of every image of a batch.
+
+    Attributes:
+        features: ``(sum R, C, h, w)`` (or ``(sum R, C)`` for vector features),
+            regions of image 0 first.
+        num_per_image: R of each image.
+    """
+
+    features: Tensor
+    num_per_image: list[int]
+
+    def to(self, device: torch.device | str) -> RegionFeatures:
+        return RegionFeatures(self.features.to(device), list(self.num_per_image))
+
+    def split(self) -> tuple[Tensor, ...]:
+        """The features of each image, as a tuple of ``(R_i, ...)`` tensors."""
+        return tuple(self.features.split(self.num_per_image))
+
+
+class _Instances:
+    """Per-instance container: every tensor field has the same first dimension.
+
+    Optional fields may be ``None``; they stay ``None`` through indexing and
+    concatenation (concatenating a container that has the field with one that does
+    not is an error).
+    """
+
+    def _tensor_fields(self) -> dict[str, Tensor | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])  # type: ignore[attr-defined]
+
+    def __getitem__(self: T, index: Any) -> T:
+        if isinstance(index, int):
+            index = slice(index, index + 1) if index != -1 else slice(index, None)
+        values = {k: (v[index] if v is not None else None) for k, v in self._tensor_fields().items()}
+        return type(self)(**values)
+
+    def to(self: T, device: torch.device | str) -> T:
+        values = {k: (v.to(device) if v is not None else None) for k, v in self._tensor_fields().items()}
+        return type(self)(**values)
+
+    def __post_init__(self) -> None:
+        n = len(self)
+        for name, value in self._tensor_fields().items():
+            if value is not None and value.shape[0] != n:
+                raise ValueError(
+                    f"{type(self).__name__}.{name} has {value.shape[0]} rows but boxes has {n}"
+                )
+
+    @classmethod
+    def cat(cls: type[T], items: Sequence[T]) -> T:
+        """Concatenate containers of the same type along the instance dimension."""
+        if not items:
+            raise ValueError(f"{cls.__name__}.cat needs at least one item")
+        values: dict[str, Tensor | None] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            parts = [getattr(it, f.name) for it in items]
+            if all(p is None for p in parts):
+                values[f.name] = None
+            elif any(p is None for p in parts):
+                raise ValueError(f"{cls.__name__}.cat: field {f.name!r} is missing in some items")
+            else:
+                values[f.name] = torch.cat(parts, dim=0)
+        return cls(**values)
+
+    def replace(self: T, **changes: Tensor | None) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass
+class Targets(_Instances):
+    """Ground truth of one image.
+
+    Attributes:
+        boxes: ``(G, 4)`` xyxy float32.
+        labels: ``(G,)`` int64 in ``0..K-1``.
+        masks: ``(G, H, W)`` uint8/bool instance masks, or ``None``.
+        iscrowd: ``(G,)`` bool; crowd regions are ignored in training.
+    """
+
+    boxes: Tensor = field(default_factory=_empty_boxes)
+    labels: Tensor = field(default_factory=lambda: torch.zeros((0,), dtype=torch.int64))
+    masks: Tensor | None = None
+    iscrowd: Tensor | None = None
+
+    def without_crowd(self) -> Targets:
+        """The non-crowd objects only."""
+        if self.iscrowd is None:
+            return self
+        return self[~self.iscrowd.bool()]
+
+
+@dataclass
+class Proposals(_Instances):
+    """Candidate regions of one image.
+
+    Attributes:
+        boxes: ``(R, 4)`` xyxy float32.
+        objectness: ``(R,)`` score (a probability for RPN, a rank score for others).
+    """
+
+    boxes: Tensor = field(default_factory=_empty_boxes)
+    objectness: Tensor = field(default_factory=lambda: torch.zeros((0,)))
+
+
+@dataclass
+class Detections(_Instances):
+    """Final (or raw) detections of one image.
+
+    Attributes:
+        boxes: ``(D, 4)`` xyxy float32.
+        scores: ``(D,)`` float in ``[0, 1]``.
+        labels: ``(D,)`` int64 in ``0..K-1``.
+        masks: ``(D, H, W)`` float probabilities or bool masks, or ``None``.
+    """
+
+    boxes: Tensor = field(default_factory=_empty_boxes)
+    scores: Tensor = field(default_factory=lambda: torch.zeros((0,)))
+    labels: Tensor = field(default_factory=lambda: torch.zeros((0,), dtype=torch.int64))
+    masks: Tensor | None = None
+
+
+# --------------------------------------------------------------------------- interop
+
+
+def detections_from_torchvision(outputs: Sequence[dict[str, Tensor]], *, label_offset: int = 1) -> list[Detections]:
+    """Convert torchvision detection outputs (labels with background 0) to :class:`Detections`."""
+    result = []
+    for out in outputs:
+        masks = out.get("masks")
+        if masks is not None and masks.dim() == 4:
+            masks = masks[:, 0]
+        result.append(
+            Detections(
+                boxes=out["boxes"].float(),
+                scores=out["scores"].float(),
+                labels=out["labels"].long() - label_offset,
+                masks=masks,
+            )
+        )
+    return result
+
+
+def detections_to_torchvision(dets: Sequence[Detections], *, label_offset: int = 1) -> list[dict[str, Tensor]]:
+    """Convert :class:`Detections` to torchvision's output dicts (labels with background 0)."""
+    result = []
+    for d in dets:
+        out = {"boxes": d.boxes, "scores": d.scores, "labels": d.labels + label_offset}
+        if d.masks is not None:
+            out["masks"] = d.masks[:, None]
+        result.append(out)
+    return result
+
+
+def targets_to_torchvision(targets: Sequence[Targets], *, label_offset: int = 1) -> list[dict[str, Tensor]]:
+    """Convert :class:`Targets` to torchvision's training target dicts."""
+    result = []
+    for t in targets:
+        out = {"boxes": t.boxes, "labels": t.labels + label_offset}
+        if t.masks is not None:
+            out["masks"] = t.masks
+        result.append(out)
+    return result
+
+
+def xyxy_to_xywh(boxes: Tensor) -> Tensor:
+    """``(M, 4)`` xyxy -> COCO ``[x, y, w, h]``."""
+    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+
+
+def detections_to_coco(
+    dets: Detections, *, image_id: int, category_ids: Sequence[int], rles: Sequence[dict] | None = None
+) -> list[dict[str, Any]]:
+    """COCO result records of one image: ``{"image_id", "category_id", "bbox", "score"}``.
+
+    Args:
+        category_ids: the dataset category id of each label index ``0..K-1``.
+        rles: optional COCO RLE per detection (``counts`` as str), added as ``segmentation``.
+    """
+    boxes = xyxy_to_xywh(dets.boxes.detach().float().cpu()).tolist()
+    scores = dets.scores.detach().float().cpu().tolist()
+    labels = dets.labels.detach().cpu().tolist()
+    records = []
+    for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
+        rec: dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[label]),
+            "bbox": [round(float(v), 3) for v in box],
+            "score": round(float(score), 5),
+        }
+        if rles is not None:
+            rec["segmentation"] = rles[i]
+        records.append(rec)
+    return records
