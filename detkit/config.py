@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "train": None,
         "val": None,
-        "augment": {"min_sizes": None, "max_size": None, "hflip": 0.5},
+        "augment": {"hflip": 0.5},
         "workers": 0,
     },
     "train": {

@@ -1,0 +1,69 @@
+"""Feature Pyramid Network (Lin et al., 2017).
+
+Lateral 1x1 convolutions bring every trunk stage to ``out_channels``; a top-down
+path adds each coarser map, upsampled (nearest) to the finer one; a 3x3
+convolution smooths every sum. An extra level ``p(last+1)`` is a stride-2
+subsampling of the coarsest output (the "max pool" top block of the paper's RPN).
+
+Input ``cK`` (stride 2**K) becomes output ``pK`` of the same stride.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.stages.base import Neck
+from detkit.structures import FeatureMaps
+
+
+class FPN(Neck):
+    """Top-down feature pyramid.
+
+    Args:
+        in_channels: trunk stage name -> channels, finest first.
+        in_strides: trunk stage name -> stride.
+        out_channels: channels of every pyramid level.
+        extra_level: add ``p(K+1)`` by stride-2 subsampling of the coarsest level.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: dict[str, int],
+        in_strides: dict[str, int],
+        out_channels: int = 256,
+        extra_level: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features = list(in_channels)
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(in_channels[k], out_channels, 1) for k in self.in_features)
+        self.output_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in self.in_features
+        )
+        levels = [int(math.log2(in_strides[k])) for k in self.in_features]
+        self.out_names = [f"p{lvl}" for lvl in levels]
+        self.extra_level = extra_level
+        if extra_level:
+            self.out_names.append(f"p{levels[-1] + 1}")
+            levels.append(levels[-1] + 1)
+        self.out_channels = {name: out_channels for name in self.out_names}
+        self.out_strides = {name: 2**lvl for name, lvl in zip(self.out_names, levels)}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)  # type: ignore[arg-type]
+
+    def forward(self, features: FeatureMaps) -> FeatureMaps:
+        inputs = [features[k] for k in self.in_features]
+        top_down = self.lateral_convs[-1](inputs[-1])
+        outputs = [self.output_convs[-1](top_down)]
+        for idx in range(len(inputs) - 2, -1, -1):
+            lateral = self.lateral_convs[idx](inputs[idx])
+            top_down = lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+            outputs.insert(0, self.output_convs[idx](top_down))
+        if self.extra_level:
+            outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
+        return FeatureMaps(dict(zip(self.out_names, outputs)), dict(self.out_strides))

@@ -1,0 +1,231 @@
+"""ResNet (He et al., 2016) as a classifier and as a detection trunk.
+
+Parameter names follow torchvision's ``resnet*`` (``conv1``, ``bn1``,
+``layer1.0.conv1``, ``downsample.0``, ``fc``), so its state dicts load directly.
+Bottlenecks put the stride on the 3x3 convolution ("ResNet v1.5").
+
+Shape glossary: N images, C channels, H/W spatial size; stage ``cK`` has stride 2**K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from detkit.backbones.norm import FrozenBatchNorm2d, make_norm
+from detkit.stages.base import Trunk
+from detkit.structures import FeatureMaps
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or projection) shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, *, stride: int, norm: str) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride, 1, bias=False)
+        self.bn1 = make_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = make_norm(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(in_channels, out_channels, stride, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand (x4), with a shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, *, stride: int, norm: str) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = make_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = make_norm(norm, width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = make_norm(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(in_channels, out_channels, stride, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _projection(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Sequential | None:
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), make_norm(norm, out_channels))
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """One ResNet depth: its block type and the number of blocks per stage."""
+
+    block: type[BasicBlock] | type[Bottleneck]
+    blocks_per_stage: tuple[int, int, int, int]
+
+
+#: The architecture table: depth -> blocks of stages c2..c5.
+RESNET_SPECS: dict[int, ResNetSpec] = {
+    18: ResNetSpec(BasicBlock, (2, 2, 2, 2)),
+    34: ResNetSpec(BasicBlock, (3, 4, 6, 3)),
+    50: ResNetSpec(Bottleneck, (3, 4, 6, 3)),
+    101: ResNetSpec(Bottleneck, (3, 4, 23, 3)),
+    152: ResNetSpec(Bottleneck, (3, 8, 36, 3)),
+}
+
+STAGE_NAMES = ("c2", "c3", "c4", "c5")
+
+
+class ResNet(Trunk):
+    """ResNet trunk returning named stages, with an optional classification head.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        norm: ``frozen_bn`` (fine-tuning detectors), ``bn`` (training from scratch),
+            ``gn`` or ``none``.
+        width: channels of the first stage (64 in the paper); smaller values give
+            a slimmer network with the same depth, for CPU recipes.
+        frozen_stages: 0 trains everything; 1 freezes the stem; ``k`` > 1 freezes
+            the stem and stages c2..c(k).
+        out_features: stage names returned by :meth:`forward`.
+        num_classes: add global pooling and a linear classifier (``fc``) with this
+            many outputs, used by :meth:`classify`.
+        weights: a local state-dict file (torchvision's ``resnet*`` format) to load.
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        norm: str = "frozen_bn",
+        width: int = 64,
+        frozen_stages: int = 2,
+        out_features: Sequence[str] = STAGE_NAMES,
+        num_classes: int | None = None,
+        weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        if depth not in RESNET_SPECS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+        unknown = set(out_features) - set(STAGE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown ResNet stages {sorted(unknown)}; stages are {STAGE_NAMES}")
+        spec = RESNET_SPECS[depth]
+        self.out_features = tuple(out_features)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = make_norm(norm, width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_channels = width
+        channels: dict[str, int] = {}
+        for i, num_blocks in enumerate(spec.blocks_per_stage):
+            stage_width = width * 2**i
+            blocks = []
+            for b in range(num_blocks):
+                stride = 2 if (b == 0 and i > 0) else 1
+                blocks.append(spec.block(in_channels, stage_width, stride=stride, norm=norm))
+                in_channels = stage_width * spec.block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            channels[STAGE_NAMES[i]] = in_channels
+        self.out_channels = {k: channels[k] for k in self.out_features}
+        self.out_strides = {k: 2 ** (STAGE_NAMES.index(k) + 2) for k in self.out_features}
+        self.num_classes = num_classes
+        if num_classes is not None:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(in_channels, num_classes)
+        self._init_weights()
+        if weights is not None:
+            from detkit.weights import load_weights_file
+
+            load_weights_file(self, weights, strict=num_classes is not None)
+        self._freeze(frozen_stages)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _freeze(self, frozen_stages: int) -> None:
+        frozen: list[nn.Module] = [self.conv1, self.bn1] if frozen_stages >= 1 else []
+        frozen += [getattr(self, f"layer{i}") for i in range(1, min(frozen_stages, 5))]
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` of the stem and the four stages, in order."""
+        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        return [("stem", stem)] + [(STAGE_NAMES[i], getattr(self, f"layer{i + 1}")) for i in range(4)]
+
+    def forward(self, x: Tensor) -> FeatureMaps:
+        """``(N, 3, H, W)`` -> FeatureMaps of :attr:`out_features` (``cK``: stride 2**K)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        maps: dict[str, Tensor] = {}
+        last = self.out_features[-1]
+        for i, name in enumerate(STAGE_NAMES):
+            x = getattr(self, f"layer{i + 1}")(x)
+            if name in self.out_features:
+                maps[name] = x
+            if name == last:
+                break
+        return FeatureMaps(maps, dict(self.out_strides))
+
+    def classify(self, x: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` -> ``(N, num_classes)`` logits."""
+        if self.num_classes is None:
+            raise RuntimeError("this ResNet was built without a classifier (num_classes=None)")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(4):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _resnet_factory(depth: int) -> type[ResNet]:
+    class _Depth(ResNet):
+        def __init__(
+            self,
+            *,
+            norm: str = "frozen_bn",
+            width: int = 64,
+            frozen_stages: int = 2,
+            out_features: Sequence[str] = STAGE_NAMES,
+            num_classes: int | None = None,
+            weights: str | None = None,
+        ) -> None:
+            super().__init__(
+                depth=depth, norm=norm, width=width, frozen_stages=frozen_stages,
+                out_features=out_features, num_classes=num_classes, weights=weights,
+            )
+
+    _Depth.__name__ = _Depth.__qualname__ = f"ResNet{depth}"
+    _Depth.__doc__ = f"ResNet-{depth}; see :class:`ResNet` for the arguments."
+    return _Depth
+
+
+resnet18 = _resnet_factory(18)
+resnet34 = _resnet_factory(34)
+resnet50 = _resnet_factory(50)
+resnet101 = _resnet_factory(101)
+resnet152 = _resnet_factory(152)
+
+__all__ = ["RESNET_SPECS", "FrozenBatchNorm2d", "ResNet", "resnet18", "resnet34", "resnet50"]

@@ -1,0 +1,24 @@
+"""The built-in plugin: detkit's own trunks, necks, region extractors, heads, datasets, importers.
+
+Listed first in :data:`detkit.plugins.BUILTIN_PLUGINS`; it registers through the
+same hook as any third-party plugin.
+"""
+
+from __future__ import annotations
+
+from detkit import backbones, importers
+from detkit.detectors import build_two_stage
+from detkit.plugins import ComponentRegistry, hookimpl
+from detkit.stages.region_features import MultiScaleRoIAlign
+from detkit.stages.roi_heads import FastRCNNHead
+
+
+@hookimpl
+def detkit_add_components(registry: ComponentRegistry) -> None:
+    for depth in (18, 34, 50, 101, 152):
+        registry.register("trunk", f"resnet{depth}", getattr(backbones.resnet, f"resnet{depth}"))
+    registry.register("neck", "fpn", backbones.FPN)
+    registry.register("region_extractor", "multiscale_roi_align", MultiScaleRoIAlign)
+    registry.register("roi_head", "fast_rcnn", FastRCNNHead)
+    registry.register("detector", "two_stage", build_two_stage)
+    registry.register("importer", "fasterrcnn_resnet50_fpn", importers.fasterrcnn_resnet50_fpn)

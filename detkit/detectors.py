@@ -1,0 +1,112 @@
+"""Detectors as stage compositions, and the one adapter from config to constructors.
+
+:func:`build_detector` is the only place that reads a config to build a model;
+every stage takes typed keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from detkit.errors import ConfigError
+from detkit.plugins import ComponentRegistry
+from detkit.stages.base import Losses, Neck, PostProcess, Preprocess, Proposer, RoIHead, Trunk
+from detkit.stages.postprocess import DetectionPostProcess
+from detkit.stages.preprocess import ResizeNormalize
+from detkit.structures import Detections, FeatureMaps, Targets
+
+
+class TwoStageDetector(nn.Module):
+    """Proposals, then per-region classification: R-CNN, Fast R-CNN, Faster R-CNN.
+
+    ``forward(images, targets=None) -> (list[Detections], losses)``
+
+    Args (of forward):
+        images: N tensors ``(3, H, W)``, float RGB in ``[0, 1]``, any sizes.
+        targets: ground truth in the images' pixels; required in training.
+
+    Returns:
+        Detections in the input images' pixels (empty in training) and the losses
+        (empty at inference).
+    """
+
+    def __init__(
+        self,
+        *,
+        preprocess: Preprocess,
+        trunk: Trunk,
+        neck: Neck | None,
+        proposer: Proposer,
+        roi_head: RoIHead,
+        postprocess: PostProcess,
+    ) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.trunk = trunk
+        self.neck = neck
+        self.proposer = proposer
+        self.roi_head = roi_head
+        self.postprocess = postprocess
+
+    def extract_features(self, tensor: Tensor) -> FeatureMaps:
+        features = self.trunk(tensor)
+        return self.neck(features) if self.neck is not None else features
+
+    def forward(
+        self, images: list[Tensor], targets: list[Targets] | None = None
+    ) -> tuple[list[Detections], Losses]:
+        if self.training and targets is None:
+            raise ValueError("a detector in training mode needs targets")
+        batch, targets = self.preprocess(images, targets)
+        features = self.extract_features(batch.tensor)
+        proposals, proposal_losses = self.proposer(
+            batch, features if self.proposer.needs_features else None, targets
+        )
+        raw, head_losses = self.roi_head(batch, features, proposals, targets)
+        detections = raw if self.training else self.postprocess(raw, batch)
+        return detections, {**proposal_losses, **head_losses}
+
+
+def _channels(module: Trunk | Neck, key: str) -> int:
+    channels = set(module.out_channels.values())
+    if len(channels) != 1:
+        raise ConfigError(
+            f"{key}: the heads need feature maps of one channel count, got {module.out_channels}; "
+            "add a neck (e.g. model.neck.name=fpn)"
+        )
+    return channels.pop()
+
+
+def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
+    """Build a :class:`TwoStageDetector` from the ``model`` config section."""
+    trunk = registry.build("trunk", model["trunk"], key="model.trunk")
+    neck = None
+    if model.get("neck"):
+        neck = registry.build(
+            "neck", model["neck"], key="model.neck", in_channels=trunk.out_channels, in_strides=trunk.out_strides
+        )
+    channels = _channels(neck or trunk, "model.neck")
+    proposer = registry.build("proposer", model["proposer"], key="model.proposer", in_channels=channels)
+    extractor = registry.build("region_extractor", model["region_extractor"], key="model.region_extractor")
+    roi_head = registry.build(
+        "roi_head", model["roi_head"], key="model.roi_head",
+        region_extractor=extractor, in_channels=channels, num_classes=num_classes,
+    )
+    return TwoStageDetector(
+        preprocess=ResizeNormalize(**model["preprocess"]),
+        trunk=trunk,
+        neck=neck,
+        proposer=proposer,
+        roi_head=roi_head,
+        postprocess=DetectionPostProcess(**model["postprocess"]),
+    )
+
+
+def build_detector(config: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
+    """Build the detector a resolved config describes (``model.type`` selects the family)."""
+    model = config["model"]
+    builder = registry.get("detector", str(model.get("type", "two_stage"))).factory
+    return builder(model, registry, num_classes=num_classes)

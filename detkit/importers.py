@@ -1,0 +1,111 @@
+"""Convert torchvision detection state dicts into detkit checkpoints.
+
+An importer pairs a detkit config (the equivalent architecture and test-time
+settings) with a table of key renames. Importers are components of kind
+``importer``, so a plugin adds one for its own model family with
+``registry.register("importer", NAME, factory)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from detkit.config import load_config
+from detkit.errors import CheckpointError, ConfigError
+
+#: The ``configs/`` folder of a detkit checkout (importers name their config there).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+#: COCO 2017 category id -> name (ids 1..90 with gaps, as torchvision's label indices).
+COCO_CATEGORIES: dict[int, str] = dict(enumerate(
+    [
+        "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+        "traffic light", "fire hydrant", "", "stop sign", "parking meter", "bench", "bird", "cat",
+        "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "", "backpack",
+        "umbrella", "", "", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+        "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+        "tennis racket", "bottle", "", "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+        "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+        "cake", "chair", "couch", "potted plant", "bed", "", "dining table", "", "", "toilet", "",
+        "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster",
+        "sink", "refrigerator", "", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+        "toothbrush",
+    ],
+    start=1,
+))
+
+
+def torchvision_coco_classes() -> list[str]:
+    """detkit class names of a torchvision COCO model: label ``i`` is torchvision label ``i + 1``.
+
+    Unused category ids are named ``"N/A <id>"`` so that names stay unique.
+    """
+    return [name or f"N/A {cid}" for cid, name in COCO_CATEGORIES.items()]
+
+
+@dataclass(frozen=True)
+class TorchvisionImporter:
+    """Renames a torchvision state dict into a detkit model's.
+
+    Attributes:
+        config: config file name in :data:`CONFIG_DIR` describing the model.
+        renames: ``(regex, replacement)`` applied in order to every key.
+        class_names: the model's class names, in detkit label order.
+        drop: regexes of keys that have no detkit counterpart (dropped).
+    """
+
+    config: str
+    renames: Sequence[tuple[str, str]]
+    class_names: Sequence[str]
+    drop: Sequence[str] = ()
+
+    def rename(self, key: str) -> str:
+        for pattern, replacement in self.renames:
+            key = re.sub(pattern, replacement, key)
+        return key
+
+    def convert(
+        self, state_dict: dict[str, Tensor], *, config_path: str | Path | None = None
+    ) -> tuple[dict[str, Any], list[str], dict[str, Tensor]]:
+        """Return ``(resolved config, class names, detkit state dict)``."""
+        path = Path(config_path) if config_path is not None else CONFIG_DIR / self.config
+        if not path.is_file():
+            raise ConfigError(
+                f"importer config {str(path)!r} not found; pass --config with the path to {self.config}"
+            )
+        config = load_config(path)
+        config["model"]["class_names"] = list(self.class_names)
+        config["model"]["num_classes"] = len(self.class_names)
+        converted = {}
+        for key, value in state_dict.items():
+            if any(re.search(p, key) for p in self.drop):
+                continue
+            converted[self.rename(key)] = value
+        if not converted:
+            raise CheckpointError("the state dict is empty after conversion")
+        return config, list(self.class_names), converted
+
+
+def fasterrcnn_resnet50_fpn() -> TorchvisionImporter:
+    """torchvision ``fasterrcnn_resnet50_fpn`` (v1) -> ``configs/faster_rcnn_r50_fpn.yaml``."""
+    return TorchvisionImporter(
+        config="faster_rcnn_r50_fpn.yaml",
+        renames=[
+            (r"^backbone\.body\.", "trunk."),
+            (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"neck.lateral_convs.\1."),
+            (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"neck.output_convs.\1."),
+            (r"^rpn\.head\.conv\.(\d+)\.0\.", r"proposer.head.conv.\1."),
+            (r"^rpn\.head\.cls_logits\.", "proposer.head.objectness."),
+            (r"^rpn\.head\.bbox_pred\.", "proposer.head.deltas."),
+            (r"^roi_heads\.box_head\.", "roi_head.box_head."),
+            (r"^roi_heads\.box_predictor\.", "roi_head.predictor."),
+        ],
+        class_names=torchvision_coco_classes(),
+        drop=[r"num_batches_tracked$"],
+    )

@@ -1,0 +1,31 @@
+"""Box math on plain tensors: no detector knowledge here.
+
+Boxes are ``(M, 4)`` float tensors in absolute ``xyxy`` pixels unless a function
+says otherwise.
+"""
+
+from detkit.ops.box_coder import BoxCoder
+from detkit.ops.boxes import (
+    batched_nms,
+    box_area,
+    box_iou,
+    clip_boxes,
+    nonempty_boxes,
+    remove_small_boxes,
+    scale_boxes,
+)
+from detkit.ops.matcher import Matcher
+from detkit.ops.sampler import BalancedSampler
+
+__all__ = [
+    "BalancedSampler",
+    "BoxCoder",
+    "Matcher",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "nonempty_boxes",
+    "remove_small_boxes",
+    "scale_boxes",
+]

@@ -1,0 +1,66 @@
+"""Elementary box operations (``(M, 4)`` xyxy tensors)."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """``(M, 4)`` -> ``(M,)`` areas (zero-size boxes have area 0, inverted ones negative)."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise intersection over union: ``(M, 4), (P, 4) -> (M, P)``.
+
+    Pairs whose union is empty (two degenerate boxes) get IoU 0.
+    """
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (M, P, 2)
+    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (M, P, 2)
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip boxes (``(..., 4)``) to an image of ``size = (h, w)``."""
+    h, w = size
+    x = boxes[..., 0::2].clamp(min=0, max=w)
+    y = boxes[..., 1::2].clamp(min=0, max=h)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices of boxes whose width and height are both at least ``min_size``."""
+    ws = boxes[:, 2] - boxes[:, 0]
+    hs = boxes[:, 3] - boxes[:, 1]
+    return torch.where((ws >= min_size) & (hs >= min_size))[0]
+
+
+def nonempty_boxes(boxes: Tensor) -> Tensor:
+    """Boolean mask of boxes with positive width and height."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
+    """Rescale boxes from an image of ``from_size (h, w)`` to one of ``to_size``."""
+    ratio_h = torch.tensor(to_size[0], dtype=torch.float32) / torch.tensor(from_size[0], dtype=torch.float32)
+    ratio_w = torch.tensor(to_size[1], dtype=torch.float32) / torch.tensor(from_size[1], dtype=torch.float32)
+    ratios = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes.device, boxes.dtype)
+    return boxes * ratios
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Non-maximum suppression within each group (class or level).
+
+    Returns the kept indices sorted by decreasing score. Uses torchvision's
+    compiled NMS; callers cap the number of candidates first (NMS is quadratic).
+    """
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    return torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)

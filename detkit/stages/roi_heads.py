@@ -1,0 +1,175 @@
+"""The Fast R-CNN box head: RoI features -> class scores and class-specific boxes.
+
+Shape glossary: N images, R_i proposals of image i, R = sum R_i, K foreground
+classes (the predictor has K + 1 outputs: background is index 0 inside this
+module only), C channels, h x w pooled size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_iou
+from detkit.stages.base import Losses, RegionExtractor, RoIHead
+from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, Targets
+
+
+class TwoFCHead(nn.Module):
+    """Flatten, then ``num_fc`` fully connected layers with ReLU: ``(R, C, h, w) -> (R, D)``."""
+
+    def __init__(self, *, in_features: int, representation_size: int, num_fc: int = 2) -> None:
+        super().__init__()
+        sizes = [in_features] + [representation_size] * num_fc
+        for i in range(num_fc):
+            self.add_module(f"fc{i + 6}", nn.Linear(sizes[i], sizes[i + 1]))
+        self.num_fc = num_fc
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(start_dim=1)
+        for i in range(self.num_fc):
+            x = F.relu(getattr(self, f"fc{i + 6}")(x))
+        return x
+
+
+class BoxPredictor(nn.Module):
+    """``(R, D)`` -> class logits ``(R, K + 1)`` and per-class deltas ``(R, 4 (K + 1))``."""
+
+    def __init__(self, *, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, (num_classes + 1) * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class FastRCNNHead(RoIHead):
+    """Classify proposals and regress one box per class.
+
+    Args:
+        region_extractor: pools the proposals' features (set by the detector builder).
+        in_channels: channels of the pooled features (set by the builder).
+        num_classes: K (set by the builder).
+        pooled_size: side of the pooled features (must match the extractor).
+        representation_size: width of the FC layers.
+        num_fc: number of FC layers.
+        fg_iou_thresh, bg_iou_thresh: proposal matching thresholds (IoU >= fg: object;
+            < bg: background; between: ignored).
+        batch_size_per_image, positive_fraction: proposals sampled per image.
+        bbox_reg_weights: box-coder weights.
+        add_gt_proposals: add the ground-truth boxes to the proposals in training.
+        smooth_l1_beta: beta of the box regression loss.
+    """
+
+    def __init__(
+        self,
+        *,
+        region_extractor: RegionExtractor,
+        in_channels: int,
+        num_classes: int,
+        pooled_size: int = 7,
+        representation_size: int = 1024,
+        num_fc: int = 2,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        add_gt_proposals: bool = True,
+        smooth_l1_beta: float = 1.0 / 9,
+    ) -> None:
+        super().__init__()
+        self.region_extractor = region_extractor
+        self.num_classes = num_classes
+        self.box_head = TwoFCHead(
+            in_features=in_channels * pooled_size**2, representation_size=representation_size, num_fc=num_fc
+        )
+        self.predictor = BoxPredictor(in_features=representation_size, num_classes=num_classes)
+        self.box_coder = BoxCoder(weights=tuple(bbox_reg_weights))  # type: ignore[arg-type]
+        self.matcher = Matcher(high=fg_iou_thresh, low=bg_iou_thresh, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction)
+        self.add_gt_proposals = add_gt_proposals
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def forward(
+        self,
+        images: ImageBatch,
+        features: FeatureMaps | None,
+        proposals: list[Proposals],
+        targets: list[Targets] | None = None,
+    ) -> tuple[list[Detections], Losses]:
+        if self.training and targets is not None:
+            boxes, labels, box_targets = self._label_and_sample(proposals, targets)
+            logits, deltas = self._forward_box(images, features, boxes)
+            return [Detections() for _ in proposals], self._losses(logits, deltas, labels, box_targets)
+        boxes = [p.boxes for p in proposals]
+        logits, deltas = self._forward_box(images, features, boxes)
+        return self._raw_detections(logits, deltas, boxes), {}
+
+    def _forward_box(
+        self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        regions = self.region_extractor(images, features, boxes)
+        return self.predictor(self.box_head(regions.features))
+
+    def _label_and_sample(
+        self, proposals: list[Proposals], targets: list[Targets]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Per image: sampled proposal boxes; for all: ``(R,)`` labels (0 = bg) and ``(R, 4)`` deltas."""
+        sampled_boxes, sampled_labels, sampled_targets = [], [], []
+        for props, tgt in zip(proposals, targets):
+            gt = tgt.without_crowd()
+            boxes = props.boxes.detach()
+            if self.add_gt_proposals:
+                boxes = torch.cat([boxes, gt.boxes.to(boxes.dtype)])
+            if len(gt) == 0:
+                labels = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+                matched = torch.zeros_like(boxes)
+            else:
+                matches = self.matcher(box_iou(gt.boxes, boxes))
+                labels = gt.labels[matches.clamp(min=0)] + 1
+                labels[matches == Matcher.BELOW_LOW] = 0
+                labels[matches == Matcher.BETWEEN] = -1
+                matched = gt.boxes[matches.clamp(min=0)]
+            pos, neg = self.sampler(labels)
+            keep = torch.cat([pos, neg])
+            sampled_boxes.append(boxes[keep])
+            sampled_labels.append(labels[keep])
+            sampled_targets.append(self.box_coder.encode(matched[keep], boxes[keep]))
+        return sampled_boxes, torch.cat(sampled_labels), torch.cat(sampled_targets)
+
+    def _losses(self, logits: Tensor, deltas: Tensor, labels: Tensor, box_targets: Tensor) -> Losses:
+        cls_loss = F.cross_entropy(logits, labels) if labels.numel() else logits.sum() * 0
+        pos = torch.where(labels > 0)[0]
+        # (R, 4 (K + 1)) -> (R, K + 1, 4); only the ground-truth class's deltas are trained
+        deltas = deltas.reshape(deltas.shape[0], -1, 4)
+        box_loss = F.smooth_l1_loss(
+            deltas[pos, labels[pos]], box_targets[pos], beta=self.smooth_l1_beta, reduction="sum"
+        ) / max(labels.numel(), 1)
+        return {"loss_roi_cls": cls_loss, "loss_roi_box": box_loss}
+
+    def _raw_detections(self, logits: Tensor, deltas: Tensor, boxes: list[Tensor]) -> list[Detections]:
+        """Every (proposal, foreground class) pair: ``R_i * K`` detections per image."""
+        num_per_image = [b.shape[0] for b in boxes]
+        scores = F.softmax(logits, dim=-1)
+        reference = torch.cat(boxes) if boxes else deltas.new_zeros((0, 4))
+        pred_boxes = self.box_coder.decode(deltas, reference)  # (R, K + 1, 4)
+        result = []
+        for boxes_i, scores_i in zip(pred_boxes.split(num_per_image), scores.split(num_per_image)):
+            r = boxes_i.shape[0]
+            labels = torch.arange(self.num_classes, device=scores_i.device).expand(r, -1)
+            # drop background column 0, then (R_i, K, ...) -> (R_i * K, ...)
+            result.append(
+                Detections(
+                    boxes=boxes_i[:, 1:].reshape(-1, 4),
+                    scores=scores_i[:, 1:].reshape(-1),
+                    labels=labels.reshape(-1),
+                )
+            )
+        return result

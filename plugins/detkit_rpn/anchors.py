@@ -1,0 +1,72 @@
+"""Anchors: reference boxes of several sizes and aspect ratios at every feature location.
+
+Shape glossary: A anchors per location, Hi/Wi the size of level i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors per pyramid level.
+
+    Args:
+        sizes: per level, the anchor side lengths (sqrt of area) in input pixels.
+        aspect_ratios: per level (or one tuple for all), height / width ratios.
+    """
+
+    def __init__(
+        self,
+        *,
+        sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
+        aspect_ratios: Sequence[Sequence[float]] | Sequence[float] = (0.5, 1.0, 2.0),
+    ) -> None:
+        super().__init__()
+        if aspect_ratios and not isinstance(aspect_ratios[0], Sequence):
+            aspect_ratios = [aspect_ratios] * len(sizes)  # type: ignore[list-item]
+        if len(aspect_ratios) != len(sizes):
+            raise ValueError(f"{len(sizes)} anchor size levels but {len(aspect_ratios)} aspect-ratio levels")
+        self.cell_anchors = [
+            cell_anchors(s, r) for s, r in zip(sizes, aspect_ratios)  # type: ignore[arg-type]
+        ]
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [int(c.shape[0]) for c in self.cell_anchors]
+
+    def forward(self, grid_sizes: Sequence[tuple[int, int]], strides: Sequence[tuple[int, int]],
+                device: torch.device) -> list[Tensor]:
+        """Anchors of every level: ``(Hi * Wi * A, 4)``, location-major, anchor-minor.
+
+        Args:
+            grid_sizes: ``(Hi, Wi)`` of each level.
+            strides: ``(stride_h, stride_w)`` of each level in input pixels.
+        """
+        anchors = []
+        for (gh, gw), (sh, sw), base in zip(grid_sizes, strides, self.cell_anchors):
+            shift_x = torch.arange(0, gw, dtype=torch.int32, device=device) * sw
+            shift_y = torch.arange(0, gh, dtype=torch.int32, device=device) * sh
+            yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+            xx, yy = xx.reshape(-1), yy.reshape(-1)
+            shifts = torch.stack((xx, yy, xx, yy), dim=1)  # (Hi*Wi, 4)
+            # (Hi*Wi, 1, 4) + (1, A, 4) -> (Hi*Wi*A, 4)
+            anchors.append((shifts.view(-1, 1, 4) + base.to(device).view(1, -1, 4)).reshape(-1, 4))
+        return anchors
+
+
+def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
+    """Anchors centred on the origin: ``(len(ratios) * len(sizes), 4)``, ratio-major.
+
+    An anchor of size ``s`` and ratio ``r = h / w`` has ``w = s / sqrt(r)`` and
+    ``h = s * sqrt(r)`` (area ``s**2``); corners are rounded to whole pixels.
+    """
+    scales = torch.as_tensor(sizes, dtype=torch.float32)
+    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    ws = (w_ratios[:, None] * scales[None, :]).view(-1)
+    hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()

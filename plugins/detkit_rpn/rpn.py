@@ -1,0 +1,193 @@
+"""The Region Proposal Network as a detkit proposer.
+
+Shape glossary: N images, L levels, A anchors per location, Hi/Wi level size,
+M_i = Hi * Wi * A anchors of level i, M = sum M_i, G ground-truth boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detkit.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes, remove_small_boxes
+from detkit.stages import Proposer
+from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
+from detkit_rpn.anchors import AnchorGenerator
+from detkit_rpn.head import RPNHead
+
+Losses = dict[str, Tensor]
+
+
+class RPN(Proposer):
+    """Region Proposal Network.
+
+    Args:
+        in_channels: channels of the feature maps (set by the detector builder).
+        in_features: feature names to use, finest first (default: every map the neck gives).
+        anchor_sizes: per level, anchor sizes in input pixels.
+        aspect_ratios: anchor height / width ratios (all levels).
+        num_convs: 3x3 convs in the head.
+        pre_nms_top_n_train, pre_nms_top_n_test: best-scoring anchors kept per level before NMS.
+        post_nms_top_n_train, post_nms_top_n_test: proposals kept per image after NMS.
+        nms_thresh: IoU threshold of the per-level NMS.
+        min_size: proposals narrower or shorter than this (pixels) are dropped.
+        score_thresh: proposals with a lower objectness probability are dropped.
+        fg_iou_thresh, bg_iou_thresh: anchor matching thresholds.
+        batch_size_per_image, positive_fraction: anchors sampled per image for the loss.
+        smooth_l1_beta: beta of the box regression loss.
+    """
+
+    needs_features = True
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        in_features: Sequence[str] | None = None,
+        anchor_sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        num_convs: int = 1,
+        pre_nms_top_n_train: int = 2000,
+        pre_nms_top_n_test: int = 1000,
+        post_nms_top_n_train: int = 2000,
+        post_nms_top_n_test: int = 1000,
+        nms_thresh: float = 0.7,
+        min_size: float = 1e-3,
+        score_thresh: float = 0.0,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        smooth_l1_beta: float = 1.0 / 9,
+    ) -> None:
+        super().__init__()
+        self.in_features = list(in_features) if in_features is not None else None
+        self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
+        num_anchors = set(self.anchor_generator.num_anchors_per_location())
+        if len(num_anchors) != 1:
+            raise ValueError("every level must have the same number of anchors per location")
+        self.head = RPNHead(in_channels=in_channels, num_anchors=num_anchors.pop(), num_convs=num_convs)
+        self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(high=fg_iou_thresh, low=bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedSampler(batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction)
+        self.pre_nms_top_n = {"train": pre_nms_top_n_train, "test": pre_nms_top_n_test}
+        self.post_nms_top_n = {"train": post_nms_top_n_train, "test": post_nms_top_n_test}
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+        self.score_thresh = score_thresh
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def forward(
+        self, images: ImageBatch, features: FeatureMaps | None, targets: list[Targets] | None = None
+    ) -> tuple[list[Proposals], Losses]:
+        assert features is not None, "RPN needs feature maps"
+        names = self.in_features or features.names()
+        maps = [features[k] for k in names]
+        logits_per_level, deltas_per_level = self.head(maps)
+        anchors_per_level = self._anchors(images, maps)
+        num_anchors_per_level = [a.shape[0] for a in anchors_per_level]
+        logits = torch.cat([_flatten(x, 1) for x in logits_per_level], dim=1)[..., 0]  # (N, M)
+        deltas = torch.cat([_flatten(x, 4) for x in deltas_per_level], dim=1)  # (N, M, 4)
+        anchors = torch.cat(anchors_per_level)  # (M, 4)
+
+        num_images = len(images)
+        # (N * M, 4) deltas on (N * M, 4) anchors -> (N, M, 4) boxes
+        boxes = self.box_coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
+        boxes = boxes.view(num_images, -1, 4)
+        proposals = self._select(boxes, logits.detach(), images.image_sizes, num_anchors_per_level)
+
+        losses: Losses = {}
+        if self.training and targets is not None:
+            losses = self._losses(anchors, logits, deltas, targets)
+        return proposals, losses
+
+    def _anchors(self, images: ImageBatch, maps: list[Tensor]) -> list[Tensor]:
+        padded_h, padded_w = images.tensor.shape[-2:]
+        grid_sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+        strides = [(padded_h // gh, padded_w // gw) for gh, gw in grid_sizes]
+        return self.anchor_generator(grid_sizes, strides, images.tensor.device)
+
+    def _select(
+        self, boxes: Tensor, logits: Tensor, image_sizes: list[tuple[int, int]], num_anchors_per_level: list[int]
+    ) -> list[Proposals]:
+        """Per-level top-k, clip, drop small, per-level NMS, top-k per image."""
+        mode = "train" if self.training else "test"
+        top_idx, levels = [], []
+        offset = 0
+        for level, (level_logits) in enumerate(logits.split(num_anchors_per_level, dim=1)):
+            k = min(self.pre_nms_top_n[mode], level_logits.shape[1])
+            _, idx = level_logits.topk(k, dim=1)  # (N, k)
+            top_idx.append(idx + offset)
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
+            offset += level_logits.shape[1]
+        idx = torch.cat(top_idx, dim=1)  # (N, K)
+        level_ids = torch.cat(levels)  # (K,)
+        image_range = torch.arange(len(image_sizes), device=logits.device)[:, None]
+        scores = torch.sigmoid(logits[image_range, idx])  # (N, K)
+        boxes = boxes[image_range, idx]  # (N, K, 4)
+
+        proposals = []
+        for boxes_i, scores_i, size in zip(boxes, scores, image_sizes):
+            boxes_i = clip_boxes(boxes_i, size)
+            keep = remove_small_boxes(boxes_i, self.min_size)
+            keep = keep[scores_i[keep] >= self.score_thresh]
+            boxes_i, scores_i, level_i = boxes_i[keep], scores_i[keep], level_ids[keep]
+            keep = batched_nms(boxes_i, scores_i, level_i, self.nms_thresh)[: self.post_nms_top_n[mode]]
+            proposals.append(Proposals(boxes=boxes_i[keep], objectness=scores_i[keep]))
+        return proposals
+
+    def _label_anchors(self, anchors: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+        """``(M,)`` labels (1 object, 0 background, -1 ignore) and ``(M, 4)`` matched gt boxes."""
+        gt = targets.without_crowd()
+        if len(gt) == 0:
+            return anchors.new_zeros(anchors.shape[0]), torch.zeros_like(anchors)
+        matches = self.matcher(box_iou(gt.boxes, anchors))  # (M,)
+        matched_boxes = gt.boxes[matches.clamp(min=0)]
+        labels = (matches >= 0).to(anchors.dtype)
+        labels[matches == Matcher.BETWEEN] = -1
+        if targets.iscrowd is not None and bool(targets.iscrowd.any()):
+            # anchors mostly inside a crowd region are neither object nor background
+            crowd = targets.boxes[targets.iscrowd.bool()]
+            inside = _intersection_over_anchor(crowd, anchors).max(dim=0).values > 0.5
+            labels[inside & (labels == 0)] = -1
+        return labels, matched_boxes
+
+    def _losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, targets: list[Targets]) -> Losses:
+        sampled_pos, sampled_all, obj_targets, box_targets = [], [], [], []
+        for i, t in enumerate(targets):
+            labels, matched_boxes = self._label_anchors(anchors, t)
+            pos, neg = self.sampler(labels)
+            base = i * anchors.shape[0]
+            sampled_pos.append(pos + base)
+            sampled_all.append(torch.cat([pos, neg]) + base)
+            obj_targets.append(torch.cat([labels[pos], labels[neg]]))
+            box_targets.append(self.box_coder.encode(matched_boxes[pos], anchors[pos]))
+        pos_idx = torch.cat(sampled_pos)
+        all_idx = torch.cat(sampled_all)
+        flat_logits = logits.reshape(-1)  # (N * M,)
+        flat_deltas = deltas.reshape(-1, 4)  # (N * M, 4)
+        num_sampled = max(all_idx.numel(), 1)
+        box_loss = F.smooth_l1_loss(
+            flat_deltas[pos_idx], torch.cat(box_targets), beta=self.smooth_l1_beta, reduction="sum"
+        ) / num_sampled
+        obj_loss = F.binary_cross_entropy_with_logits(flat_logits[all_idx], torch.cat(obj_targets), reduction="sum")
+        return {"loss_rpn_objectness": obj_loss / num_sampled, "loss_rpn_box": box_loss}
+
+
+def _flatten(x: Tensor, channels: int) -> Tensor:
+    """Head output ``(N, A * C, H, W)`` -> ``(N, H * W * A, C)``, matching the anchor order."""
+    n, _, h, w = x.shape
+    x = x.view(n, -1, channels, h, w)  # (N, A, C, H, W)
+    return x.permute(0, 3, 4, 1, 2).reshape(n, -1, channels)  # (N, H, W, A, C) -> (N, H*W*A, C)
+
+
+def _intersection_over_anchor(regions: Tensor, anchors: Tensor) -> Tensor:
+    """``(R, 4), (M, 4) -> (R, M)``: share of each anchor's area inside each region."""
+    top_left = torch.max(regions[:, None, :2], anchors[None, :, :2])
+    bottom_right = torch.min(regions[:, None, 2:], anchors[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    area = ((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])).clamp(min=1e-6)
+    return inter / area[None, :]
