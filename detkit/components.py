@@ -7,6 +7,7 @@ same hook as any third-party plugin.
 from __future__ import annotations
 
 from detkit import backbones, importers
+from detkit.data import register_datasets
 from detkit.detectors import build_two_stage
 from detkit.plugins import ComponentRegistry, hookimpl
 from detkit.stages.region_features import MultiScaleRoIAlign
@@ -22,3 +23,4 @@ def detkit_add_components(registry: ComponentRegistry) -> None:
     registry.register("roi_head", "fast_rcnn", FastRCNNHead)
     registry.register("detector", "two_stage", build_two_stage)
     registry.register("importer", "fasterrcnn_resnet50_fpn", importers.fasterrcnn_resnet50_fpn)
+    register_datasets(registry)

@@ -1,0 +1,358 @@
+"""The ``detkit`` command.
+
+Every subcommand has ``--help`` with examples. Errors a user can cause
+(:class:`~detkit.errors.DetkitError`) are printed without a traceback and exit
+with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from detkit.errors import DetkitError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_common(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    parser.add_argument(
+        "-p", dest="plugins", action="append", default=[], metavar="MODULE",
+        help="load a plugin module (repeatable); -p no:NAME blocks plugin NAME",
+    )
+    if device:
+        parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the config's)")
+
+
+def _subparser(sub: Any, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help_text, description=help_text,
+        epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``detkit`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="detkit", description="A plugin-based object detection toolkit.",
+        epilog="run `detkit COMMAND --help` for a command's options and examples",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _subparser(sub, "plugins", "List loaded plugins and every registered component.", """
+        detkit plugins
+        detkit plugins -p my_plugin_module
+        DETKIT_DISABLE_PLUGIN_AUTOLOAD=1 detkit plugins
+    """)
+    _add_common(p, device=False)
+    p.set_defaults(func=cmd_plugins)
+
+    p = _subparser(sub, "train", "Train a detector from a config.", """
+        detkit train configs/shapes_faster_rcnn.yaml
+        detkit train configs/bccd_faster_rcnn.yaml train.max_minutes=20 output.dir=runs/bccd
+        detkit train configs/faster_rcnn_r50_fpn.yaml --device cuda train.lr=0.01
+    """)
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--out", default=None, help="output folder (default: the config's output.dir)")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = _subparser(sub, "eval", "Evaluate weights on a COCO json or a Pascal VOC folder.", """
+        detkit eval --weights runs/demo/best.pt --data runs/demo/data/annotations/instances_val.json
+        detkit eval configs/faster_rcnn_r50_fpn.yaml --weights coco.pt \\
+            --data annotations/instances_val2017.json --images val2017 --out runs/eval
+        detkit eval --weights runs/bccd/best.pt --data ../shared/data/BCCD --split test
+    """)
+    p.add_argument("config", nargs="?", default=None, help="config to apply over the checkpoint's (optional)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
+    p.add_argument("--data", required=True, help="COCO instances .json, or a Pascal VOC root folder")
+    p.add_argument("--images", default=None, help="image folder of a COCO json (default: beside it)")
+    p.add_argument("--split", default="test", help="ImageSets/Main split of a VOC folder (default: test)")
+    p.add_argument("--out", default="runs/eval", help="where metrics.json and results.json go")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = _subparser(sub, "detect", "Detect objects in images; write annotated images and detections.json.", """
+        detkit detect --weights runs/demo/best.pt --out runs/detect photos/
+        detkit detect --weights coco.pt --out out 'images/*.jpg' one.png --score-thresh 0.7
+    """)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
+    p.add_argument("--config", default=None, help="config applied over the checkpoint's (optional)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="drop detections below (default 0.5)")
+    p.add_argument("--no-draw", action="store_true", help="write detections.json only")
+    _add_common(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = _subparser(sub, "import-torchvision", "Convert a torchvision detection state dict to a detkit checkpoint.", """
+        detkit import-torchvision fasterrcnn_resnet50_fpn fasterrcnn_resnet50_fpn_coco-258fb6c6.pth coco.pt
+        detkit import-torchvision --list
+    """)
+    p.add_argument("name", nargs="?", help="torchvision model name (see --list)")
+    p.add_argument("input", nargs="?", help="torchvision state dict (.pth, local file or URL)")
+    p.add_argument("output", nargs="?", help="detkit checkpoint to write (.pt)")
+    p.add_argument("--config", default=None, help="detkit config of the model (default: the importer's)")
+    p.add_argument("--list", action="store_true", help="list the models that can be imported")
+    _add_common(p, device=False)
+    p.set_defaults(func=cmd_import_torchvision)
+
+    p = _subparser(sub, "demo", "Generate the shapes dataset, train a small Faster R-CNN, evaluate, draw.", """
+        detkit demo
+        detkit demo --out runs/demo --device cuda
+    """)
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--config", default=None, help="recipe (default: configs/shapes_faster_rcnn.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    _add_common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from detkit.plugins import COMPONENT_KINDS, load_plugins
+
+    plugins = load_plugins(args.plugins)
+    print("plugins:")
+    width = max(len(info.name) for info in plugins.infos)
+    for info in plugins.infos:
+        print(f"  {info.name:<{width}}  {info.origin}")
+    print("components:")
+    for kind in COMPONENT_KINDS:
+        comps = [plugins.registry.get(kind, n) for n in plugins.registry.names(kind)]
+        if comps:
+            listing = ", ".join(f"{c.name} ({c.plugin})" for c in comps)
+            print(textwrap.fill(listing, 100, initial_indent=f"  {kind + ':':<18}", subsequent_indent=" " * 20))
+    return 0
+
+
+def _device(config: dict[str, Any], args: argparse.Namespace) -> None:
+    if getattr(args, "device", None):
+        config["train"]["device"] = args.device
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from detkit.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    _device(config, args)
+    if args.out:
+        config["output"]["dir"] = args.out
+    run_training(config, args.plugins, progress=not args.quiet)
+    return 0
+
+
+def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress: bool = True) -> dict[str, Any]:
+    """Train the detector a resolved config describes; returns the final metrics."""
+    import torch
+
+    from detkit.config import save_config
+    from detkit.data.loader import build_loader
+    from detkit.data.transforms import RandomHorizontalFlip
+    from detkit.engine.build import build_dataset, model_from_config, plugins_for, resolve_device
+    from detkit.engine.evaluate import evaluate_dataset
+    from detkit.engine.trainer import Trainer
+    from detkit.evaluation.coco import format_metrics
+
+    train_cfg = config["train"]
+    torch.manual_seed(int(train_cfg["seed"]))
+    if train_cfg.get("threads"):
+        torch.set_num_threads(int(train_cfg["threads"]))
+    plugins = plugins_for(config, cli_plugins)
+    plugins.hook.detkit_configure(config=config)
+    out_dir = Path(config["output"]["dir"])
+    train_set = build_dataset(config, "train", plugins)
+    val_set = build_dataset(config, "val", plugins)
+    class_names = list(config["model"].get("class_names") or train_set.class_names)
+    config["model"]["class_names"] = class_names
+    config["model"]["num_classes"] = len(class_names)
+    model = model_from_config(config, plugins, class_names=class_names)
+    if train_cfg.get("init_weights"):
+        from detkit.weights import load_weights_file
+
+        load_weights_file(model, str(train_cfg["init_weights"]), strict=False)
+    resolve_device(str(train_cfg["device"]))  # fail early on a bad device
+    hflip = float(config["data"]["augment"]["hflip"])
+    loader = build_loader(
+        train_set, batch_size=int(train_cfg["batch_size"]), shuffle=True, workers=int(config["data"]["workers"]),
+        transforms=RandomHorizontalFlip(p=hflip) if hflip > 0 else None, seed=int(train_cfg["seed"]),
+        drop_last=True,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    eval_cfg = config["eval"]
+
+    def evaluate(m: torch.nn.Module) -> dict[str, Any]:
+        return evaluate_dataset(
+            m, val_set, batch_size=int(eval_cfg["batch_size"]), max_images=eval_cfg.get("max_images"),
+            results_path=out_dir / "results.json", progress=progress,
+        )
+
+    trainer = Trainer(
+        model=model, train_loader=loader, evaluate=evaluate, out_dir=out_dir, config=config,
+        class_names=class_names, progress=progress,
+    )
+    result = trainer.train()
+    metrics = dict(result.final_metrics)
+    print(format_metrics(metrics))
+    print(f"outputs in {out_dir}/: best.pt, last.pt, metrics.json, metrics.jsonl, loss_curve.png, config.yaml")
+    return metrics
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from detkit.engine.build import dataset_from_path, load_model, resolve_device
+    from detkit.engine.evaluate import evaluate_dataset
+    from detkit.evaluation.coco import format_metrics
+    from detkit.io import write_json
+
+    loaded, _ = load_model(args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins)
+    device = resolve_device(args.device or loaded.config["train"]["device"])
+    dataset = dataset_from_path(args.data, images=args.images, split=args.split)
+    _check_classes(loaded.class_names, dataset.class_names, args.data)
+    out = Path(args.out)
+    metrics = evaluate_dataset(
+        loaded.model.to(device), dataset, batch_size=int(loaded.config["eval"]["batch_size"]),
+        max_images=args.max_images, results_path=out / "results.json", progress=not args.quiet,
+    )
+    write_json(out / "metrics.json", metrics)
+    print(format_metrics(metrics))
+    print(f"wrote {out / 'metrics.json'} and {out / 'results.json'}")
+    return 0
+
+
+def _check_classes(model_classes: Sequence[str], data_classes: Sequence[str], data: str) -> None:
+    if list(model_classes) != list(data_classes):
+        from detkit.errors import DataError
+
+        raise DataError(
+            f"the model's classes {list(model_classes)[:8]}... do not match those of {data!r} "
+            f"{list(data_classes)[:8]}...; evaluate on data annotated with the classes the model was trained on"
+        )
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from detkit.data.images import find_images
+    from detkit.engine.build import load_model, resolve_device
+    from detkit.engine.predict import detect_files
+
+    files = find_images(args.inputs)
+    loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
+    device = resolve_device(args.device or loaded.config["train"]["device"])
+    report = detect_files(
+        loaded.model.to(device), files, args.out, class_names=loaded.class_names,
+        score_thresh=args.score_thresh, draw=not args.no_draw, progress=not args.quiet,
+    )
+    print(f"{len(files) - len(report.failed)} images, {report.num_detections} detections -> {report.json_path}")
+    for path, why in report.failed:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    return 1 if report.failed and len(report.failed) == len(files) else 0
+
+
+def cmd_import_torchvision(args: argparse.Namespace) -> int:
+    import torch
+
+    from detkit.engine.checkpoint import save_checkpoint
+    from detkit.plugins import load_plugins
+    from detkit.weights import read_state_dict
+
+    plugins = load_plugins(args.plugins)
+    if args.list or not args.name:
+        print("importable models: " + ", ".join(plugins.registry.names("importer")))
+        return 0
+    if not (args.input and args.output):
+        raise DetkitError("usage: detkit import-torchvision NAME IN.pth OUT.pt (see --help)")
+    importer = plugins.registry.get("importer", args.name).factory()
+    state = read_state_dict(args.input)
+    config, class_names, converted = importer.convert(state, config_path=args.config)
+    model = plugins.registry.get("detector", config["model"]["type"]).factory(
+        config["model"], plugins.registry, num_classes=len(class_names)
+    )
+    from detkit.engine.checkpoint import load_state
+
+    load_state(model, converted, path=args.input)
+    save_checkpoint(
+        args.output, model=model, config=config, class_names=class_names,
+        meta={"imported_from": f"torchvision {args.name}", "source": str(args.input),
+              "torch_version": torch.__version__},
+    )
+    print(f"wrote {args.output} ({args.name}, {len(class_names)} classes)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from detkit.config import load_config
+    from detkit.data.images import find_images
+    from detkit.engine.build import load_model, resolve_device
+    from detkit.engine.predict import detect_files
+    from detkit.importers import CONFIG_DIR
+
+    start = time.monotonic()
+    out = Path(args.out)
+    recipe = Path(args.config) if args.config else CONFIG_DIR / "shapes_faster_rcnn.yaml"
+    overrides = [f"data.train.root={out / 'data'}", f"data.val.root={out / 'data'}", *args.overrides]
+    config = load_config(recipe, overrides)
+    _device(config, args)
+    config["output"]["dir"] = str(out)
+    metrics = run_training(config, args.plugins, progress=not args.quiet)
+    loaded, _ = load_model(out / "best.pt")
+    device = resolve_device(args.device or config["train"]["device"])
+    val_images = find_images([str(out / "data" / "val")])[:16]
+    report = detect_files(
+        loaded.model.to(device), val_images, out / "detections", class_names=loaded.class_names,
+        score_thresh=0.5, progress=not args.quiet,
+    )
+    minutes = (time.monotonic() - start) / 60
+    print(
+        f"\ndemo finished in {minutes:.1f} min: box AP {metrics['bbox']['AP']:.3f} "
+        f"(AP50 {metrics['bbox']['AP50']:.3f}) on the shapes validation split\n"
+        f"  metrics:           {out / 'metrics.json'}\n"
+        f"  loss curve:        {out / 'loss_curve.png'}\n"
+        f"  annotated images:  {out / 'detections'}/ ({len(report.written)} files)\n"
+        f"  weights:           {out / 'best.pt'}"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from detkit import __version__
+
+        print(f"detkit {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    logging.basicConfig(level=logging.WARNING, format="detkit: warning: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except DetkitError as exc:
+        print(f"detkit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("detkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

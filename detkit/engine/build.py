@@ -1,0 +1,109 @@
+"""From config or checkpoint to ready objects: plugins, datasets, models.
+
+This is where the CLI and Python users turn a resolved config into a model; no
+other module reads configs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detkit.config import load_config, merge
+from detkit.data.base import DetectionDataset
+from detkit.detectors import build_detector
+from detkit.engine.checkpoint import load_checkpoint, load_state
+from detkit.errors import ConfigError, DataError
+from detkit.plugins import Plugins, load_plugins
+
+
+def plugins_for(config: Mapping[str, Any] | None, cli_plugins: Sequence[str] = ()) -> Plugins:
+    """Load the plugins named on the command line and in the config's ``plugins:``."""
+    config_plugins = list(config.get("plugins") or []) if config else []
+    return load_plugins(cli_plugins, config_plugins=config_plugins)
+
+
+def build_dataset(config: Mapping[str, Any], split: str, plugins: Plugins) -> DetectionDataset:
+    """The dataset of ``data.<split>`` (``train`` or ``val``)."""
+    spec = config["data"].get(split)
+    if not spec:
+        raise ConfigError(f"config key 'data.{split}' is not set; give it a dataset, e.g. {{name: coco, ...}}")
+    return plugins.registry.build("dataset", spec, key=f"data.{split}")
+
+
+def dataset_from_path(data: str, *, images: str | None = None, split: str = "test") -> DetectionDataset:
+    """A dataset from a path: a COCO json (with ``images``) or a Pascal VOC root folder."""
+    from detkit.data.coco import CocoDataset
+    from detkit.data.voc import VocDataset
+
+    path = Path(data)
+    if path.is_dir():
+        if not (path / "Annotations").is_dir():
+            raise DataError(f"{data!r} is a folder but not a Pascal VOC root (no Annotations/ inside)")
+        return VocDataset(root=str(path), split=split)
+    if path.suffix.lower() != ".json":
+        raise DataError(f"--data {data!r}: give a COCO instances .json file or a Pascal VOC root folder")
+    return CocoDataset(ann_file=str(path), images=images)
+
+
+@dataclass
+class LoadedModel:
+    """A detector with the config and class names it was built from."""
+
+    model: nn.Module
+    config: dict[str, Any]
+    class_names: list[str]
+
+
+def model_from_config(
+    config: Mapping[str, Any], plugins: Plugins, *, class_names: Sequence[str]
+) -> nn.Module:
+    """Build the detector of a resolved config for ``class_names``."""
+    return build_detector(config, plugins.registry, num_classes=len(class_names))
+
+
+def load_model(
+    weights: str | os.PathLike[str],
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    cli_plugins: Sequence[str] = (),
+) -> tuple[LoadedModel, Plugins]:
+    """Rebuild a detector from a detkit checkpoint.
+
+    The checkpoint's own config rebuilds the model; a ``config_path`` (and
+    ``overrides``) replace its settings where they differ, e.g. test-time thresholds.
+    """
+    checkpoint = load_checkpoint(weights)
+    config = checkpoint["config"]
+    if config_path is not None:
+        config = merge(config, load_config(config_path))
+    if overrides:
+        from detkit.config import apply_overrides
+
+        config = apply_overrides(config, overrides)
+    class_names = list(checkpoint.get("class_names") or config["model"].get("class_names") or [])
+    if not class_names:
+        raise ConfigError(f"checkpoint {str(weights)!r} names no classes")
+    plugins = plugins_for(config, cli_plugins)
+    model = model_from_config(config, plugins, class_names=class_names)
+    load_state(model, checkpoint["model"], path=weights)
+    return LoadedModel(model.eval(), config, class_names), plugins
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}: {exc}") from exc

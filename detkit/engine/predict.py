@@ -1,0 +1,112 @@
+"""Run a detector over image files and write annotated images and ``detections.json``.
+
+One unreadable file (corrupt, not an image, missing) is reported and skipped; the
+rest of the inputs are still processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import nn
+from tqdm.auto import tqdm
+
+from detkit.data.images import image_to_tensor, read_image
+from detkit.errors import DataError
+from detkit.io import write_json
+from detkit.structures import Detections, xyxy_to_xywh
+from detkit.viz.draw import draw_detections, save_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectReport:
+    """What :func:`detect_files` did."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    num_detections: int = 0
+    json_path: Path | None = None
+
+
+def detections_to_records(
+    dets: Detections, *, file_name: str, class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """``detections.json`` records of one image: file name, category name, xywh box, score (+ RLE)."""
+    boxes = xyxy_to_xywh(dets.boxes.float().cpu()).tolist()
+    records = []
+    for i, (box, score, label) in enumerate(zip(boxes, dets.scores.tolist(), dets.labels.tolist())):
+        rec: dict[str, Any] = {
+            "file_name": file_name,
+            "category": class_names[label],
+            "bbox": [round(v, 2) for v in box],
+            "score": round(float(score), 5),
+        }
+        if dets.masks is not None:
+            binary = np.asfortranarray((dets.masks[i] >= 0.5).cpu().numpy().astype(np.uint8))
+            rle = mask_utils.encode(binary)
+            rec["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        records.append(rec)
+    return records
+
+
+def detect_files(
+    model: nn.Module,
+    files: Sequence[Path],
+    out_dir: str | Path,
+    *,
+    class_names: Sequence[str],
+    score_thresh: float = 0.5,
+    draw: bool = True,
+    progress: bool = True,
+) -> DetectReport:
+    """Detect objects in ``files``; write ``out_dir/<stem>.png`` and ``out_dir/detections.json``.
+
+    Detections scoring below ``score_thresh`` are neither drawn nor written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    model.eval()
+    report = DetectReport()
+    records: list[dict[str, Any]] = []
+    used_names: set[str] = set()
+    for path in tqdm(files, desc="detect", unit="image", disable=not progress):
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            report.failed.append((path, str(exc)))
+            logger.warning("%s", exc)
+            continue
+        with torch.no_grad():
+            detections, _ = model([image_to_tensor(image).to(device)])
+        dets = detections[0].to("cpu")
+        dets = dets[dets.scores >= score_thresh]
+        records += detections_to_records(dets, file_name=str(path), class_names=class_names)
+        report.num_detections += len(dets)
+        if draw:
+            name = _unique_name(path, used_names)
+            target = out / f"{name}.png"
+            save_image(target, draw_detections(image, dets, class_names=class_names))
+            report.written.append(target)
+    report.json_path = out / "detections.json"
+    write_json(report.json_path, records)
+    return report
+
+
+def _unique_name(path: Path, used: set[str]) -> str:
+    name = path.stem
+    k = 1
+    while name in used:
+        name = f"{path.stem}_{k}"
+        k += 1
+    used.add(name)
+    return name
