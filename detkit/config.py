@@ -206,8 +206,27 @@ def _nested(keys: list[str], value: Any) -> dict[str, Any]:
     return node
 
 
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file merged over its ``base:`` (if any), validated, without defaults."""
+    file = Path(path)
+    data = _read_yaml(file)
+    base = data.pop("base", None)
+    validate(data, source=str(file))
+    if base is None:
+        return data
+    base_path = (file.parent / str(base)).resolve()
+    base_data = _read_yaml(base_path)
+    if "base" in base_data:
+        raise ConfigError(
+            f"config {str(base_path)!r} (the base of {str(file)!r}) has a 'base:' of its own; "
+            "detkit allows one base level: merge the two bases into one file"
+        )
+    validate(base_data, source=str(base_path))
+    return merge(base_data, data)
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read a config file (and its ``base:``), apply overrides, fill defaults.
+    """Read a config file (and its ``base:``), fill defaults, apply overrides.
 
     Args:
         path: a YAML file, or ``None`` for the defaults alone.
@@ -216,26 +235,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     Returns:
         The resolved config: every key of :data:`DEFAULTS` is present.
     """
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if path is not None:
-        file = Path(path)
-        data = _read_yaml(file)
-        base = data.pop("base", None)
-        if base is not None:
-            base_path = (file.parent / str(base)).resolve()
-            base_data = _read_yaml(base_path)
-            if "base" in base_data:
-                raise ConfigError(
-                    f"config {str(base_path)!r} (the base of {str(file)!r}) has a 'base:' of its own; "
-                    "detkit allows one base level: merge the two bases into one file"
-                )
-            validate(base_data, source=str(base_path))
-            layers.append((str(base_path), base_data))
-        validate(data, source=str(file))
-        layers.append((str(file), data))
     config = copy.deepcopy(DEFAULTS)
-    for _, layer in layers:
-        config = merge(config, layer)
+    if path is not None:
+        config = merge(config, read_config_file(path))
     return apply_overrides(config, overrides)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detkit.config import load_config, merge
+from detkit.config import DEFAULTS, apply_overrides, merge, read_config_file
 from detkit.data.base import DetectionDataset
 from detkit.detectors import build_detector
 from detkit.engine.checkpoint import load_checkpoint, load_state
@@ -81,12 +81,10 @@ def load_model(
     ``overrides``) replace its settings where they differ, e.g. test-time thresholds.
     """
     checkpoint = load_checkpoint(weights)
-    config = checkpoint["config"]
+    config = merge(DEFAULTS, checkpoint["config"])  # keys added since the checkpoint was written
     if config_path is not None:
-        config = merge(config, load_config(config_path))
+        config = merge(config, read_config_file(config_path))
     if overrides:
-        from detkit.config import apply_overrides
-
         config = apply_overrides(config, overrides)
     class_names = list(checkpoint.get("class_names") or config["model"].get("class_names") or [])
     if not class_names:

@@ -1,0 +1,94 @@
+"""Box ops against slow, obviously-correct references."""
+
+import itertools
+
+import pytest
+import torch
+
+from detkit.ops import BoxCoder, batched_nms, box_area, box_iou, clip_boxes, remove_small_boxes, scale_boxes
+
+
+def random_boxes(n: int, seed: int, size: float = 100.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * size
+    wh = 1 + torch.rand(n, 2, generator=g) * size / 2
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def slow_iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_box_iou_matches_slow_reference():
+    a, b = random_boxes(13, 0), random_boxes(7, 1)
+    iou = box_iou(a, b)
+    for i, j in itertools.product(range(13), range(7)):
+        assert iou[i, j].item() == pytest.approx(slow_iou(a[i].tolist(), b[j].tolist()), abs=1e-6)
+
+
+def test_box_iou_hand_computed_and_degenerate():
+    a = torch.tensor([[0.0, 0, 10, 10]])
+    b = torch.tensor([[5.0, 0, 15, 10], [20, 20, 30, 30], [3, 3, 3, 3]])
+    assert box_iou(a, b)[0].tolist() == pytest.approx([50 / 150, 0.0, 0.0])
+    assert box_iou(b[2:], b[2:]).item() == 0.0  # empty union: 0, not NaN
+    assert box_iou(a, torch.zeros((0, 4))).shape == (1, 0)
+
+
+def test_box_area_clip_and_small():
+    boxes = torch.tensor([[-5.0, -5, 20, 30], [2, 2, 2.5, 10]])
+    assert box_area(boxes).tolist() == [25 * 35, 0.5 * 8]
+    assert clip_boxes(boxes, (25, 10)).tolist() == [[0, 0, 10, 25], [2, 2, 2.5, 10]]
+    assert remove_small_boxes(boxes, 1.0).tolist() == [0]
+
+
+def test_scale_boxes_from_resized_to_original():
+    boxes = torch.tensor([[10.0, 20, 30, 40]])
+    assert scale_boxes(boxes, (100, 200), (50, 400)).tolist() == [[20, 10, 60, 20]]
+
+
+def test_box_coder_round_trip_and_hand_case():
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    ref = torch.tensor([[0.0, 0, 10, 20]])
+    gt = torch.tensor([[5.0, 0, 15, 40]])
+    deltas = coder.encode(gt, ref)
+    # centre moves +5 px on a 10 px wide box: dx = 10 * 0.5; height doubles: dh = 5 * log 2
+    assert deltas.tolist()[0] == pytest.approx([5.0, 10 * 10 / 20, 0.0, 5 * torch.log(torch.tensor(2.0)).item()])
+    assert coder.decode(deltas, ref)[:, 0].tolist()[0] == pytest.approx(gt.tolist()[0], abs=1e-5)
+    a, b = random_boxes(50, 2), random_boxes(50, 3)
+    assert torch.allclose(coder.decode(coder.encode(a, b), b)[:, 0], a, atol=1e-3)
+
+
+def test_box_coder_multi_class_and_clip():
+    coder = BoxCoder(clip=1.0)
+    ref = torch.tensor([[0.0, 0, 10, 10]])
+    deltas = torch.tensor([[0.0, 0, 0, 0, 0, 0, 100.0, 0]])  # two classes, huge dw clipped to 1
+    out = coder.decode(deltas, ref)
+    assert out.shape == (1, 2, 4)
+    width = (out[0, 1, 2] - out[0, 1, 0]).item()
+    assert width == pytest.approx(10 * torch.e, rel=1e-5)
+
+
+def slow_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thresh: float) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: -scores[i].item())
+    keep: list[int] = []
+    for i in order:
+        if all(groups[i] != groups[k] or slow_iou(boxes[i].tolist(), boxes[k].tolist()) <= thresh for k in keep):
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_nms_matches_greedy_reference(seed):
+    boxes = random_boxes(60, seed, size=50)
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(60, generator=g)
+    groups = torch.randint(0, 3, (60,), generator=g)
+    assert batched_nms(boxes, scores, groups, 0.5).tolist() == slow_nms(boxes, scores, groups, 0.5)
+
+
+def test_batched_nms_empty():
+    assert batched_nms(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).numel() == 0

@@ -1,0 +1,82 @@
+"""Parity: torchvision's fasterrcnn_resnet50_fpn imported into detkit gives the same detections.
+
+The torchvision model is built with random weights and a fixed seed, saved, converted
+with `detkit import-torchvision`, and run with `detkit detect` on a real photo.
+"""
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+import torchvision
+
+from detkit.cli import main
+from detkit.data.images import image_to_tensor, read_image
+
+
+@pytest.fixture(scope="module")
+def torchvision_model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0
+    ).eval()
+    path = tmp_path_factory.mktemp("tv") / "fasterrcnn.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def _real_photo(shared_data, tmp_path: Path) -> Path:
+    folder = shared_data("tiny_coco") / "val2017"
+    photo = sorted(folder.glob("*.jpg"))[0]
+    target = tmp_path / "in" / photo.name
+    target.parent.mkdir()
+    target.write_bytes(photo.read_bytes())
+    return target
+
+
+def test_import_and_detect_match_torchvision(torchvision_model_file, shared_data, tmp_path, capsys):
+    tv_model, tv_file = torchvision_model_file
+    photo = _real_photo(shared_data, tmp_path)
+    ckpt = tmp_path / "detkit.pt"
+    assert main(["import-torchvision", "fasterrcnn_resnet50_fpn", str(tv_file), str(ckpt)]) == 0
+    # random weights score every class about 1/91: keep everything, as the torchvision model does
+    override = tmp_path / "thresh.yaml"
+    override.write_text("model:\n  postprocess: {score_thresh: 0.0}\n")
+    out = tmp_path / "out"
+    assert main(["-q", "detect", "--weights", str(ckpt), "--config", str(override), "--out", str(out),
+                 "--score-thresh", "0", "--device", "cpu", str(photo)]) == 0
+    ours = json.loads((out / "detections.json").read_text())
+
+    with torch.no_grad():
+        theirs = tv_model([image_to_tensor(read_image(photo))])[0]
+    assert len(ours) == len(theirs["boxes"]) == 100
+    names = {i + 1: n for i, n in enumerate(torch.load(ckpt, weights_only=True)["class_names"])}
+    boxes = torch.tensor([r["bbox"] for r in ours])
+    tv_xywh = torchvision.ops.box_convert(theirs["boxes"], "xyxy", "xywh")
+    # detections.json rounds boxes to 0.01 px and scores to 1e-5
+    assert torch.allclose(boxes, tv_xywh, atol=0.01)
+    assert torch.allclose(torch.tensor([r["score"] for r in ours]), theirs["scores"], atol=1e-4)
+    assert [r["category"] for r in ours] == [names[int(k)] for k in theirs["labels"]]
+    assert (out / f"{photo.stem}.png").is_file()
+
+
+def test_imported_model_matches_exactly_in_python(torchvision_model_file, tmp_path):
+    """Same comparison without rounding, on a synthetic image with a non-square size."""
+    from detkit.engine.build import load_model
+
+    tv_model, tv_file = torchvision_model_file
+    ckpt = tmp_path / "detkit.pt"
+    assert main(["import-torchvision", "fasterrcnn_resnet50_fpn", str(tv_file), str(ckpt)]) == 0
+    loaded, _ = load_model(ckpt, overrides=["model.postprocess.score_thresh=0.0"])
+    rng = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 300, 451, generator=rng)
+    image = torch.from_numpy(cv2.GaussianBlur(image.permute(1, 2, 0).numpy(), (9, 9), 3)).permute(2, 0, 1)
+    with torch.no_grad():
+        ours = loaded.model([image])[0][0]
+        theirs = tv_model([image])[0]
+    assert len(ours) == len(theirs["boxes"])
+    assert torch.allclose(ours.boxes, theirs["boxes"], atol=1e-3)
+    assert torch.allclose(ours.scores, theirs["scores"], atol=1e-5)
+    assert torch.equal(ours.labels + 1, theirs["labels"])
