@@ -1,0 +1,219 @@
+"""Optimizers and learning-rate schedules for the training loop.
+
+:func:`build_optimizer` splits the parameters into two groups so that weight
+decay only shrinks weights that multiply inputs: decaying a bias or the scale and
+shift of a normalization layer does not regularize the function the network
+computes, it only fights the normalization.
+
+:func:`build_scheduler` returns a :class:`~torch.optim.lr_scheduler.LambdaLR` whose
+factor at iteration ``t`` (0-based, one ``scheduler.step()`` per optimizer step) is::
+
+    factor(t) = warmup(t) * decay(t)
+    warmup(t) = warmup_factor * (1 - t / warmup_iters) + t / warmup_iters   if t < warmup_iters
+              = 1                                                          otherwise
+    decay(t)  = gamma ** (number of milestones <= t)         "step"
+              = 0.5 * (1 + cos(pi * min(t, total_iters) / total_iters))  "cosine"
+              = 1                                                          "constant"
+
+so the learning rate ramps linearly from ``warmup_factor * lr`` to ``lr`` and the
+decay runs over the whole ``[0, total_iters]`` range (as in detectron2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from detkit.errors import ConfigError, DetkitError
+from detkit.plugins import did_you_mean
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
+
+#: Module types whose parameters are normalization scales and shifts.
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # Also catches from-scratch norm layers (detkit.nn) and frozen variants by name.
+    return isinstance(module, _NORM_TYPES) or "Norm" in type(module).__name__
+
+
+def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict[str, object]]:
+    """Trainable parameters split into a decayed and a non-decayed group.
+
+    Biases and every parameter of a normalization layer go to the group with
+    ``weight_decay=0``; all other trainable parameters get ``weight_decay``.
+    Frozen parameters (``requires_grad=False``) are left out; a parameter shared by
+    several modules appears once. Empty groups are omitted.
+
+    Returns:
+        ``[{"params": [...], "weight_decay": weight_decay},
+        {"params": [...], "weight_decay": 0.0}]``
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        norm = _is_norm(module)
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if norm or name == "bias" or name.endswith("_bias"):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+    groups: list[dict[str, object]] = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": float(weight_decay)})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module, *, name: str, lr: float, momentum: float, weight_decay: float
+) -> Optimizer:
+    """The optimizer of ``train.optimizer`` over :func:`param_groups` of ``model``.
+
+    Args:
+        name: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (``momentum`` is its beta1).
+        lr: base learning rate (``train.lr``), > 0.
+        momentum: SGD momentum / AdamW beta1, in ``[0, 1)``.
+        weight_decay: decay of weights other than biases and norm parameters, >= 0.
+
+    Raises:
+        ConfigError: unknown name or out-of-range value (naming the ``train.*`` key).
+        DetkitError: the model has no trainable parameter.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in OPTIMIZERS:
+        raise ConfigError(
+            f"train.optimizer: unknown optimizer {name!r}{did_you_mean(str(name), OPTIMIZERS)}; "
+            f"known: {', '.join(OPTIMIZERS)}"
+        )
+    if not lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {lr!r}")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"train.momentum must be in [0, 1), got {momentum!r}")
+    if not weight_decay >= 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {weight_decay!r}")
+    groups = param_groups(model, weight_decay=weight_decay)
+    if not groups:
+        raise DetkitError(
+            f"{type(model).__name__} has no trainable parameter (all are frozen); "
+            "unfreeze some to train"
+        )
+    if key == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+
+
+def resolve_milestones(steps: Sequence[float], *, total_iters: int) -> list[int]:
+    """Iteration numbers of the ``"step"`` decays, sorted.
+
+    A value ``<= 1`` is a fraction of ``total_iters`` (rounded to the nearest
+    iteration); a value ``> 1`` is an absolute iteration number.
+    """
+    milestones = []
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s) or s < 0:
+            raise ConfigError(
+                f"train.steps must hold fractions in [0, 1] or iteration numbers > 1, got {s!r}"
+            )
+        milestones.append(round(s * total_iters) if s <= 1 else int(s))
+    return sorted(milestones)
+
+
+def lr_factor_fn(
+    *,
+    schedule: str,
+    total_iters: int,
+    warmup_iters: int,
+    warmup_factor: float,
+    steps: Sequence[float] = (),
+    gamma: float = 0.1,
+) -> Callable[[int], float]:
+    """The multiplier of the base lr at iteration ``t`` (see the module docstring).
+
+    Raises:
+        ConfigError: unknown schedule or out-of-range value (naming the ``train.*`` key).
+    """
+    if schedule not in SCHEDULES:
+        raise ConfigError(
+            f"train.schedule: unknown schedule {schedule!r}"
+            f"{did_you_mean(str(schedule), SCHEDULES)}; known: {', '.join(SCHEDULES)}"
+        )
+    if total_iters < 1:
+        raise ConfigError(
+            f"training would run {total_iters} iterations; raise train.epochs or train.max_iters"
+        )
+    if warmup_iters < 0:
+        raise ConfigError(f"train.warmup_iters must be >= 0, got {warmup_iters!r}")
+    if not 0 < warmup_factor <= 1:
+        raise ConfigError(f"train.warmup_factor must be in (0, 1], got {warmup_factor!r}")
+    if not gamma > 0:
+        raise ConfigError(f"train.gamma must be > 0, got {gamma!r}")
+    milestones = resolve_milestones(steps, total_iters=total_iters) if schedule == "step" else []
+
+    def decay(t: int) -> float:
+        if schedule == "step":
+            return float(gamma ** sum(1 for m in milestones if m <= t))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, total_iters) / total_iters))
+        return 1.0
+
+    def factor(t: int) -> float:
+        if t < warmup_iters:
+            alpha = t / warmup_iters
+            return (warmup_factor * (1.0 - alpha) + alpha) * decay(t)
+        return decay(t)
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: Optimizer,
+    *,
+    schedule: str,
+    total_iters: int,
+    warmup_iters: int,
+    warmup_factor: float,
+    steps: Sequence[float] = (),
+    gamma: float = 0.1,
+) -> LambdaLR:
+    """A per-iteration schedule with linear warmup (call ``step()`` after each optimizer step).
+
+    Args:
+        schedule: ``"step"``, ``"cosine"`` or ``"constant"`` (``train.schedule``).
+        total_iters: iterations of the whole run, >= 1.
+        warmup_iters: length of the linear warmup, >= 0 (0: none).
+        warmup_factor: lr multiplier at iteration 0, in ``(0, 1]``.
+        steps: ``"step"`` milestones: fractions of ``total_iters`` (``<= 1``) or
+            absolute iteration numbers (``> 1``).
+        gamma: ``"step"`` decay multiplier applied at each milestone.
+
+    Returns:
+        A :class:`LambdaLR`; at iteration ``t`` every group's lr is
+        ``initial_lr * factor(t)`` (see the module docstring).
+    """
+    factor = lr_factor_fn(
+        schedule=schedule,
+        total_iters=total_iters,
+        warmup_iters=warmup_iters,
+        warmup_factor=warmup_factor,
+        steps=steps,
+        gamma=gamma,
+    )
+    return LambdaLR(optimizer, lr_lambda=factor)
