@@ -161,10 +161,10 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
     """Train the detector a resolved config describes; returns the final metrics."""
     import torch
 
-    from detkit.config import save_config
     from detkit.data.loader import build_loader
     from detkit.data.transforms import RandomHorizontalFlip
-    from detkit.engine.build import build_dataset, model_from_config, plugins_for, resolve_device
+    from detkit.engine.build import build_dataset, model_from_config, plugins_for
+    from detkit.engine.trainer import resolve_device
     from detkit.engine.evaluate import evaluate_dataset
     from detkit.engine.trainer import Trainer
     from detkit.evaluation.coco import format_metrics
@@ -193,8 +193,6 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
         transforms=RandomHorizontalFlip(p=hflip) if hflip > 0 else None, seed=int(train_cfg["seed"]),
         drop_last=True,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
     eval_cfg = config["eval"]
 
     def evaluate(m: torch.nn.Module) -> dict[str, Any]:
@@ -215,7 +213,8 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detkit.engine.build import dataset_from_path, load_model, resolve_device
+    from detkit.engine.build import dataset_from_path, load_model
+    from detkit.engine.trainer import resolve_device
     from detkit.engine.evaluate import evaluate_dataset
     from detkit.evaluation.coco import format_metrics
     from detkit.io import write_json
@@ -247,7 +246,8 @@ def _check_classes(model_classes: Sequence[str], data_classes: Sequence[str], da
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.data.images import find_images
-    from detkit.engine.build import load_model, resolve_device
+    from detkit.engine.build import load_model
+    from detkit.engine.trainer import resolve_device
     from detkit.engine.predict import detect_files
 
     files = find_images(args.inputs)
@@ -297,7 +297,8 @@ def cmd_import_torchvision(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from detkit.config import load_config
     from detkit.data.images import find_images
-    from detkit.engine.build import load_model, resolve_device
+    from detkit.engine.build import load_model
+    from detkit.engine.trainer import resolve_device
     from detkit.engine.predict import detect_files
     from detkit.importers import CONFIG_DIR
 

@@ -46,4 +46,8 @@ def write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Atomically write a text file."""
-    atomic_write(path, lambda f: f.write(text))
+
+    def write(f: IO[Any]) -> None:
+        f.write(text)
+
+    atomic_write(path, write)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from detkit.stages.base import Neck
 from detkit.structures import FeatureMaps

@@ -16,6 +16,11 @@ class FrozenBatchNorm2d(nn.Module):
     (``num_batches_tracked`` is ignored).
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from detkit.config import DEFAULTS, apply_overrides, merge, read_config_file
@@ -93,15 +92,3 @@ def load_model(
     model = model_from_config(config, plugins, class_names=class_names)
     load_state(model, checkpoint["model"], path=weights)
     return LoadedModel(model.eval(), config, class_names), plugins
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}: {exc}") from exc

@@ -15,6 +15,7 @@ from detkit.ops.boxes import (
     scale_boxes,
 )
 from detkit.ops.matcher import Matcher
+from detkit.ops.roi_align import roi_align
 from detkit.ops.sampler import BalancedSampler
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "clip_boxes",
     "nonempty_boxes",
     "remove_small_boxes",
+    "roi_align",
     "scale_boxes",
 ]

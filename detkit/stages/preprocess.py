@@ -30,6 +30,9 @@ class ResizeNormalize(Preprocess):
         pixel_mean, pixel_std: per-channel normalization of ``[0, 1]`` RGB input.
     """
 
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
     def __init__(
         self,
         *,

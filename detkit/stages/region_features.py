@@ -10,10 +10,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torchvision
 from torch import Tensor
 
-from detkit.ops import box_area
+from detkit.ops import box_area, roi_align
 from detkit.stages.base import RegionExtractor
 from detkit.structures import FeatureMaps, ImageBatch, RegionFeatures
 
@@ -82,7 +81,7 @@ class MultiScaleRoIAlign(RegionExtractor):
         return RegionFeatures(pooled, num_per_image)
 
     def _pool(self, feature: Tensor, rois: Tensor, stride: int) -> Tensor:
-        return torchvision.ops.roi_align(
+        return roi_align(
             feature, rois.to(feature.dtype), self.output_size, spatial_scale=1.0 / stride,
             sampling_ratio=self.sampling_ratio, aligned=self.aligned,
         )

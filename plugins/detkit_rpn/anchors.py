@@ -26,13 +26,14 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: Sequence[Sequence[float]] | Sequence[float] = (0.5, 1.0, 2.0),
     ) -> None:
         super().__init__()
+        per_level: list[Sequence[float]]
         if aspect_ratios and not isinstance(aspect_ratios[0], Sequence):
-            aspect_ratios = [aspect_ratios] * len(sizes)  # type: ignore[list-item]
-        if len(aspect_ratios) != len(sizes):
-            raise ValueError(f"{len(sizes)} anchor size levels but {len(aspect_ratios)} aspect-ratio levels")
-        self.cell_anchors = [
-            cell_anchors(s, r) for s, r in zip(sizes, aspect_ratios)  # type: ignore[arg-type]
-        ]
+            per_level = [aspect_ratios] * len(sizes)  # type: ignore[list-item]
+        else:
+            per_level = list(aspect_ratios)  # type: ignore[arg-type]
+        if len(per_level) != len(sizes):
+            raise ValueError(f"{len(sizes)} anchor size levels but {len(per_level)} aspect-ratio levels")
+        self.cell_anchors = [cell_anchors(s, r) for s, r in zip(sizes, per_level)]
 
     def num_anchors_per_location(self) -> list[int]:
         return [int(c.shape[0]) for c in self.cell_anchors]
