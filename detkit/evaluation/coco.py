@@ -1,0 +1,261 @@
+"""COCO-style evaluation of detections and instance masks with pycocotools.
+
+:class:`CocoEvaluator` collects :class:`~detkit.structures.Detections` image by
+image, writes them as COCO result records and runs pycocotools' ``COCOeval`` on the
+images that were added (so evaluating part of a dataset is correct).
+
+The metrics dict, per evaluated IoU type (``"bbox"``, ``"segm"``)::
+
+    {"bbox": {"AP": .., "AP50": .., "AP75": .., "APs": .., "APm": .., "APl": ..,
+              "AR1": .., "AR10": .., "AR100": .., "ARs": .., "ARm": .., "ARl": ..,
+              "per_class": {class_name: AP, ...}}}
+
+The twelve numbers are pycocotools' ``stats`` in that order, as fractions in
+``[0, 1]``; like pycocotools, -1.0 means "no ground truth to measure" (for example
+no large objects). A class's AP is the mean of ``precision[:, :, k, area=all,
+maxDets=100]`` over its defined entries, -1.0 if the class has no ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor
+
+from detkit.errors import DataError
+from detkit.io import write_json
+from detkit.structures import Detections, detections_to_coco
+
+__all__ = ["METRIC_NAMES", "CocoEvaluator", "encode_masks", "format_metrics", "write_results"]
+
+#: The names of pycocotools' twelve summary numbers, in its order.
+METRIC_NAMES: tuple[str, ...] = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+_METRIC_LABELS: tuple[str, ...] = (
+    "AP   IoU=0.50:0.95  area=all     maxDets=100",
+    "AP   IoU=0.50       area=all     maxDets=100",
+    "AP   IoU=0.75       area=all     maxDets=100",
+    "AP   IoU=0.50:0.95  area=small   maxDets=100",
+    "AP   IoU=0.50:0.95  area=medium  maxDets=100",
+    "AP   IoU=0.50:0.95  area=large   maxDets=100",
+    "AR   IoU=0.50:0.95  area=all     maxDets=1",
+    "AR   IoU=0.50:0.95  area=all     maxDets=10",
+    "AR   IoU=0.50:0.95  area=all     maxDets=100",
+    "AR   IoU=0.50:0.95  area=small   maxDets=100",
+    "AR   IoU=0.50:0.95  area=medium  maxDets=100",
+    "AR   IoU=0.50:0.95  area=large   maxDets=100",
+)
+_IOU_TYPES = ("bbox", "segm")
+
+
+def encode_masks(masks: Tensor) -> list[dict[str, Any]]:
+    """``(D, H, W)`` masks -> D COCO RLEs with ``counts`` as str.
+
+    Float masks are probabilities, thresholded at 0.5; bool and integer masks are
+    foreground where non-zero.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"expected (D, H, W) masks, got shape {tuple(masks.shape)}")
+    masks = masks.detach().cpu()
+    binary = masks >= 0.5 if masks.is_floating_point() else masks != 0
+    # (D, H, W) -> (H, W, D), Fortran order as pycocotools wants
+    array = np.asfortranarray(binary.permute(1, 2, 0).numpy().astype(np.uint8))
+    rles = mask_utils.encode(array) if array.shape[2] else []
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return list(rles)
+
+
+class CocoEvaluator:
+    """Collect detections and evaluate them against a COCO ground truth.
+
+    Args:
+        coco_gt: the ground truth (a dataset's ``coco_gt()``).
+        class_names: name of each label index ``0..K-1``.
+        category_ids: the ground truth's category id of each label index.
+        iou_types: any of ``"bbox"``, ``"segm"`` (segm needs ``Detections.masks``
+            at the image's original size).
+
+    Attributes:
+        summary_text: pycocotools' printed summary of the last :meth:`evaluate`.
+    """
+
+    def __init__(
+        self,
+        coco_gt: COCO,
+        *,
+        class_names: Sequence[str],
+        category_ids: Sequence[int],
+        iou_types: Sequence[str] = ("bbox",),
+    ) -> None:
+        if len(class_names) != len(category_ids):
+            raise ValueError(
+                f"class_names ({len(class_names)}) and category_ids ({len(category_ids)}) differ in length"
+            )
+        unknown = [t for t in iou_types if t not in _IOU_TYPES]
+        if unknown or not iou_types:
+            raise ValueError(f"iou_types must be a non-empty subset of {_IOU_TYPES}, got {list(iou_types)}")
+        self.coco_gt = coco_gt
+        self.class_names = list(class_names)
+        self.category_ids = [int(c) for c in category_ids]
+        self.iou_types = tuple(dict.fromkeys(iou_types))
+        self.summary_text = ""
+        self._records: list[dict[str, Any]] = []
+        self._image_ids: set[int] = set()
+
+    def reset(self) -> None:
+        """Forget every added detection."""
+        self._records = []
+        self._image_ids = set()
+        self.summary_text = ""
+
+    def add(self, image_id: int, dets: Detections) -> None:
+        """Add the detections of one image (also when there are none).
+
+        Args:
+            image_id: the ground-truth image id.
+            dets: D detections in the image's original pixels; ``masks`` ``(D, H, W)``
+                (bool, or float probabilities) when evaluating segm.
+        """
+        image_id = int(image_id)
+        info = self.coco_gt.imgs.get(image_id)
+        if info is None:
+            raise DataError(
+                f"image id {image_id} is not in the ground truth; evaluate with the dataset the images came from"
+            )
+        if len(dets) and not 0 <= int(dets.labels.min()) <= int(dets.labels.max()) < len(self.category_ids):
+            raise ValueError(
+                f"detection labels must be in 0..{len(self.category_ids) - 1}, "
+                f"got {dets.labels.min().item()}..{dets.labels.max().item()}"
+            )
+        rles = None
+        if "segm" in self.iou_types:
+            if dets.masks is None:
+                raise ValueError("segm evaluation needs Detections.masks")
+            size = (info.get("height"), info.get("width"))
+            if len(dets) and tuple(dets.masks.shape[-2:]) != size:
+                raise ValueError(
+                    f"masks of image id {image_id} are {tuple(dets.masks.shape[-2:])} but the "
+                    f"image is {size}; "
+                    "paste masks at the original image size"
+                )
+            rles = encode_masks(dets.masks)
+        self._records.extend(detections_to_coco(dets, image_id=image_id, category_ids=self.category_ids, rles=rles))
+        self._image_ids.add(image_id)
+
+    @property
+    def image_ids(self) -> list[int]:
+        """The ids of the images added so far, sorted."""
+        return sorted(self._image_ids)
+
+    def results(self) -> list[dict[str, Any]]:
+        """The COCO result records (``image_id, category_id, bbox, score[, segmentation]``)."""
+        return [dict(r) for r in self._records]
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        """Run COCOeval on the added images; see the module docstring for the dict."""
+        metrics: dict[str, dict[str, Any]] = {}
+        texts = []
+        for iou_type in self.iou_types:
+            coco_eval, text = self._run(iou_type)
+            metrics[iou_type] = self._metrics(coco_eval)
+            texts.append(f"IoU type: {iou_type}\n{text}")
+        self.summary_text = "\n".join(texts)
+        return metrics
+
+    def _run(self, iou_type: str) -> tuple[COCOeval, str]:
+        """COCOeval after evaluate/accumulate/summarize, and what it printed."""
+        # Each type gets its own copies: loadRes adds fields to the records, and a
+        # segm result without "bbox" gets its area from the mask (as it should).
+        drop = "segmentation" if iou_type == "bbox" else "bbox"
+        records = [{k: v for k, v in r.items() if k != drop} for r in self._records]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            coco_dt = self.coco_gt.loadRes(records) if records else self._empty_results()
+            coco_eval = COCOeval(self.coco_gt, coco_dt, iouType=iou_type)
+            coco_eval.params.imgIds = self.image_ids
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            out.truncate(0)
+            out.seek(0)
+            coco_eval.summarize()
+        return coco_eval, out.getvalue()
+
+    def _empty_results(self) -> COCO:
+        """A result COCO without detections (pycocotools' loadRes fails on an empty list)."""
+        coco_dt = COCO()
+        coco_dt.dataset = {
+            "images": list(self.coco_gt.dataset.get("images", [])),
+            "categories": list(self.coco_gt.dataset.get("categories", [])),
+            "annotations": [],
+        }
+        coco_dt.createIndex()
+        return coco_dt
+
+    def _metrics(self, coco_eval: COCOeval) -> dict[str, Any]:
+        metrics: dict[str, Any] = {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats)}
+        # precision: (T iou thresholds, R recall thresholds, K categories, A areas, M maxDets)
+        precision = coco_eval.eval["precision"]
+        cat_index = {int(c): k for k, c in enumerate(coco_eval.params.catIds)}
+        area_all = list(coco_eval.params.areaRngLbl).index("all")
+        max_dets = list(coco_eval.params.maxDets).index(100)
+        per_class: dict[str, float] = {}
+        for name, cat_id in zip(self.class_names, self.category_ids):
+            k = cat_index.get(cat_id)
+            if k is None:
+                per_class[name] = -1.0
+                continue
+            p = precision[:, :, k, area_all, max_dets]
+            p = p[p > -1]
+            per_class[name] = float(p.mean()) if p.size else -1.0
+        metrics["per_class"] = per_class
+        return metrics
+
+
+def format_metrics(metrics: dict[str, dict[str, Any]]) -> str:
+    """A readable table of the metrics of :meth:`CocoEvaluator.evaluate` (values in %).
+
+    ``-`` stands for -1 (nothing to measure).
+    """
+
+    def pct(v: float) -> str:
+        return f"{100 * v:6.2f}" if v >= 0 else "     -"
+
+    lines: list[str] = []
+    for iou_type, m in metrics.items():
+        lines.append(f"{iou_type} ({'boxes' if iou_type == 'bbox' else 'masks'})")
+        for name, label in zip(METRIC_NAMES, _METRIC_LABELS):
+            lines.append(f"  {name:<6} {label}  {pct(m[name])}")
+        per_class = m.get("per_class", {})
+        if per_class:
+            width = max(len(n) for n in per_class)
+            lines.append("  per-class AP (IoU=0.50:0.95):")
+            for name, ap in per_class.items():
+                lines.append(f"    {name:<{width}}  {pct(ap)}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_results(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
+    """Atomically write COCO result records as a JSON list."""
+    write_json(path, records, indent=None)
