@@ -17,6 +17,10 @@ factor at iteration ``t`` (0-based, one ``scheduler.step()`` per optimizer step)
 
 so the learning rate ramps linearly from ``warmup_factor * lr`` to ``lr`` and the
 decay runs over the whole ``[0, total_iters]`` range (as in detectron2).
+
+``total_iters`` may be a callable returning the current horizon: a run with a time
+budget shortens its horizon to the iterations the budget allows, so the decay
+still completes when time runs out (see :class:`detkit.engine.trainer.Trainer`).
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ def resolve_milestones(steps: Sequence[float], *, total_iters: int) -> list[int]
 def lr_factor_fn(
     *,
     schedule: str,
-    total_iters: int,
+    total_iters: int | Callable[[], int],
     warmup_iters: int,
     warmup_factor: float,
     steps: Sequence[float] = (),
@@ -155,9 +159,10 @@ def lr_factor_fn(
             f"train.schedule: unknown schedule {schedule!r}"
             f"{did_you_mean(str(schedule), SCHEDULES)}; known: {', '.join(SCHEDULES)}"
         )
-    if total_iters < 1:
+    horizon: Callable[[], int] = total_iters if callable(total_iters) else (lambda: total_iters)  # type: ignore[assignment,return-value]
+    if horizon() < 1:
         raise ConfigError(
-            f"training would run {total_iters} iterations; raise train.epochs or train.max_iters"
+            f"training would run {horizon()} iterations; raise train.epochs or train.max_iters"
         )
     if warmup_iters < 0:
         raise ConfigError(f"train.warmup_iters must be >= 0, got {warmup_iters!r}")
@@ -165,13 +170,15 @@ def lr_factor_fn(
         raise ConfigError(f"train.warmup_factor must be in (0, 1], got {warmup_factor!r}")
     if not gamma > 0:
         raise ConfigError(f"train.gamma must be > 0, got {gamma!r}")
-    milestones = resolve_milestones(steps, total_iters=total_iters) if schedule == "step" else []
+    resolve_milestones(steps, total_iters=horizon())  # validate once, early
 
     def decay(t: int) -> float:
+        total = max(horizon(), 1)
         if schedule == "step":
+            milestones = resolve_milestones(steps, total_iters=total)
             return float(gamma ** sum(1 for m in milestones if m <= t))
         if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(t, total_iters) / total_iters))
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
         return 1.0
 
     def factor(t: int) -> float:
@@ -187,7 +194,7 @@ def build_scheduler(
     optimizer: Optimizer,
     *,
     schedule: str,
-    total_iters: int,
+    total_iters: int | Callable[[], int],
     warmup_iters: int,
     warmup_factor: float,
     steps: Sequence[float] = (),
@@ -197,7 +204,8 @@ def build_scheduler(
 
     Args:
         schedule: ``"step"``, ``"cosine"`` or ``"constant"`` (``train.schedule``).
-        total_iters: iterations of the whole run, >= 1.
+        total_iters: iterations of the whole run, >= 1, or a callable giving the
+            current horizon.
         warmup_iters: length of the linear warmup, >= 0 (0: none).
         warmup_factor: lr multiplier at iteration 0, in ``(0, 1]``.
         steps: ``"step"`` milestones: fractions of ``total_iters`` (``<= 1``) or

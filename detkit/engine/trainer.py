@@ -274,6 +274,9 @@ class Trainer:
         clock: seconds counter for the ``max_minutes`` budget and timings.
     """
 
+    #: iterations measured before the time budget reshapes the schedule
+    MIN_ITERS_FOR_PACE = 20
+
     def __init__(
         self,
         *,
@@ -300,6 +303,8 @@ class Trainer:
         self.clock = clock
 
         self.total_iters = self._total_iters()
+        #: where the lr schedule ends: total_iters, or less when a time budget allows less
+        self.horizon = self.total_iters
         s = self.settings
         self.optimizer = build_optimizer(
             self.model, name=s.optimizer, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
@@ -307,7 +312,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer,
             schedule=s.schedule,
-            total_iters=self.total_iters,
+            total_iters=lambda: self.horizon,
             warmup_iters=s.warmup_iters,
             warmup_factor=s.warmup_factor,
             steps=s.steps,
@@ -414,15 +419,18 @@ class Trainer:
                     )
                     if self.iteration % s.log_period == 0:
                         self._log_train()
-                    if self._out_of_time():
-                        logger.warning(
-                            "train.max_minutes=%s reached at iteration %d: stopping",
-                            s.max_minutes,
-                            self.iteration,
-                        )
-                        return True
+                    self._update_horizon()
                     if self.iteration >= self.total_iters:
                         return False
+                    if self._out_of_time() or self.iteration >= self.horizon:
+                        logger.warning(
+                            "train.max_minutes=%s: stopping at iteration %d of %d "
+                            "(the lr schedule was fitted to the time budget)",
+                            s.max_minutes,
+                            self.iteration,
+                            self.total_iters,
+                        )
+                        return True
                 self._maybe_evaluate(epoch)
         return False
 
@@ -479,6 +487,19 @@ class Trainer:
                 f"lower train.lr (now {self.settings.lr}) or raise train.warmup_iters "
                 f"(now {self.settings.warmup_iters})"
             )
+
+    def _update_horizon(self) -> None:
+        """Fit the schedule into ``train.max_minutes``, from the pace measured so far.
+
+        The decay (cosine or steps) then completes within the budget instead of being
+        cut off at a high learning rate. Evaluations count against the budget too.
+        """
+        budget = self.settings.max_minutes
+        if budget is None or self.iteration < self.MIN_ITERS_FOR_PACE:
+            return
+        elapsed = max(self.clock() - self._start, 1e-6)
+        affordable = int(self.iteration * budget * 60.0 / elapsed)
+        self.horizon = max(self.iteration + 1, min(self.total_iters, affordable))
 
     def _out_of_time(self) -> bool:
         budget = self.settings.max_minutes

@@ -1,0 +1,110 @@
+"""detkit vs torchvision inference time, same weights, same image, one process.
+
+Builds torchvision's fasterrcnn_resnet50_fpn with random weights (fixed seed),
+imports its state dict into detkit, checks the detections agree, then times both
+alternately (median of --runs runs after --warmup runs). Post-processing is forced
+to full load (score threshold 0, 100 detections per image), as a trained model on
+a busy image would be.
+
+    python tools/benchmark.py                      # CPU, 2 threads
+    python tools/benchmark.py --device cuda --runs 20
+    python tools/benchmark.py --image photo.jpg --threads 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from detkit.data.images import image_to_tensor, read_image
+from detkit.detectors import build_detector
+from detkit.importers import fasterrcnn_resnet50_fpn
+from detkit.plugins import load_plugins
+
+DEFAULT_IMAGE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tiny_coco" / "val2017"
+
+
+def load_image(path: str | None) -> tuple[torch.Tensor, str]:
+    if path:
+        return image_to_tensor(read_image(path)), path
+    photos = sorted(DEFAULT_IMAGE_DIR.glob("*.jpg"))
+    if photos:
+        return image_to_tensor(read_image(photos[0])), str(photos[0])
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 480, 640, generator=g), "random 480x640 image"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_model(fn, image: torch.Tensor, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        fn([image])
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--image", default=None, help="image file (default: a tiny_coco photo)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0
+    ).eval().to(device)
+    config, class_names, state = fasterrcnn_resnet50_fpn().convert(tv.state_dict())
+    config["model"]["postprocess"]["score_thresh"] = 0.0
+    ours = build_detector(config, load_plugins().registry, num_classes=len(class_names)).eval().to(device)
+    ours.load_state_dict(state)
+    image, image_name = load_image(args.image)
+    image = image.to(device)
+
+    with torch.no_grad():
+        a = tv([image])[0]
+        b = ours([image])[0][0]
+    same = len(a["boxes"]) == len(b) and torch.allclose(a["boxes"], b.boxes, atol=0.01)
+    print(f"image: {image_name} {tuple(image.shape[1:])}, device {device}, threads {torch.get_num_threads()}")
+    print(f"detections: torchvision {len(a['boxes'])}, detkit {len(b)}, identical boxes: {same}")
+
+    for _ in range(args.warmup):
+        time_model(tv, image, device)
+        time_model(ours, image, device)
+    tv_times, our_times = [], []
+    for _ in range(args.runs):  # interleaved, so drifts in machine load hit both alike
+        tv_times.append(time_model(tv, image, device))
+        our_times.append(time_model(ours, image, device))
+    tv_ms = statistics.median(tv_times) * 1000
+    our_ms = statistics.median(our_times) * 1000
+    ratio = tv_ms / our_ms
+    print(f"{'model':<34}{'median ms':>12}")
+    print(f"{'torchvision fasterrcnn_resnet50_fpn':<34}{tv_ms:>12.1f}")
+    print(f"{'detkit faster_rcnn_r50_fpn':<34}{our_ms:>12.1f}")
+    print(f"speed-up (torchvision / detkit): {ratio:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"device": str(device), "threads": torch.get_num_threads(), "image": image_name,
+             "torchvision_ms": tv_ms, "detkit_ms": our_ms, "ratio": ratio, "identical": same}, indent=2))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU check in one call: install detkit without dependencies into the machine's torch
+# environment, run the CUDA tests, the benchmark on the GPU, and a BCCD training run.
+#
+#   bash tools/gpu_check.sh OUT_DIR [TRAIN_MINUTES]
+#
+# Expects: pycocotools wheels in .whl/ (no registry on the GPU machine) and the shared
+# data sets in $DETKIT_DATA (default ../shared/data).
+set -uo pipefail
+out=${1:-gpu_out}
+minutes=${2:-4}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || {
+  echo "editable install failed; using PYTHONPATH"; export PYTHONPATH="${PYTHONPATH:-}:$PWD:$PWD/plugins"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$out/gpu.txt"
+
+echo "== CUDA tests"
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cuda_tests.log" | tail -5
+
+echo "== benchmark (GPU)"
+python3 tools/benchmark.py --device cuda --runs 20 --warmup 3 --json "$out/bench_cuda.json" 2>&1 | tail -6
+
+echo "== BCCD training on the GPU ($minutes min)"
+python3 -m detkit.cli -q train configs/bccd_faster_rcnn.yaml --device cuda \
+  "data.train.root=${DETKIT_DATA:-../shared/data}/BCCD" "data.val.root=${DETKIT_DATA:-../shared/data}/BCCD" \
+  train.epochs=200 train.batch_size=16 train.lr=0.04 train.warmup_iters=100 train.eval_period=10 \
+  "train.max_minutes=$minutes" data.workers=8 "output.dir=$out/bccd" 2>&1 | tail -25
+ls "$out/bccd" 2>/dev/null
