@@ -164,9 +164,8 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
     from detkit.data.loader import build_loader
     from detkit.data.transforms import RandomHorizontalFlip
     from detkit.engine.build import build_dataset, model_from_config, plugins_for
-    from detkit.engine.trainer import resolve_device
     from detkit.engine.evaluate import evaluate_dataset
-    from detkit.engine.trainer import Trainer
+    from detkit.engine.trainer import Trainer, resolve_device
     from detkit.evaluation.coco import format_metrics
 
     train_cfg = config["train"]
@@ -214,8 +213,8 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from detkit.engine.build import dataset_from_path, load_model
-    from detkit.engine.trainer import resolve_device
     from detkit.engine.evaluate import evaluate_dataset
+    from detkit.engine.trainer import resolve_device
     from detkit.evaluation.coco import format_metrics
     from detkit.io import write_json
 
@@ -247,8 +246,8 @@ def _check_classes(model_classes: Sequence[str], data_classes: Sequence[str], da
 def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.data.images import find_images
     from detkit.engine.build import load_model
-    from detkit.engine.trainer import resolve_device
     from detkit.engine.predict import detect_files
+    from detkit.engine.trainer import resolve_device
 
     files = find_images(args.inputs)
     loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
@@ -298,8 +297,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from detkit.config import load_config
     from detkit.data.images import find_images
     from detkit.engine.build import load_model
-    from detkit.engine.trainer import resolve_device
     from detkit.engine.predict import detect_files
+    from detkit.engine.trainer import resolve_device
     from detkit.importers import CONFIG_DIR
 
     start = time.monotonic()
@@ -334,7 +333,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options (`train C --device cuda a.b=1`)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
         from detkit import __version__
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,21 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus floats written without a dot (``1e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _is_component(path: str) -> bool:
     return path in COMPONENT_KEYS
 
@@ -112,7 +128,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
     if data is None:
@@ -173,7 +189,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
     return key.strip().split("."), value
@@ -194,6 +210,8 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
                     validate(_nested(keys, value), source=f"override {item!r}")
                     raise ConfigError(f"override {item!r}: {prefix!r} is not a section")
             node = node[k]
+        if keys[-1] == "name" and _is_component(".".join(keys[:-1])) and node.get("name") != value:
+            node.clear()  # another factory: the old keys belong to the old one (as in merge)
         node[keys[-1]] = value
         validate(out, source=f"override {item!r}")
     return out

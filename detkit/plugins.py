@@ -265,7 +265,7 @@ def load_plugins(
     infos: list[PluginInfo] = []
 
     def add(name: str, obj: Any, origin: str) -> None:
-        if name in blocked_set or pm.has_plugin(name):
+        if name in blocked_set or pm.has_plugin(name) or pm.is_registered(obj):
             return
         try:
             pm.register(obj, name=name)
@@ -286,9 +286,23 @@ def load_plugins(
         if module_name not in blocked_set:
             add(module_name, _import_plugin(module_name, origin), origin)
 
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"plugin {pm.get_name(exc.plugin)!r} implements a hook detkit does not define: {exc}. "
+            "Check the function names against detkit.hookspecs"
+        ) from exc
     registry = ComponentRegistry()
     for impl in pm.hook.detkit_add_components.get_hookimpls():
-        impl.function(registry=registry.scoped(impl.plugin_name))
+        try:
+            impl.function(registry=registry.scoped(impl.plugin_name))
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r}: detkit_add_components failed: {type(exc).__name__}: {exc}"
+            ) from exc
     return Plugins(pm, infos, registry)
 
 

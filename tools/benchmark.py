@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -28,7 +29,8 @@ from detkit.detectors import build_detector
 from detkit.importers import fasterrcnn_resnet50_fpn
 from detkit.plugins import load_plugins
 
-DEFAULT_IMAGE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tiny_coco" / "val2017"
+DATA_ROOT = Path(os.environ.get("DETKIT_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+DEFAULT_IMAGE_DIR = DATA_ROOT / "tiny_coco" / "val2017"
 
 
 def load_image(path: str | None) -> tuple[torch.Tensor, str]:
