@@ -15,6 +15,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
+from detkit.backbones.norm import make_norm
 from detkit.stages.base import Neck
 from detkit.structures import FeatureMaps
 
@@ -27,6 +28,8 @@ class FPN(Neck):
         in_strides: trunk stage name -> stride.
         out_channels: channels of every pyramid level.
         extra_level: add ``p(K+1)`` by stride-2 subsampling of the coarsest level.
+        norm: normalization after every conv (``none`` as in the paper; ``bn`` or
+            ``gn`` help when training from scratch).
     """
 
     def __init__(
@@ -36,13 +39,14 @@ class FPN(Neck):
         in_strides: dict[str, int],
         out_channels: int = 256,
         extra_level: bool = True,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         self.in_features = list(in_channels)
-        self.lateral_convs = nn.ModuleList(nn.Conv2d(in_channels[k], out_channels, 1) for k in self.in_features)
-        self.output_convs = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in self.in_features
+        self.lateral_convs = nn.ModuleList(
+            _conv(in_channels[k], out_channels, 1, norm) for k in self.in_features
         )
+        self.output_convs = nn.ModuleList(_conv(out_channels, out_channels, 3, norm) for _ in self.in_features)
         levels = [int(math.log2(in_strides[k])) for k in self.in_features]
         self.out_names = [f"p{lvl}" for lvl in levels]
         self.extra_level = extra_level
@@ -54,7 +58,8 @@ class FPN(Neck):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
-                nn.init.zeros_(m.bias)  # type: ignore[arg-type]
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, features: FeatureMaps) -> FeatureMaps:
         inputs = [features[k] for k in self.in_features]
@@ -67,3 +72,9 @@ class FPN(Neck):
         if self.extra_level:
             outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
         return FeatureMaps(dict(zip(self.out_names, outputs)), dict(self.out_strides))
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> nn.Module:
+    """A conv, followed by a norm layer unless ``norm == "none"`` (then the conv has a bias)."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm == "none")
+    return conv if norm == "none" else nn.Sequential(conv, make_norm(norm, out_channels))

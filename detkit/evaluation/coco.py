@@ -243,7 +243,7 @@ def format_metrics(metrics: dict[str, dict[str, Any]]) -> str:
 
     lines: list[str] = []
     for iou_type, m in metrics.items():
-        lines.append(f"{iou_type} ({'boxes' if iou_type == 'bbox' else 'masks'})")
+        lines.append(f"{iou_type} ({'boxes' if iou_type == 'bbox' else 'masks'}), in %")
         for name, label in zip(METRIC_NAMES, _METRIC_LABELS):
             lines.append(f"  {name:<6} {label}  {pct(m[name])}")
         per_class = m.get("per_class", {})

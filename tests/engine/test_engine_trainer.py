@@ -396,3 +396,29 @@ def test_numpy_metrics_like_pycocotools_are_stored(tmp_path):
     assert saved == {"bbox": {"AP": 0.5, "stats": [0.0, 1.0, 2.0]}}
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["meta"]["metrics"] == saved
+
+
+def test_time_budget_fits_the_cosine_schedule_into_the_budget(tmp_path):
+    """With max_minutes the horizon follows the measured pace, so the lr decays to ~0 in time."""
+    now = [0.0]
+
+    def clock() -> float:  # every reading advances 1 s: about 0.2 minutes per 6 steps
+        now[0] += 1.0
+        return now[0]
+
+    trainer = Trainer(
+        model=MeanBoxDetector(),
+        train_loader=[make_batch() for _ in range(10)],
+        evaluate=IoUEvaluator(),
+        out_dir=tmp_path / "run",
+        config=make_config(epochs=1000, max_minutes=2.0, schedule="cosine", warmup_iters=0, log_period=1),
+        class_names=["cell"],
+        progress=False,
+        clock=clock,
+    )
+    result = trainer.train()
+    assert result.stopped_early and result.iterations < trainer.total_iters / 10
+    lrs = [r["lr"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "train"]
+    base = trainer.settings.lr
+    assert lrs[-1] < 0.05 * base  # the decay completed: not cut off at a high lr
+    assert max(lrs[len(lrs) // 4 :]) < base  # and it decayed along the way
