@@ -164,7 +164,7 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
     from detkit.data.loader import build_loader
     from detkit.data.transforms import RandomHorizontalFlip
     from detkit.engine.build import build_dataset, model_from_config, plugins_for
-    from detkit.engine.evaluate import evaluate_dataset
+    from detkit.engine.evaluate import evaluate_dataset, label_map_by_name
     from detkit.engine.trainer import Trainer, resolve_device
     from detkit.evaluation.coco import format_metrics
 
@@ -213,7 +213,7 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from detkit.engine.build import dataset_from_path, load_model
-    from detkit.engine.evaluate import evaluate_dataset
+    from detkit.engine.evaluate import evaluate_dataset, label_map_by_name
     from detkit.engine.trainer import resolve_device
     from detkit.evaluation.coco import format_metrics
     from detkit.io import write_json
@@ -221,26 +221,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loaded, _ = load_model(args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins)
     device = resolve_device(args.device or loaded.config["train"]["device"])
     dataset = dataset_from_path(args.data, images=args.images, split=args.split)
-    _check_classes(loaded.class_names, dataset.class_names, args.data)
+    label_map = label_map_by_name(loaded.class_names, dataset.class_names, data=args.data)
     out = Path(args.out)
     metrics = evaluate_dataset(
         loaded.model.to(device), dataset, batch_size=int(loaded.config["eval"]["batch_size"]),
-        max_images=args.max_images, results_path=out / "results.json", progress=not args.quiet,
+        max_images=args.max_images, results_path=out / "results.json", label_map=label_map,
+        progress=not args.quiet,
     )
     write_json(out / "metrics.json", metrics)
     print(format_metrics(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'results.json'}")
     return 0
-
-
-def _check_classes(model_classes: Sequence[str], data_classes: Sequence[str], data: str) -> None:
-    if list(model_classes) != list(data_classes):
-        from detkit.errors import DataError
-
-        raise DataError(
-            f"the model's classes {list(model_classes)[:8]}... do not match those of {data!r} "
-            f"{list(data_classes)[:8]}...; evaluate on data annotated with the classes the model was trained on"
-        )
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

@@ -80,3 +80,26 @@ def test_imported_model_matches_exactly_in_python(torchvision_model_file, tmp_pa
     assert torch.allclose(ours.boxes, theirs["boxes"], atol=1e-3)
     assert torch.allclose(ours.scores, theirs["scores"], atol=1e-5)
     assert torch.equal(ours.labels + 1, theirs["labels"])
+
+
+def test_coco_model_classes_map_onto_a_coco_json_by_name(shared_data):
+    """torchvision's 90 label slots (with N/A gaps) map onto the 80 named categories of a COCO json."""
+    from detkit.data.coco import CocoDataset
+    from detkit.engine.evaluate import label_map_by_name
+    from detkit.importers import torchvision_coco_classes
+
+    ann = shared_data("tiny_coco") / "annotations"
+    dataset = CocoDataset(ann_file=sorted(ann.glob("instances_val*.json"))[0])
+    model_classes = torchvision_coco_classes()
+    label_map = label_map_by_name(model_classes, dataset.class_names, data="tiny_coco")
+    assert label_map is not None and len(label_map) == 90
+    for model_label, data_label in enumerate(label_map.tolist()):
+        if data_label >= 0:
+            # the same name and the same COCO category id on both sides
+            assert dataset.class_names[data_label] == model_classes[model_label]
+            assert dataset.category_ids[data_label] == model_label + 1
+        else:
+            assert model_classes[model_label].startswith("N/A")
+    assert label_map_by_name(dataset.class_names, dataset.class_names, data="x") is None
+    with pytest.raises(Exception, match="does not predict"):
+        label_map_by_name(["person"], dataset.class_names, data="tiny_coco")

@@ -89,6 +89,7 @@ def load_model(
     if not class_names:
         raise ConfigError(f"checkpoint {str(weights)!r} names no classes")
     plugins = plugins_for(config, cli_plugins)
+    plugins.hook.detkit_configure(config=config)
     model = model_from_config(config, plugins, class_names=class_names)
     load_state(model, checkpoint["model"], path=weights)
     return LoadedModel(model.eval(), config, class_names), plugins
