@@ -164,7 +164,7 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
     from detkit.data.loader import build_loader
     from detkit.data.transforms import RandomHorizontalFlip
     from detkit.engine.build import build_dataset, model_from_config, plugins_for
-    from detkit.engine.evaluate import evaluate_dataset, label_map_by_name
+    from detkit.engine.evaluate import evaluate_dataset
     from detkit.engine.trainer import Trainer, resolve_device
     from detkit.evaluation.coco import format_metrics
 
