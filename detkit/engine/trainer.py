@@ -420,6 +420,9 @@ class Trainer:
                     if self.iteration % s.log_period == 0:
                         self._log_train()
                     self._update_horizon()
+                    if bar.total != self.horizon:  # the time budget reshaped the run
+                        bar.total = self.horizon
+                        bar.refresh()
                     if self.iteration >= self.total_iters:
                         return False
                     if self._out_of_time() or self.iteration >= self.horizon:
