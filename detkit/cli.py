@@ -12,6 +12,7 @@ import logging
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:
+    """Data warnings (a clipped box, a dropped annotation) as one line, without source code."""
+    print(f"detkit: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -339,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     logging.basicConfig(level=logging.WARNING, format="detkit: warning: %(message)s")
+    warnings.showwarning = _show_warning
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
