@@ -1,4 +1,4 @@
-"""The built-in plugin: detkit's own trunks, necks, region extractors, heads, datasets, importers.
+"""The built-in plugin: detkit's own backbones, necks, region extractors, heads, datasets, importers.
 
 Listed first in :data:`detkit.plugins.BUILTIN_PLUGINS`; it registers through the
 same hook as any third-party plugin.
@@ -17,7 +17,7 @@ from detkit.stages.roi_heads import FastRCNNHead
 @hookimpl
 def detkit_add_components(registry: ComponentRegistry) -> None:
     for depth in (18, 34, 50, 101, 152):
-        registry.register("trunk", f"resnet{depth}", getattr(backbones.resnet, f"resnet{depth}"))
+        registry.register("backbone", f"resnet{depth}", getattr(backbones.resnet, f"resnet{depth}"))
     registry.register("neck", "fpn", backbones.FPN)
     registry.register("region_extractor", "multiscale_roi_align", MultiScaleRoIAlign)
     registry.register("roi_head", "fast_rcnn", FastRCNNHead)

@@ -28,7 +28,7 @@ from detkit.plugins import did_you_mean
 #: Sections whose keys belong to a registered factory (validated at build time).
 COMPONENT_KEYS: frozenset[str] = frozenset(
     {
-        "model.trunk",
+        "model.backbone",
         "model.neck",
         "model.proposer",
         "model.region_extractor",
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
             "pixel_mean": [0.485, 0.456, 0.406],
             "pixel_std": [0.229, 0.224, 0.225],
         },
-        "trunk": {"name": "resnet50"},
+        "backbone": {"name": "resnet50"},
         "neck": {"name": "fpn"},
         "proposer": {"name": "rpn"},
         "region_extractor": {"name": "multiscale_roi_align"},

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from detkit.errors import ConfigError
 from detkit.plugins import ComponentRegistry
-from detkit.stages.base import Losses, Neck, PostProcess, Preprocess, Proposer, RoIHead, Trunk
+from detkit.stages.base import Backbone, Losses, Neck, PostProcess, Preprocess, Proposer, RoIHead
 from detkit.stages.postprocess import DetectionPostProcess
 from detkit.stages.preprocess import ResizeNormalize
 from detkit.structures import Detections, FeatureMaps, Targets
@@ -37,7 +37,7 @@ class TwoStageDetector(nn.Module):
         self,
         *,
         preprocess: Preprocess,
-        trunk: Trunk,
+        backbone: Backbone,
         neck: Neck | None,
         proposer: Proposer,
         roi_head: RoIHead,
@@ -45,14 +45,14 @@ class TwoStageDetector(nn.Module):
     ) -> None:
         super().__init__()
         self.preprocess = preprocess
-        self.trunk = trunk
+        self.backbone = backbone
         self.neck = neck
         self.proposer = proposer
         self.roi_head = roi_head
         self.postprocess = postprocess
 
     def extract_features(self, tensor: Tensor) -> FeatureMaps:
-        features = self.trunk(tensor)
+        features = self.backbone(tensor)
         return self.neck(features) if self.neck is not None else features
 
     def forward(
@@ -70,7 +70,7 @@ class TwoStageDetector(nn.Module):
         return detections, {**proposal_losses, **head_losses}
 
 
-def _channels(module: Trunk | Neck, key: str) -> int:
+def _channels(module: Backbone | Neck, key: str) -> int:
     channels = set(module.out_channels.values())
     if len(channels) != 1:
         raise ConfigError(
@@ -82,13 +82,13 @@ def _channels(module: Trunk | Neck, key: str) -> int:
 
 def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
     """Build a :class:`TwoStageDetector` from the ``model`` config section."""
-    trunk = registry.build("trunk", model["trunk"], key="model.trunk")
+    backbone = registry.build("backbone", model["backbone"], key="model.backbone")
     neck = None
     if model.get("neck"):
         neck = registry.build(
-            "neck", model["neck"], key="model.neck", in_channels=trunk.out_channels, in_strides=trunk.out_strides
+            "neck", model["neck"], key="model.neck", in_channels=backbone.out_channels, in_strides=backbone.out_strides
         )
-    channels = _channels(neck or trunk, "model.neck")
+    channels = _channels(neck or backbone, "model.neck")
     proposer = registry.build("proposer", model["proposer"], key="model.proposer", in_channels=channels)
     extractor = registry.build("region_extractor", model["region_extractor"], key="model.region_extractor")
     roi_head = registry.build(
@@ -97,7 +97,7 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
     )
     return TwoStageDetector(
         preprocess=ResizeNormalize(**model["preprocess"]),
-        trunk=trunk,
+        backbone=backbone,
         neck=neck,
         proposer=proposer,
         roi_head=roi_head,

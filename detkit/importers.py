@@ -97,7 +97,7 @@ def fasterrcnn_resnet50_fpn() -> TorchvisionImporter:
     return TorchvisionImporter(
         config="faster_rcnn_r50_fpn.yaml",
         renames=[
-            (r"^backbone\.body\.", "trunk."),
+            (r"^backbone\.body\.", "backbone."),
             (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"neck.lateral_convs.\1."),
             (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"neck.output_convs.\1."),
             (r"^rpn\.head\.conv\.(\d+)\.0\.", r"proposer.head.conv.\1."),

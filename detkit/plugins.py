@@ -39,7 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 
 #: Component kinds a plugin may register.
 COMPONENT_KINDS: tuple[str, ...] = (
-    "trunk",
+    "backbone",
     "neck",
     "proposer",
     "region_extractor",

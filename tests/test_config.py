@@ -59,7 +59,7 @@ def test_empty_file_is_the_defaults(tmp_path: Path) -> None:
 def test_one_base_level_merges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "base.yaml", """
         model:
-          trunk: {name: resnet18, width: 16, frozen_stages: 0}
+          backbone: {name: resnet18, width: 16, frozen_stages: 0}
           proposer: {name: rpn, nms_thresh: 0.6, pre_nms_top_n_test: 300}
           postprocess: {score_thresh: 0.3}
         train: {lr: 0.01, epochs: 3}
@@ -67,14 +67,14 @@ def test_one_base_level_merges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     child = write(tmp_path / "sub" / "child.yaml", """
         base: ../base.yaml
         model:
-          trunk: {name: resnet34}
+          backbone: {name: resnet34}
           proposer: {name: rpn, nms_thresh: 0.5}
         train: {lr: 0.02}
     """)
     monkeypatch.chdir(tmp_path / "sub")  # the base is found relative to the file, not the cwd
     config = load_config(Path("child.yaml").resolve())
     # a new name replaces the section: the base's resnet18 keys belong to another factory
-    assert config["model"]["trunk"] == {"name": "resnet34"}
+    assert config["model"]["backbone"] == {"name": "resnet34"}
     # the same name merges key by key
     assert config["model"]["proposer"] == {"name": "rpn", "nms_thresh": 0.5, "pre_nms_top_n_test": 300}
     # fixed sections merge key by key over base over defaults
@@ -169,12 +169,12 @@ def test_override_component_sections(tmp_path: Path) -> None:
         "model.mask_head.name=my_masks",  # creates the section that defaults to null
         "model.mask_head.layers=4",
         "model.neck=null",
-        "model.trunk={name: resnet18, width: 16}",
+        "model.backbone={name: resnet18, width: 16}",
     ])
     assert config["model"]["proposer"] == {"name": "rpn", "anchor_sizes": [[8], [16]]}
     assert config["model"]["mask_head"] == {"name": "my_masks", "layers": 4}
     assert config["model"]["neck"] is None
-    assert config["model"]["trunk"] == {"name": "resnet18", "width": 16}
+    assert config["model"]["backbone"] == {"name": "resnet18", "width": 16}
 
 
 def test_override_name_replaces_the_section_like_a_file_does() -> None:
@@ -296,8 +296,8 @@ def test_build_passes_config_and_detkit_arguments(tmp_path: Path, toy_registry: 
 
 def test_detector_build_reports_the_config_key() -> None:
     plugins = load_plugins(autoload=False)
-    config = load_config(CONFIGS / "shapes_faster_rcnn.yaml", ["model.trunk.widht=8"])
-    with pytest.raises(ConfigError, match=r"config key 'model.trunk': unknown key 'widht' for trunk 'resnet18' "
+    config = load_config(CONFIGS / "shapes_faster_rcnn.yaml", ["model.backbone.widht=8"])
+    with pytest.raises(ConfigError, match=r"config key 'model.backbone': unknown key 'widht' for backbone 'resnet18' "
                                           r"\(did you mean 'width'\?\)"):
         build_detector(config, plugins.registry, num_classes=4)
     config = load_config(CONFIGS / "shapes_faster_rcnn.yaml", ["model.proposer.anchor_size=[[8]]"])

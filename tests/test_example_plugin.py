@@ -291,7 +291,7 @@ def test_example_config_file(installed: Path) -> None:
     assert config["model"]["proposer"] == {
         "name": "grid_proposals", "scales": [16, 32, 64, 128], "stride_fraction": 0.5, "max_proposals": 400,
     }
-    assert config["model"]["trunk"] == base["model"]["trunk"]
+    assert config["model"]["backbone"] == base["model"]["backbone"]
     plugins = load_plugins()
     plugins.hook.detkit_configure(config=config)
     model = build_detector(config, plugins.registry, num_classes=4)

@@ -31,7 +31,7 @@ from detkit.plugins import (
 
 #: (kind, name) -> plugin, for every component the built-ins are known to provide.
 BUILTIN_COMPONENTS: dict[tuple[str, str], str] = {
-    **{("trunk", f"resnet{d}"): "detkit.components" for d in (18, 34, 50, 101, 152)},
+    **{("backbone", f"resnet{d}"): "detkit.components" for d in (18, 34, 50, 101, 152)},
     ("neck", "fpn"): "detkit.components",
     ("proposer", "rpn"): "detkit_rpn",
     ("region_extractor", "multiscale_roi_align"): "detkit.components",
@@ -188,10 +188,10 @@ def test_p_loads_a_local_module(make_plugin: Callable[..., str]) -> None:
 
 
 def test_config_plugins_have_origin_config(make_plugin: Callable[..., str], tmp_path: Path) -> None:
-    module = make_plugin("detkit_test_local_config", kind="trunk", name="local_trunk")
+    module = make_plugin("detkit_test_local_config", kind="backbone", name="local_backbone")
     plugins = load_plugins(config_plugins=[module])
     assert plugins.infos[-1] == PluginInfo(module, module, "config")
-    assert plugins.registry.get("trunk", "local_trunk").plugin == module
+    assert plugins.registry.get("backbone", "local_backbone").plugin == module
     # the same through a config file's `plugins:` key
     path = tmp_path / "c.yaml"
     path.write_text(f"plugins: [{module}]\n", encoding="utf-8")
@@ -216,7 +216,7 @@ def test_p_no_blocks_a_builtin(make_plugin: Callable[..., str]) -> None:
         plugins.registry.build("proposer", {"name": "rpn"}, key="model.proposer", in_channels=8)
     assert f"unknown proposer 'rpn'; known proposers: {', '.join(known)}. `detkit plugins` lists" in str(info.value)
     # and where a config asks for it
-    config = load_config(None, ["model.trunk={name: resnet18, width: 8}", "model.neck={name: fpn, out_channels: 16}"])
+    config = load_config(None, ["model.backbone={name: resnet18, width: 8}", "model.neck={name: fpn, out_channels: 16}"])
     with pytest.raises(PluginError, match=r"unknown proposer 'rpn'"):
         build_detector(config, plugins.registry, num_classes=2)
 
@@ -276,18 +276,18 @@ def test_unknown_kind_at_registration(make_plugin: Callable[..., str]) -> None:
 
 def test_unknown_kind_at_lookup() -> None:
     registry = load_plugins().registry
-    with pytest.raises(PluginError, match=r"unknown component kind 'trunks' \(did you mean 'trunk'\?\)"):
-        registry.get("trunks", "resnet50")
+    with pytest.raises(PluginError, match=r"unknown component kind 'backbones' \(did you mean 'backbone'\?\)"):
+        registry.get("backbones", "resnet50")
 
 
 def test_unknown_component_name_suggests_and_lists() -> None:
     registry = load_plugins().registry
     with pytest.raises(PluginError) as info:
-        registry.get("trunk", "resnet05")
+        registry.get("backbone", "resnet05")
     message = str(info.value)
-    assert "unknown trunk 'resnet05' (did you mean 'resnet50'?)" in message
-    assert "known trunks: " + ", ".join(registry.names("trunk")) + "." in message
-    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"} <= set(registry.names("trunk"))
+    assert "unknown backbone 'resnet05' (did you mean 'resnet50'?)" in message
+    assert "known backbones: " + ", ".join(registry.names("backbone")) + "." in message
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"} <= set(registry.names("backbone"))
     with pytest.raises(PluginError) as info:
         registry.get("neck", "zzz")
     assert "unknown neck 'zzz'; known necks: " in str(info.value)  # nothing close: no suggestion

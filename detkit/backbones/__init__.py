@@ -1,4 +1,4 @@
-"""Classification backbones usable as detection trunks, and necks (FPN)."""
+"""Classification backbones usable as detection backbones, and necks (FPN)."""
 
 from detkit.backbones.fpn import FPN
 from detkit.backbones.norm import FrozenBatchNorm2d, make_norm

@@ -1,6 +1,6 @@
 """Feature Pyramid Network (Lin et al., 2017).
 
-Lateral 1x1 convolutions bring every trunk stage to ``out_channels``; a top-down
+Lateral 1x1 convolutions bring every backbone stage to ``out_channels``; a top-down
 path adds each coarser map, upsampled (nearest) to the finer one; a 3x3
 convolution smooths every sum. An extra level ``p(last+1)`` is a stride-2
 subsampling of the coarsest output (the "max pool" top block of the paper's RPN).
@@ -24,8 +24,8 @@ class FPN(Neck):
     """Top-down feature pyramid.
 
     Args:
-        in_channels: trunk stage name -> channels, finest first.
-        in_strides: trunk stage name -> stride.
+        in_channels: backbone stage name -> channels, finest first.
+        in_strides: backbone stage name -> stride.
         out_channels: channels of every pyramid level.
         extra_level: add ``p(K+1)`` by stride-2 subsampling of the coarsest level.
         norm: normalization after every conv (``none`` as in the paper; ``bn`` or

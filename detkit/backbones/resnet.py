@@ -1,4 +1,4 @@
-"""ResNet (He et al., 2016) as a classifier and as a detection trunk.
+"""ResNet (He et al., 2016) as a classifier and as a detection backbone.
 
 Parameter names follow torchvision's ``resnet*`` (``conv1``, ``bn1``,
 ``layer1.0.conv1``, ``downsample.0``, ``fc``), so its state dicts load directly.
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit.backbones.norm import FrozenBatchNorm2d, make_norm
-from detkit.stages.base import Trunk
+from detkit.stages.base import Backbone
 from detkit.structures import FeatureMaps
 
 
@@ -93,8 +93,8 @@ RESNET_SPECS: dict[int, ResNetSpec] = {
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 
 
-class ResNet(Trunk):
-    """ResNet trunk returning named stages, with an optional classification head.
+class ResNet(Backbone):
+    """ResNet backbone returning named stages, with an optional classification head.
 
     Args:
         depth: 18, 34, 50, 101 or 152.

@@ -1,6 +1,7 @@
 """Stage contracts and the stages shared by every detector family."""
 
 from detkit.stages.base import (
+    Backbone,
     DenseHead,
     Neck,
     PostProcess,
@@ -8,10 +9,10 @@ from detkit.stages.base import (
     Proposer,
     RegionExtractor,
     RoIHead,
-    Trunk,
 )
 
 __all__ = [
+    "Backbone",
     "DenseHead",
     "Neck",
     "PostProcess",
@@ -19,5 +20,4 @@ __all__ = [
     "Proposer",
     "RegionExtractor",
     "RoIHead",
-    "Trunk",
 ]

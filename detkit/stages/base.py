@@ -2,7 +2,7 @@
 
 A detector is a composition of stages (see docs/ARCHITECTURE.md)::
 
-    images -> Preprocess -> Trunk -> Neck -> Proposer -> RoIHead (RegionExtractor inside)
+    images -> Preprocess -> Backbone -> Neck -> Proposer -> RoIHead (RegionExtractor inside)
            -> PostProcess -> list[Detections]
 
 Only the typed containers of :mod:`detkit.structures` cross these boundaries.
@@ -11,7 +11,7 @@ Stages that learn (:class:`Proposer`, :class:`RoIHead`, :class:`DenseHead`) retu
 ``(output, losses)``: ``losses`` is a ``dict[str, Tensor]`` of scalar losses, empty
 at inference, keys ``loss_<stage>_<term>``. The return type never changes with
 ``self.training``. Stages that only transform (:class:`Preprocess`,
-:class:`Trunk`, :class:`Neck`, :class:`RegionExtractor`, :class:`PostProcess`)
+:class:`Backbone`, :class:`Neck`, :class:`RegionExtractor`, :class:`PostProcess`)
 return their output alone.
 """
 
@@ -41,7 +41,7 @@ class Preprocess(nn.Module):
         raise NotImplementedError
 
 
-class Trunk(nn.Module):
+class Backbone(nn.Module):
     """Image-level feature extractor (a classifier without its head).
 
     ``forward(x: Tensor[N, 3, Hp, Wp]) -> FeatureMaps``
@@ -61,7 +61,7 @@ class Trunk(nn.Module):
 class Neck(nn.Module):
     """Feature-to-feature transform (FPN and the like).
 
-    ``forward(features: FeatureMaps) -> FeatureMaps``; same attributes as :class:`Trunk`.
+    ``forward(features: FeatureMaps) -> FeatureMaps``; same attributes as :class:`Backbone`.
     """
 
     out_channels: dict[str, int]
@@ -165,6 +165,7 @@ class PostProcess(nn.Module):
 
 
 __all__ = [
+    "Backbone",
     "DenseHead",
     "Detections",
     "FeatureMaps",
@@ -179,5 +180,4 @@ __all__ = [
     "RegionFeatures",
     "RoIHead",
     "Targets",
-    "Trunk",
 ]

@@ -1,4 +1,4 @@
-"""ResNet trunk and FPN against torchvision with the same weights."""
+"""ResNet backbone and FPN against torchvision with the same weights."""
 
 from collections import OrderedDict
 
