@@ -216,7 +216,9 @@ def test_p_no_blocks_a_builtin(make_plugin: Callable[..., str]) -> None:
         plugins.registry.build("proposer", {"name": "rpn"}, key="model.proposer", in_channels=8)
     assert f"unknown proposer 'rpn'; known proposers: {', '.join(known)}. `detkit plugins` lists" in str(info.value)
     # and where a config asks for it
-    config = load_config(None, ["model.backbone={name: resnet18, width: 8}", "model.neck={name: fpn, out_channels: 16}"])
+    config = load_config(
+        None, ["model.backbone={name: resnet18, width: 8}", "model.neck={name: fpn, out_channels: 16}"]
+    )
     with pytest.raises(PluginError, match=r"unknown proposer 'rpn'"):
         build_detector(config, plugins.registry, num_classes=2)
 
