@@ -2,13 +2,14 @@
 # GPU check in one call: install detkit without dependencies into the machine's torch
 # environment, run the CUDA tests, the benchmark on the GPU, and a BCCD training run.
 #
-#   bash tools/gpu_check.sh OUT_DIR [TRAIN_MINUTES]
+#   bash tools/gpu_check.sh OUT_DIR [BCCD_MINUTES] [DEMO_MINUTES]
 #
 # Expects: pycocotools wheels in .whl/ (no registry on the GPU machine) and the shared
 # data sets in $DETKIT_DATA (default ../shared/data).
 set -uo pipefail
 out=${1:-gpu_out}
 minutes=${2:-4}
+demo_minutes=${3:-2}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -25,9 +26,13 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cud
 echo "== benchmark (GPU)"
 python3 tools/benchmark.py --device cuda --runs 20 --warmup 3 --json "$out/bench_cuda.json" 2>&1 | tail -6
 
+echo "== demo on the GPU ($demo_minutes min of training)"
+python3 -m detkit.cli -q demo --out "$out/demo" --device cuda "train.max_minutes=$demo_minutes" data.workers=4 2>&1 | tail -8
+rm -rf "$out/demo/data" "$out/demo/detections" "$out"/demo/*.pt
+
 echo "== BCCD training on the GPU ($minutes min)"
 python3 -m detkit.cli -q train configs/bccd_faster_rcnn.yaml --device cuda \
   "data.train.root=${DETKIT_DATA:-../shared/data}/BCCD" "data.val.root=${DETKIT_DATA:-../shared/data}/BCCD" \
   train.epochs=200 train.batch_size=16 train.lr=0.04 train.warmup_iters=100 train.eval_period=10 \
   "train.max_minutes=$minutes" data.workers=8 "output.dir=$out/bccd" 2>&1 | tail -25
-ls "$out/bccd" 2>/dev/null
+rm -f "$out"/bccd/*.pt
