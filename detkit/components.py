@@ -18,6 +18,11 @@ from detkit.stages.roi_heads import FastRCNNHead
 def detkit_add_components(registry: ComponentRegistry) -> None:
     for depth in (18, 34, 50, 101, 152):
         registry.register("backbone", f"resnet{depth}", getattr(backbones.resnet, f"resnet{depth}"))
+    registry.register("backbone", "lenet5", backbones.LeNet5)
+    registry.register("backbone", "alexnet", backbones.AlexNet)
+    for name, vgg in backbones.VGG_VARIANTS.items():
+        registry.register("backbone", name, vgg)
+    registry.register("backbone", "googlenet", backbones.GoogLeNet)
     registry.register("neck", "fpn", backbones.FPN)
     registry.register("region_extractor", "multiscale_roi_align", MultiScaleRoIAlign)
     registry.register("roi_head", "fast_rcnn", FastRCNNHead)
