@@ -28,3 +28,16 @@ def shared_data() -> Callable[[str], Path]:
         return path
 
     return get
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Share the cores between pytest-xdist workers instead of oversubscribing them.
+
+    Each worker would otherwise start as many torch threads as there are cores; on a
+    2-core machine with 2 workers that makes small-tensor tests many times slower.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

@@ -16,6 +16,12 @@ def make_inputs(num_rois: int, dtype: torch.dtype = torch.float32):
     return features, torch.cat([index, xy, xy + wh], dim=1)
 
 
+@pytest.fixture(autouse=True)
+def two_threads(monkeypatch):
+    """The threaded path needs at least two torch threads, whatever the test runner set."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+
+
 @pytest.mark.parametrize("aligned", [False, True])
 def test_forward_and_backward_match_torchvision(aligned):
     features, rois = make_inputs(700)
