@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from detkit.backbones.fold import fold_frozen_batchnorm
 from detkit.data.images import image_to_tensor, read_image
 from detkit.detectors import build_detector
 from detkit.importers import fasterrcnn_resnet50_fpn
@@ -77,6 +78,7 @@ def main() -> int:
     config["model"]["postprocess"]["score_thresh"] = 0.0
     ours = build_detector(config, load_plugins().registry, num_classes=len(class_names)).eval().to(device)
     ours.load_state_dict(state)
+    fold_frozen_batchnorm(ours)  # as `detkit detect` and `detkit eval` do
     image, image_name = load_image(args.image)
     image = image.to(device)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from detkit.backbones.fold import fold_frozen_batchnorm
 from detkit.config import DEFAULTS, apply_overrides, merge, read_config_file
 from detkit.data.base import DetectionDataset
 from detkit.detectors import build_detector
@@ -73,11 +74,14 @@ def load_model(
     config_path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
     cli_plugins: Sequence[str] = (),
+    fold_norms: bool = True,
 ) -> tuple[LoadedModel, Plugins]:
-    """Rebuild a detector from a detkit checkpoint.
+    """Rebuild a detector from a detkit checkpoint, ready for inference.
 
     The checkpoint's own config rebuilds the model; a ``config_path`` (and
     ``overrides``) replace its settings where they differ, e.g. test-time thresholds.
+    With ``fold_norms`` frozen batch norms are folded into their convolutions (same
+    outputs up to float rounding, faster; see :mod:`detkit.backbones.fold`).
     """
     checkpoint = load_checkpoint(weights)
     config = merge(DEFAULTS, checkpoint["config"])  # keys added since the checkpoint was written
@@ -92,4 +96,6 @@ def load_model(
     plugins.hook.detkit_configure(config=config)
     model = model_from_config(config, plugins, class_names=class_names)
     load_state(model, checkpoint["model"], path=weights)
+    if fold_norms:
+        fold_frozen_batchnorm(model)
     return LoadedModel(model.eval(), config, class_names), plugins
