@@ -8,6 +8,8 @@ fixed ``s`` and ``t``; the same result comes from one convolution with weights
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ def fold_frozen_batchnorm(model: nn.Module) -> int:
     folded = 0
     for parent in list(model.modules()):
         children = list(parent.named_children())
-        for (_, first), (second_name, second) in zip(children, children[1:]):
+        for (_, first), (second_name, second) in itertools.pairwise(children):
             if isinstance(first, nn.Conv2d) and isinstance(second, FrozenBatchNorm2d):
                 _fold_pair(first, second)
                 setattr(parent, second_name, nn.Identity())
