@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     _add_common(p)
     p.set_defaults(func=cmd_demo)
+
+    from detkit.classify.cli import add_commands as add_classify_commands
+
+    add_classify_commands(sub)
     return parser
 
 

@@ -30,10 +30,12 @@ def small_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("command", ["plugins", "train", "eval", "detect", "import-torchvision", "demo"])
+@pytest.mark.parametrize(
+    "command", ["plugins", "train", "eval", "detect", "import-torchvision", "demo", "explain", "classify train"]
+)
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert exit_info.value.code == 0
     assert "examples:" in capsys.readouterr().out
 

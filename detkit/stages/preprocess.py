@@ -87,6 +87,6 @@ class ResizeNormalize(Preprocess):
         max_h = int(math.ceil(max(im.shape[-2] for im in images) / stride) * stride)
         max_w = int(math.ceil(max(im.shape[-1] for im in images) / stride) * stride)
         batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
-        for im, slot in zip(images, batch):
-            slot[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+        for i, im in enumerate(images):  # indexing the batch (not views of it) keeps autograd happy
+            batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
         return batch

@@ -1,0 +1,1 @@
+"""Image classification: datasets, the training loop, evaluation and the linear-classifier comparison."""
