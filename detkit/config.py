@@ -16,6 +16,7 @@ import copy
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,23 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _is_component(path: str) -> bool:
-    return path in COMPONENT_KEYS
+@dataclass(frozen=True)
+class Schema:
+    """What a kind of config may hold: fixed keys with defaults, and component sections.
+
+    Detection configs use :data:`DETECTION`; other tasks (classification) define their
+    own and pass it to :func:`load_config` and friends.
+    """
+
+    defaults: Mapping[str, Any]
+    components: frozenset[str]
+
+    def is_component(self, path: str) -> bool:
+        return path in self.components
+
+
+#: The schema of detection configs (``detkit train``, ``eval``, ``detect``).
+DETECTION = Schema(DEFAULTS, COMPONENT_KEYS)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -138,7 +154,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def merge(base: Mapping[str, Any], update: Mapping[str, Any], *, path: str = "") -> dict[str, Any]:
+def merge(
+    base: Mapping[str, Any], update: Mapping[str, Any], *, path: str = "", schema: Schema = DETECTION
+) -> dict[str, Any]:
     """Deep-merge ``update`` into a copy of ``base``.
 
     Component sections are replaced whole when ``name`` changes (the old keys belong
@@ -149,36 +167,36 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any], *, path: str = "")
         sub = f"{path}.{key}" if path else key
         old = out.get(key)
         if isinstance(value, Mapping) and isinstance(old, Mapping):
-            if _is_component(sub) and "name" in value and value["name"] != old.get("name"):
+            if schema.is_component(sub) and "name" in value and value["name"] != old.get("name"):
                 out[key] = copy.deepcopy(dict(value))
             else:
-                out[key] = merge(old, value, path=sub)
+                out[key] = merge(old, value, path=sub, schema=schema)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def validate(config: Mapping[str, Any], *, source: str = "config") -> None:
-    """Raise :class:`ConfigError` for keys that :data:`DEFAULTS` does not know."""
+def validate(config: Mapping[str, Any], *, source: str = "config", schema: Schema = DETECTION) -> None:
+    """Raise :class:`ConfigError` for keys that the schema's defaults do not know."""
 
-    def walk(node: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> None:
+    def walk(node: Mapping[str, Any], known: Mapping[str, Any], path: str) -> None:
         for key, value in node.items():
             sub = f"{path}.{key}" if path else key
-            if key not in schema:
+            if key not in known:
                 raise ConfigError(
-                    f"{source}: unknown key {sub!r}{did_you_mean(key, schema)}; "
-                    f"known keys{' under ' + repr(path) if path else ''}: {', '.join(sorted(schema))}"
+                    f"{source}: unknown key {sub!r}{did_you_mean(key, known)}; "
+                    f"known keys{' under ' + repr(path) if path else ''}: {', '.join(sorted(known))}"
                 )
-            if _is_component(sub):
+            if schema.is_component(sub):
                 if value is not None and not (isinstance(value, Mapping) and "name" in value):
                     raise ConfigError(f"{source}: {sub!r} must be a mapping with a 'name' key, or null")
                 continue
-            if isinstance(schema[key], Mapping):
+            if isinstance(known[key], Mapping):
                 if not isinstance(value, Mapping):
                     raise ConfigError(f"{source}: {sub!r} must be a mapping, got {value!r}")
-                walk(value, schema[key], sub)
+                walk(value, known[key], sub)
 
-    walk(config, {**DEFAULTS, "base": None}, "")
+    walk(config, {**schema.defaults, "base": None}, "")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -195,7 +213,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(
+    config: dict[str, Any], overrides: Sequence[str], *, schema: Schema = DETECTION
+) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides; keys are checked like file keys."""
     out = copy.deepcopy(config)
     for item in overrides:
@@ -204,16 +224,16 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
         for i, k in enumerate(keys[:-1]):
             prefix = ".".join(keys[: i + 1])
             if not isinstance(node.get(k), dict):
-                if node.get(k) is None and (_is_component(prefix) or prefix in ("model", "data")):
+                if node.get(k) is None and any(c == prefix or c.startswith(prefix + ".") for c in schema.components):
                     node[k] = {}
                 else:
-                    validate(_nested(keys, value), source=f"override {item!r}")
+                    validate(_nested(keys, value), source=f"override {item!r}", schema=schema)
                     raise ConfigError(f"override {item!r}: {prefix!r} is not a section")
             node = node[k]
-        if keys[-1] == "name" and _is_component(".".join(keys[:-1])) and node.get("name") != value:
+        if keys[-1] == "name" and schema.is_component(".".join(keys[:-1])) and node.get("name") != value:
             node.clear()  # another factory: the old keys belong to the old one (as in merge)
         node[keys[-1]] = value
-        validate(out, source=f"override {item!r}")
+        validate(out, source=f"override {item!r}", schema=schema)
     return out
 
 
@@ -224,12 +244,12 @@ def _nested(keys: list[str], value: Any) -> dict[str, Any]:
     return node
 
 
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_config_file(path: str | os.PathLike[str], *, schema: Schema = DETECTION) -> dict[str, Any]:
     """A config file merged over its ``base:`` (if any), validated, without defaults."""
     file = Path(path)
     data = _read_yaml(file)
     base = data.pop("base", None)
-    validate(data, source=str(file))
+    validate(data, source=str(file), schema=schema)
     if base is None:
         return data
     base_path = (file.parent / str(base)).resolve()
@@ -239,11 +259,13 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"config {str(base_path)!r} (the base of {str(file)!r}) has a 'base:' of its own; "
             "detkit allows one base level: merge the two bases into one file"
         )
-    validate(base_data, source=str(base_path))
-    return merge(base_data, data)
+    validate(base_data, source=str(base_path), schema=schema)
+    return merge(base_data, data, schema=schema)
 
 
-def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), *, schema: Schema = DETECTION
+) -> dict[str, Any]:
     """Read a config file (and its ``base:``), fill defaults, apply overrides.
 
     Args:
@@ -251,12 +273,12 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
         overrides: ``key.path=value`` strings, applied last.
 
     Returns:
-        The resolved config: every key of :data:`DEFAULTS` is present.
+        The resolved config: every key of the schema's defaults is present.
     """
-    config = copy.deepcopy(DEFAULTS)
+    config = copy.deepcopy(dict(schema.defaults))
     if path is not None:
-        config = merge(config, read_config_file(path))
-    return apply_overrides(config, overrides)
+        config = merge(config, read_config_file(path, schema=schema), schema=schema)
+    return apply_overrides(config, overrides, schema=schema)
 
 
 def dump_config(config: Mapping[str, Any]) -> str:

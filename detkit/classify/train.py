@@ -38,7 +38,6 @@ Shape glossary: N images, C channels, S image side, K classes, B batch.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -60,7 +59,7 @@ from detkit.classify.data import (
     digits_split,
     stratified_split,
 )
-from detkit.config import merge, parse_override, save_config
+from detkit.config import Schema, load_config, merge, save_config
 from detkit.errors import CheckpointError, ConfigError
 from detkit.io import atomic_path, write_json
 from detkit.plugins import Plugins, did_you_mean
@@ -70,6 +69,7 @@ __all__ = [
     "COMPONENT_KEYS",
     "DEFAULTS",
     "SCHEDULES",
+    "SCHEMA",
     "ImageClassifier",
     "LoadedClassifier",
     "TrainSummary",
@@ -142,74 +142,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The schema of classification configs, for detkit.config's loader.
+SCHEMA = Schema(DEFAULTS, COMPONENT_KEYS)
+
+
 # ----------------------------------------------------------------------------- config
-# detkit.config's merge and override parsing with this module's schema. Its validate,
-# apply_overrides and read_config_file are tied to the detection schema; the three small
-# functions below are those with a schema argument.
-
-
-def _validate(config: Mapping[str, Any], *, source: str) -> None:
-    def walk(node: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> None:
-        for key, value in node.items():
-            sub = f"{path}.{key}" if path else key
-            if key not in schema:
-                raise ConfigError(
-                    f"{source}: unknown key {sub!r}{did_you_mean(key, schema)}; "
-                    f"known keys{' under ' + repr(path) if path else ''}: {', '.join(sorted(schema))}"
-                )
-            if sub in COMPONENT_KEYS:
-                if not (isinstance(value, Mapping) and "name" in value):
-                    raise ConfigError(f"{source}: {sub!r} must be a mapping with a 'name' key")
-                continue
-            if isinstance(schema[key], Mapping):
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"{source}: {sub!r} must be a mapping, got {value!r}")
-                walk(value, schema[key], sub)
-
-    walk(config, {**DEFAULTS, "base": None}, "")
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    from detkit.config import _read_yaml  # the YAML reader detection configs use (reads 1e-3 as a float)
-
-    data = _read_yaml(path)
-    base = data.pop("base", None)
-    _validate(data, source=str(path))
-    if base is None:
-        return data
-    base_path = (path.parent / str(base)).resolve()
-    base_data = _read_yaml(base_path)
-    if "base" in base_data:
-        raise ConfigError(
-            f"config {str(base_path)!r} (the base of {str(path)!r}) has a 'base:' of its own; "
-            "detkit allows one base level: merge the two bases into one file"
-        )
-    _validate(base_data, source=str(base_path))
-    return merge(base_data, data)
-
-
-def _apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    out = copy.deepcopy(config)
-    for item in overrides:
-        keys, value = parse_override(item)
-        node: dict[str, Any] = out
-        for i, k in enumerate(keys[:-1]):
-            if not isinstance(node.get(k), dict):
-                _validate(_nested(keys, value), source=f"override {item!r}")
-                raise ConfigError(f"override {item!r}: {'.'.join(keys[: i + 1])!r} is not a section")
-            node = node[k]
-        if keys[-1] == "name" and ".".join(keys[:-1]) in COMPONENT_KEYS and node.get("name") != value:
-            node.clear()  # another factory: the old keys belong to the old one
-        node[keys[-1]] = value
-        _validate(out, source=f"override {item!r}")
-    return out
-
-
-def _nested(keys: list[str], value: Any) -> dict[str, Any]:
-    node: Any = value
-    for k in reversed(keys):
-        node = {k: node}
-    return node
 
 
 def load_classify_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -223,10 +160,7 @@ def load_classify_config(path: str | os.PathLike[str] | None, overrides: Sequenc
         ConfigError: unreadable file, unknown key (with the nearest known one), or
             a value :func:`check_config` rejects.
     """
-    config = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        config = merge(config, _read_file(Path(path)))
-    config = _apply_overrides(config, overrides)
+    config = load_config(path, overrides, schema=SCHEMA)
     check_config(config)
     return config
 
@@ -676,7 +610,7 @@ def load_classifier(
             f"checkpoint {str(weights)!r} is not a classifier from `detkit classify train` "
             "(a detector's? use `detkit eval` for those)"
         )
-    config = merge(DEFAULTS, ckpt["config"])
+    config = merge(DEFAULTS, ckpt["config"], schema=SCHEMA)
     class_names = [str(n) for n in ckpt["class_names"]]
     plugins = plugins_for(config, cli_plugins)
     model = build_classifier(config, plugins, num_classes=len(class_names))
