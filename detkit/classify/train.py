@@ -479,8 +479,11 @@ def _train_epoch(
         if augment is not None:
             images = torch.stack([augment(im) for im in images])
         images, labels = images.to(device), train.labels[index].to(device)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        output = model(images)
+        if hasattr(output, "loss"):  # GoogLeNet in training: main and auxiliary heads
+            loss, logits = output.loss(labels), output.logits
+        else:
+            loss, logits = F.cross_entropy(output, labels), output
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
