@@ -35,6 +35,7 @@ hookimpl = pluggy.HookimplMarker("detkit")
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "detkit.components",
     "detkit_rpn",
+    "detkit_single_shot",
 )
 
 #: Component kinds a plugin may register.

@@ -1,0 +1,43 @@
+"""detkit_single_shot: single-stage detectors and SSD (Liu et al., 2016).
+
+Registers the detector ``single_stage`` (``model.type: single_stage``: preprocess ->
+backbone -> dense head -> post-process), the dense head ``ssd``, the backbone
+``ssd300_vgg16`` (VGG-16 with SSD's conv4_3 L2 norm, atrous fc6/fc7 and extra layers)
+and the importer ``ssd300_vgg16`` (``detkit import-torchvision ssd300_vgg16 IN OUT``).
+"""
+
+from __future__ import annotations
+
+import detkit
+from detkit_single_shot.backbone import SSDVGG
+from detkit_single_shot.default_boxes import DefaultBoxes
+from detkit_single_shot.detector import (
+    FixedSizeResize,
+    SingleShotPostProcess,
+    SingleStageDetector,
+    build_single_stage,
+)
+from detkit_single_shot.importer import ssd300_vgg16
+from detkit_single_shot.ssd import SSDHead, hard_negative_mask, match_default_boxes
+
+__all__ = [
+    "SSDVGG",
+    "DefaultBoxes",
+    "FixedSizeResize",
+    "SSDHead",
+    "SingleShotPostProcess",
+    "SingleStageDetector",
+    "build_single_stage",
+    "detkit_add_components",
+    "hard_negative_mask",
+    "match_default_boxes",
+    "ssd300_vgg16",
+]
+
+
+@detkit.hookimpl
+def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
+    registry.register("detector", "single_stage", build_single_stage)
+    registry.register("dense_head", "ssd", SSDHead)
+    registry.register("backbone", "ssd300_vgg16", SSDVGG)
+    registry.register("importer", "ssd300_vgg16", ssd300_vgg16)
