@@ -28,4 +28,5 @@ def detkit_add_components(registry: ComponentRegistry) -> None:
     registry.register("roi_head", "fast_rcnn", FastRCNNHead)
     registry.register("detector", "two_stage", build_two_stage)
     registry.register("importer", "fasterrcnn_resnet50_fpn", importers.fasterrcnn_resnet50_fpn)
+    registry.register("importer", "maskrcnn_resnet50_fpn", importers.maskrcnn_resnet50_fpn)
     register_datasets(registry)

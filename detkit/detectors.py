@@ -20,17 +20,27 @@ from detkit.structures import Detections, FeatureMaps, Targets
 
 
 class TwoStageDetector(nn.Module):
-    """Proposals, then per-region classification: R-CNN, Fast R-CNN, Faster R-CNN.
+    """Proposals, then per-region classification: R-CNN, Fast R-CNN, Faster R-CNN, Mask R-CNN.
 
     ``forward(images, targets=None) -> (list[Detections], losses)``
+
+    At inference the post-processing runs in two halves with the masks between
+    them: ``postprocess.select`` filters the raw detections (resized pixels),
+    ``roi_head.predict_masks`` predicts box-relative masks for those final boxes (a
+    no-op without a mask head), ``postprocess.rescale`` maps boxes to the original
+    images and pastes the masks at full resolution.
 
     Args (of forward):
         images: N tensors ``(3, H, W)``, float RGB in ``[0, 1]``, any sizes.
         targets: ground truth in the images' pixels; required in training.
 
     Returns:
-        Detections in the input images' pixels (empty in training) and the losses
+        Detections in the input images' pixels (empty in training; with
+        ``masks (D, H, W)`` probabilities when :attr:`has_masks`) and the losses
         (empty at inference).
+
+    Attributes:
+        has_masks: whether the RoI head predicts masks (evaluation then scores segm too).
     """
 
     def __init__(
@@ -50,6 +60,7 @@ class TwoStageDetector(nn.Module):
         self.proposer = proposer
         self.roi_head = roi_head
         self.postprocess = postprocess
+        self.has_masks = roi_head.has_masks
 
     def extract_features(self, tensor: Tensor) -> FeatureMaps:
         features = self.backbone(tensor)
@@ -66,8 +77,12 @@ class TwoStageDetector(nn.Module):
             batch, features if self.proposer.needs_features else None, targets
         )
         raw, head_losses = self.roi_head(batch, features, proposals, targets)
-        detections = raw if self.training else self.postprocess(raw, batch)
-        return detections, {**proposal_losses, **head_losses}
+        losses = {**proposal_losses, **head_losses}
+        if self.training:
+            return raw, losses
+        detections = self.postprocess.select(raw, batch)
+        detections = self.roi_head.predict_masks(batch, features, detections)
+        return self.postprocess.rescale(detections, batch), losses
 
 
 def _channels(module: Backbone | Neck, key: str) -> int:
@@ -81,7 +96,11 @@ def _channels(module: Backbone | Neck, key: str) -> int:
 
 
 def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
-    """Build a :class:`TwoStageDetector` from the ``model`` config section."""
+    """Build a :class:`TwoStageDetector` from the ``model`` config section.
+
+    ``model.mask_head`` (optional) is built with ``in_channels`` and ``num_classes``
+    and handed to the RoI head as ``mask_head``.
+    """
     backbone = registry.build("backbone", model["backbone"], key="model.backbone")
     neck = None
     if model.get("neck"):
@@ -91,9 +110,14 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
     channels = _channels(neck or backbone, "model.neck")
     proposer = registry.build("proposer", model["proposer"], key="model.proposer", in_channels=channels)
     extractor = registry.build("region_extractor", model["region_extractor"], key="model.region_extractor")
+    mask_kwargs: dict[str, Any] = {}
+    if model.get("mask_head"):
+        mask_kwargs["mask_head"] = registry.build(
+            "mask_head", model["mask_head"], key="model.mask_head", in_channels=channels, num_classes=num_classes
+        )
     roi_head = registry.build(
         "roi_head", model["roi_head"], key="model.roi_head",
-        region_extractor=extractor, in_channels=channels, num_classes=num_classes,
+        region_extractor=extractor, in_channels=channels, num_classes=num_classes, **mask_kwargs,
     )
     return TwoStageDetector(
         preprocess=ResizeNormalize(**model["preprocess"]),

@@ -58,12 +58,15 @@ class TorchvisionImporter:
         renames: ``(regex, replacement)`` applied in order to every key.
         class_names: the model's class names, in detkit label order.
         drop: regexes of keys that have no detkit counterpart (dropped).
+        drop_background: regexes of (renamed) keys whose first row is torchvision's
+            background class, which the detkit layer does not have (the row is removed).
     """
 
     config: str
     renames: Sequence[tuple[str, str]]
     class_names: Sequence[str]
     drop: Sequence[str] = ()
+    drop_background: Sequence[str] = ()
 
     def rename(self, key: str) -> str:
         for pattern, replacement in self.renames:
@@ -86,7 +89,10 @@ class TorchvisionImporter:
         for key, value in state_dict.items():
             if any(re.search(p, key) for p in self.drop):
                 continue
-            converted[self.rename(key)] = value
+            new_key = self.rename(key)
+            if any(re.search(p, new_key) for p in self.drop_background):
+                value = value[1:]
+            converted[new_key] = value
         if not converted:
             raise CheckpointError("the state dict is empty after conversion")
         return config, list(self.class_names), converted
@@ -108,4 +114,25 @@ def fasterrcnn_resnet50_fpn() -> TorchvisionImporter:
         ],
         class_names=torchvision_coco_classes(),
         drop=[r"num_batches_tracked$"],
+    )
+
+
+def maskrcnn_resnet50_fpn() -> TorchvisionImporter:
+    """torchvision ``maskrcnn_resnet50_fpn`` (v1) -> ``configs/mask_rcnn_r50_fpn.yaml``.
+
+    The box part is renamed as for :func:`fasterrcnn_resnet50_fpn`; torchvision's mask
+    predictor has a background channel, which detkit's mask head does not.
+    """
+    boxes = fasterrcnn_resnet50_fpn()
+    return TorchvisionImporter(
+        config="mask_rcnn_r50_fpn.yaml",
+        renames=[
+            *boxes.renames,
+            (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"roi_head.mask_head.convs.\1."),
+            (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_head.mask_head.upsample.conv."),
+            (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_head.mask_head.predictor."),
+        ],
+        class_names=boxes.class_names,
+        drop=boxes.drop,
+        drop_background=[r"^roi_head\.mask_head\.predictor\."],
     )

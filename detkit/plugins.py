@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "detkit.components",
     "detkit_rpn",
     "detkit_single_shot",
+    "detkit_mask_head",
 )
 
 #: Component kinds a plugin may register.

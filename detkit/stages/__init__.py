@@ -3,6 +3,7 @@
 from detkit.stages.base import (
     Backbone,
     DenseHead,
+    MaskHead,
     Neck,
     PostProcess,
     Preprocess,
@@ -14,6 +15,7 @@ from detkit.stages.base import (
 __all__ = [
     "Backbone",
     "DenseHead",
+    "MaskHead",
     "Neck",
     "PostProcess",
     "Preprocess",

@@ -2,7 +2,7 @@
 
 A detector is a composition of stages (see docs/ARCHITECTURE.md)::
 
-    images -> Preprocess -> Backbone -> Neck -> Proposer -> RoIHead (RegionExtractor inside)
+    images -> Preprocess -> Backbone -> Neck -> Proposer -> RoIHead (RegionExtractor, MaskHead inside)
            -> PostProcess -> list[Detections]
 
 Only the typed containers of :mod:`detkit.structures` cross these boundaries.
@@ -119,15 +119,29 @@ class RoIHead(nn.Module):
     ``forward(images, features, proposals, targets=None) -> (list[Detections], losses)``
 
     In training the head matches proposals to ``targets``, samples them, pools
-    their features with its :class:`RegionExtractor` and returns its losses; the
+    their features with its :class:`RegionExtractor` and returns its losses (with a
+    :class:`MaskHead`, the mask loss of the positive proposals too); the
     detections it returns then are empty. At inference it returns *raw*
     detections: every (proposal, class) pair with its class-specific box and
     probability, to be filtered by :class:`PostProcess`.
 
+    Masks are predicted for the *final* boxes, so at inference the detector calls
+    ``predict_masks(images, features, detections)`` between
+    :meth:`PostProcess.select` and :meth:`PostProcess.rescale`: detections filtered
+    but still in resized pixels in, the same detections with box-relative masks
+    ``(D, M, M)`` (probabilities over each box) out. Without a mask head it returns
+    the detections unchanged.
+
     Args:
         proposals: per image, in resized pixels.
-        targets: ground truth in resized pixels (training only).
+        targets: ground truth in resized pixels (training only); ``masks`` needed
+            with a mask head.
+
+    Attributes:
+        has_masks: whether the head predicts masks.
     """
+
+    has_masks: bool = False
 
     def forward(
         self,
@@ -136,6 +150,41 @@ class RoIHead(nn.Module):
         proposals: list[Proposals],
         targets: list[Targets] | None = None,
     ) -> tuple[list[Detections], Losses]:
+        raise NotImplementedError
+
+    def predict_masks(
+        self, images: ImageBatch, features: FeatureMaps | None, detections: list[Detections]
+    ) -> list[Detections]:
+        return detections
+
+
+class MaskHead(nn.Module):
+    """Per-region instance masks, one per class; run by a :class:`RoIHead`.
+
+    ``forward(images, features, boxes) -> Tensor[R, K, M, M]`` mask logits for
+    ``boxes`` (per image ``(R_i, 4)`` in resized pixels; regions of image 0 first).
+
+    ``loss(logits, boxes, gt_index, targets) -> Tensor`` (scalar): ``boxes`` are the
+    positive proposals of each image, ``gt_index`` the index ``(R_i,)`` of each one's
+    matched object in ``targets[i]`` (crowd objects removed); only the channel of the
+    object's class is trained. Zero, and still differentiable, without positives.
+
+    ``predict(logits, labels) -> Tensor[R, M, M]``: probabilities of each region's
+    class ``labels (R,)``, box-relative (the post-processing pastes them).
+
+    Attributes:
+        mask_size: M.
+    """
+
+    mask_size: int
+
+    def forward(self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, logits: Tensor, boxes: list[Tensor], gt_index: list[Tensor], targets: list[Targets]) -> Tensor:
+        raise NotImplementedError
+
+    def predict(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
 
 
@@ -155,12 +204,25 @@ class DenseHead(nn.Module):
 class PostProcess(nn.Module):
     """Raw detections -> final detections in original image pixels.
 
-    ``forward(detections, images) -> list[Detections]``: clip to the image, drop
-    low scores and tiny boxes, class-wise NMS, keep the top k, rescale boxes to
-    ``images.original_sizes`` (and paste masks at full resolution).
+    ``forward(detections, images) -> list[Detections]`` is ``rescale(select(...))``:
+
+    * ``select(detections, images)``: clip to the image, drop low scores and tiny
+      boxes, class-wise NMS, keep the top k; boxes stay in resized pixels.
+    * ``rescale(detections, images)``: boxes to ``images.original_sizes``; masks,
+      when present, are box-relative ``(D, M, M)`` probabilities and are pasted into
+      the original image at full resolution, ``(D, H, W)``.
+
+    A two-stage detector calls the two halves itself, predicting masks in between
+    (see :class:`RoIHead`).
     """
 
     def forward(self, detections: list[Detections], images: ImageBatch) -> list[Detections]:
+        return self.rescale(self.select(detections, images), images)
+
+    def select(self, detections: list[Detections], images: ImageBatch) -> list[Detections]:
+        raise NotImplementedError
+
+    def rescale(self, detections: list[Detections], images: ImageBatch) -> list[Detections]:
         raise NotImplementedError
 
 
@@ -171,6 +233,7 @@ __all__ = [
     "FeatureMaps",
     "ImageBatch",
     "Losses",
+    "MaskHead",
     "Neck",
     "PostProcess",
     "Preprocess",

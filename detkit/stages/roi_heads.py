@@ -1,8 +1,9 @@
-"""The Fast R-CNN box head: RoI features -> class scores and class-specific boxes.
+"""The Fast R-CNN box head: RoI features -> class scores and class-specific boxes (+ masks).
 
 Shape glossary: N images, R_i proposals of image i, R = sum R_i, K foreground
 classes (the predictor has K + 1 outputs: background is index 0 inside this
-module only), C channels, h x w pooled size.
+module only), C channels, h x w pooled size, D_i final detections of image i,
+M mask side.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_iou
-from detkit.stages.base import Losses, RegionExtractor, RoIHead
+from detkit.stages.base import Losses, MaskHead, RegionExtractor, RoIHead
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, Targets
 
 
@@ -65,6 +66,8 @@ class FastRCNNHead(RoIHead):
         bbox_reg_weights: box-coder weights.
         add_gt_proposals: add the ground-truth boxes to the proposals in training.
         smooth_l1_beta: beta of the box regression loss.
+        mask_head: predicts masks of the positive proposals (training) and of the
+            final detections (:meth:`predict_masks`); ``None`` for boxes only.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class FastRCNNHead(RoIHead):
         bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
         add_gt_proposals: bool = True,
         smooth_l1_beta: float = 1.0 / 9,
+        mask_head: MaskHead | None = None,
     ) -> None:
         super().__init__()
         self.region_extractor = region_extractor
@@ -96,6 +100,8 @@ class FastRCNNHead(RoIHead):
         self.sampler = BalancedSampler(batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction)
         self.add_gt_proposals = add_gt_proposals
         self.smooth_l1_beta = smooth_l1_beta
+        self.mask_head = mask_head
+        self.has_masks = mask_head is not None
 
     def forward(
         self,
@@ -105,9 +111,12 @@ class FastRCNNHead(RoIHead):
         targets: list[Targets] | None = None,
     ) -> tuple[list[Detections], Losses]:
         if self.training and targets is not None:
-            boxes, labels, box_targets = self._label_and_sample(proposals, targets)
+            boxes, labels, box_targets, gt_index = self._label_and_sample(proposals, targets)
             logits, deltas = self._forward_box(images, features, boxes)
-            return [Detections() for _ in proposals], self._losses(logits, deltas, labels, box_targets)
+            losses = self._losses(logits, deltas, labels, box_targets)
+            if self.mask_head is not None:
+                losses["loss_mask"] = self._forward_mask(images, features, boxes, labels, gt_index, targets)
+            return [Detections() for _ in proposals], losses
         boxes = [p.boxes for p in proposals]
         logits, deltas = self._forward_box(images, features, boxes)
         return self._raw_detections(logits, deltas, boxes), {}
@@ -118,11 +127,45 @@ class FastRCNNHead(RoIHead):
         regions = self.region_extractor(images, features, boxes)
         return self.predictor(self.box_head(regions.features))
 
+    def _forward_mask(
+        self,
+        images: ImageBatch,
+        features: FeatureMaps | None,
+        boxes: list[Tensor],
+        labels: Tensor,
+        gt_index: list[Tensor],
+        targets: list[Targets],
+    ) -> Tensor:
+        """Mask loss of the positive sampled proposals (``labels`` ``(R,)``, 0 = background)."""
+        assert self.mask_head is not None
+        positive = [lab > 0 for lab in labels.split([b.shape[0] for b in boxes])]
+        pos_boxes = [b[p] for b, p in zip(boxes, positive)]
+        pos_index = [i[p] for i, p in zip(gt_index, positive)]
+        logits = self.mask_head(images, features, pos_boxes)
+        return self.mask_head.loss(logits, pos_boxes, pos_index, [t.without_crowd() for t in targets])
+
+    def predict_masks(
+        self, images: ImageBatch, features: FeatureMaps | None, detections: list[Detections]
+    ) -> list[Detections]:
+        """Box-relative mask probabilities ``(D_i, M, M)`` of each detection's class (see :class:`RoIHead`)."""
+        if self.mask_head is None:
+            return detections
+        logits = self.mask_head(images, features, [d.boxes for d in detections])
+        labels = torch.cat([d.labels for d in detections]) if detections else logits.new_zeros((0,), dtype=torch.int64)
+        probs = self.mask_head.predict(logits, labels).split([len(d) for d in detections])
+        return [d.replace(masks=p) for d, p in zip(detections, probs)]
+
     def _label_and_sample(
         self, proposals: list[Proposals], targets: list[Targets]
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Per image: sampled proposal boxes; for all: ``(R,)`` labels (0 = bg) and ``(R, 4)`` deltas."""
-        sampled_boxes, sampled_labels, sampled_targets = [], [], []
+    ) -> tuple[list[Tensor], Tensor, Tensor, list[Tensor]]:
+        """Sample proposals and label them.
+
+        Returns:
+            Per image the sampled boxes ``(R_i, 4)``; for all, ``(R,)`` labels (0 = bg)
+            and ``(R, 4)`` box targets; per image ``(R_i,)`` the index of each sampled
+            box's matched non-crowd object (meaningful for positives only).
+        """
+        sampled_boxes, sampled_labels, sampled_targets, sampled_index = [], [], [], []
         for props, tgt in zip(proposals, targets):
             gt = tgt.without_crowd()
             boxes = props.boxes.detach()
@@ -131,6 +174,7 @@ class FastRCNNHead(RoIHead):
             if len(gt) == 0:
                 labels = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
                 matched = torch.zeros_like(boxes)
+                matches = torch.zeros_like(labels)
             else:
                 matches = self.matcher(box_iou(gt.boxes, boxes))
                 labels = gt.labels[matches.clamp(min=0)] + 1
@@ -142,7 +186,8 @@ class FastRCNNHead(RoIHead):
             sampled_boxes.append(boxes[keep])
             sampled_labels.append(labels[keep])
             sampled_targets.append(self.box_coder.encode(matched[keep], boxes[keep]))
-        return sampled_boxes, torch.cat(sampled_labels), torch.cat(sampled_targets)
+            sampled_index.append(matches[keep].clamp(min=0))
+        return sampled_boxes, torch.cat(sampled_labels), torch.cat(sampled_targets), sampled_index
 
     def _losses(self, logits: Tensor, deltas: Tensor, labels: Tensor, box_targets: Tensor) -> Losses:
         cls_loss = F.cross_entropy(logits, labels) if labels.numel() else logits.sum() * 0
