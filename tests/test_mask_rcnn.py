@@ -74,7 +74,7 @@ def test_small_mask_rcnn_trains_on_shapes_and_detect_writes_rle(tmp_path):
     assert main(["-q", "train", str(CONFIG_DIR / "shapes_faster_rcnn.yaml"), *overrides, "--device", "cpu"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["type"] == "train"]
-    assert train and all(np.isfinite(r["loss_mask"]) and r["loss_mask"] > 0 for r in train)
+    assert train and all(np.isfinite(r["loss_roi_mask"]) and r["loss_roi_mask"] > 0 for r in train)
     metrics = json.loads((out / "metrics.json").read_text())
     assert "segm" in metrics and "AP" in metrics["segm"]
 

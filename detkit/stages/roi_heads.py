@@ -115,7 +115,7 @@ class FastRCNNHead(RoIHead):
             logits, deltas = self._forward_box(images, features, boxes)
             losses = self._losses(logits, deltas, labels, box_targets)
             if self.mask_head is not None:
-                losses["loss_mask"] = self._forward_mask(images, features, boxes, labels, gt_index, targets)
+                losses["loss_roi_mask"] = self._forward_mask(images, features, boxes, labels, gt_index, targets)
             return [Detections() for _ in proposals], losses
         boxes = [p.boxes for p in proposals]
         logits, deltas = self._forward_box(images, features, boxes)

@@ -223,11 +223,11 @@ def test_roi_head_with_zero_positive_proposals(model):
         _, losses = model.roi_head(batch, features, [far], [target])
     finally:
         model.roi_head.add_gt_proposals = True
-    assert losses["loss_mask"].item() == 0.0
+    assert losses["loss_roi_mask"].item() == 0.0
     sum(losses.values()).backward()
     # an image without objects at all, through the whole detector
     _, losses = model([torch.rand(3, 128, 128)], [Targets(masks=torch.zeros(0, 128, 128, dtype=torch.uint8))])
-    assert torch.isfinite(losses["loss_mask"]) and losses["loss_mask"].item() == 0.0
+    assert torch.isfinite(losses["loss_roi_mask"]) and losses["loss_roi_mask"].item() == 0.0
     sum(losses.values()).backward()
 
 
