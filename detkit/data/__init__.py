@@ -20,6 +20,7 @@ from detkit.data.images import IMAGE_EXTENSIONS, find_images, image_to_tensor, r
 from detkit.data.loader import Batch, SkipBadItems, build_loader, collate
 from detkit.data.shapes import ShapesDataset, generate_shapes
 from detkit.data.transforms import Compose, RandomHorizontalFlip, Transform
+from detkit.data.via import ViaDataset
 from detkit.data.voc import VocDataset
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ShapesDataset",
     "SkipBadItems",
     "Transform",
+    "ViaDataset",
     "VocDataset",
     "build_loader",
     "coco_from_dict",
@@ -59,3 +61,4 @@ def register_datasets(registry: _Registry) -> None:
     registry.register("dataset", "coco", CocoDataset)
     registry.register("dataset", "voc", VocDataset)
     registry.register("dataset", "shapes", ShapesDataset)
+    registry.register("dataset", "via", ViaDataset)
