@@ -1,7 +1,8 @@
 """detkit_single_shot: single-stage detectors and SSD (Liu et al., 2016).
 
 Registers the detector ``single_stage`` (``model.type: single_stage``: preprocess ->
-backbone -> dense head -> post-process), the dense head ``ssd``, the backbone
+backbone -> dense head -> post-process), the dense heads ``ssd``, ``yolo_v1`` and
+``yolo_grid`` (YOLO's grids, :mod:`detkit_single_shot.yolo`), the backbone
 ``ssd300_vgg16`` (VGG-16 with SSD's conv4_3 L2 norm, atrous fc6/fc7 and extra layers)
 and the importer ``ssd300_vgg16`` (``detkit import-torchvision ssd300_vgg16 IN OUT``).
 """
@@ -19,6 +20,7 @@ from detkit_single_shot.detector import (
 )
 from detkit_single_shot.importer import ssd300_vgg16
 from detkit_single_shot.ssd import SSDHead, hard_negative_mask, match_default_boxes
+from detkit_single_shot.yolo import YoloGridHead, YoloV1Head
 
 __all__ = [
     "SSDVGG",
@@ -27,6 +29,8 @@ __all__ = [
     "SSDHead",
     "SingleShotPostProcess",
     "SingleStageDetector",
+    "YoloGridHead",
+    "YoloV1Head",
     "build_single_stage",
     "detkit_add_components",
     "hard_negative_mask",
@@ -39,5 +43,7 @@ __all__ = [
 def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
     registry.register("detector", "single_stage", build_single_stage)
     registry.register("dense_head", "ssd", SSDHead)
+    registry.register("dense_head", "yolo_v1", YoloV1Head)
+    registry.register("dense_head", "yolo_grid", YoloGridHead)
     registry.register("backbone", "ssd300_vgg16", SSDVGG)
     registry.register("importer", "ssd300_vgg16", ssd300_vgg16)
