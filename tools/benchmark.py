@@ -9,6 +9,11 @@ a busy image would be.
     python tools/benchmark.py                      # CPU, 2 threads
     python tools/benchmark.py --device cuda --runs 20
     python tools/benchmark.py --image photo.jpg --threads 4
+    python tools/benchmark.py --single-shot          # also detkit's single-shot recipes vs
+                                                     # torchvision's ssd300_vgg16 and ssdlite320
+
+The single-shot table times each model at its own input size (SSD300 300x300, YOLOv1
+448x448, the YOLOv3-style grid at 416) with random weights and the score threshold at 0.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--image", default=None, help="image file (default: a tiny_coco photo)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--single-shot", action="store_true", help="also time the single-shot recipes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -103,11 +109,48 @@ def main() -> int:
     print(f"{'torchvision fasterrcnn_resnet50_fpn':<34}{tv_ms:>12.1f}")
     print(f"{'detkit faster_rcnn_r50_fpn':<34}{our_ms:>12.1f}")
     print(f"speed-up (torchvision / detkit): {ratio:.2f}x")
+    figures: dict = {"device": str(device), "threads": torch.get_num_threads(), "image": image_name,
+                     "torchvision_ms": tv_ms, "detkit_ms": our_ms, "ratio": ratio, "identical": same}
+    if args.single_shot:
+        figures["single_shot_ms"] = time_single_shot(image, device, runs=args.runs, warmup=args.warmup)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"device": str(device), "threads": torch.get_num_threads(), "image": image_name,
-             "torchvision_ms": tv_ms, "detkit_ms": our_ms, "ratio": ratio, "identical": same}, indent=2))
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0 if same else 1
+
+
+SINGLE_SHOT_CONFIGS = ("ssd300_vgg16.yaml", "yolo_v1.yaml", "yolo_grid.yaml")
+
+
+def time_single_shot(image: torch.Tensor, device: torch.device, *, runs: int, warmup: int) -> dict[str, float]:
+    """Median ms of detkit's single-shot recipes and torchvision's SSDs, interleaved."""
+    from detkit.config import load_config
+    from detkit.importers import CONFIG_DIR, torchvision_coco_classes
+
+    num_classes = len(torchvision_coco_classes())
+    registry = load_plugins().registry
+    models = {
+        "torchvision ssd300_vgg16": torchvision.models.detection.ssd300_vgg16(
+            weights=None, weights_backbone=None, score_thresh=0.0),
+        "torchvision ssdlite320_mobilenet_v3_large": torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+            weights=None, weights_backbone=None, score_thresh=0.0),
+    }
+    for name in SINGLE_SHOT_CONFIGS:
+        config = load_config(CONFIG_DIR / name, ["model.postprocess.score_thresh=0.0"])
+        models[f"detkit {name}"] = build_detector(config, registry, num_classes=num_classes)
+    for model in models.values():
+        model.eval().to(device)
+        fold_frozen_batchnorm(model)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for i in range(warmup + runs):
+        for name, model in models.items():
+            elapsed = time_model(model, image, device)
+            if i >= warmup:
+                times[name].append(elapsed)
+    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    print(f"\n{'single-shot model (random weights)':<46}{'median ms':>12}")
+    for name, ms in medians.items():
+        print(f"{name:<46}{ms:>12.1f}")
+    return medians
 
 
 if __name__ == "__main__":
