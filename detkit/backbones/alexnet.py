@@ -80,9 +80,7 @@ class AlexNet(ClassifierBackbone):
             num_classes=num_classes,
         )
         if weights is not None:
-            from detkit.weights import load_weights_file
-
-            load_weights_file(self, weights, strict=num_classes is not None)
+            self._load_weights(weights)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         """``c2``: conv1; ``c3``: pool1, conv2; ``c4``: pool2, conv3-5; ``c5``: pool5."""

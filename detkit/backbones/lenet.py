@@ -103,9 +103,7 @@ class LeNet5(ClassifierBackbone):
             num_classes=num_classes,
         )
         if weights is not None:
-            from detkit.weights import load_weights_file
-
-            load_weights_file(self, weights, strict=num_classes is not None)
+            self._load_weights(weights)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         """``c0``: conv1; ``c1``: pool, conv2; ``c2``: pool."""

@@ -68,6 +68,12 @@ class ClassifierBackbone(Backbone):
         return x
 
     # -- shared machinery ----------------------------------------------------------------
+    def _load_weights(self, path: str) -> None:
+        """Load a state-dict file in torchvision's layout (a head-less model skips the file's head)."""
+        from detkit.weights import load_weights_file
+
+        load_weights_file(self, path, strict=self.num_classes is not None)
+
     def _setup_trunk(
         self,
         *,

@@ -167,9 +167,7 @@ class VGG(ClassifierBackbone):
             num_classes=num_classes,
         )
         if weights is not None:
-            from detkit.weights import load_weights_file
-
-            load_weights_file(self, weights, strict=num_classes is not None)
+            self._load_weights(weights)
 
     def _init_weights(self) -> None:
         # He init for the ReLU convs (the paper pretrained shallow nets instead).
