@@ -41,17 +41,36 @@ class ImageBatch:
         tensor: ``(N, 3, Hp, Wp)`` float, zero-padded at the bottom and right.
         image_sizes: ``(h, w)`` of each image after resizing, before padding.
         original_sizes: ``(h, w)`` of each image as it was given.
+        pixel_mean, pixel_std: the per-channel normalization applied to ``[0, 1]``
+            RGB (``None``: the tensor holds ``[0, 1]`` RGB); :meth:`rgb` undoes it.
     """
 
     tensor: Tensor
     image_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
+    pixel_mean: tuple[float, ...] | None = None
+    pixel_std: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.image_sizes)
 
     def to(self, device: torch.device | str) -> ImageBatch:
-        return ImageBatch(self.tensor.to(device), list(self.image_sizes), list(self.original_sizes))
+        return dataclasses.replace(self, tensor=self.tensor.to(device))
+
+    def rgb(self, index: int) -> Tensor:
+        """Image ``index`` as resized, unpadded and unnormalized: ``(3, h, w)`` float in ``[0, 1]``."""
+        h, w = self.image_sizes[index]
+        image = self.tensor[index, :, :h, :w]
+        if self.pixel_std is not None:
+            image = image * image.new_tensor(self.pixel_std).view(-1, 1, 1)
+        if self.pixel_mean is not None:
+            image = image + image.new_tensor(self.pixel_mean).view(-1, 1, 1)
+        return image.clamp(0.0, 1.0)
+
+    def rgb_uint8(self, index: int) -> Any:
+        """Image ``index`` as an ``(h, w, 3)`` uint8 RGB numpy array (for OpenCV-style algorithms)."""
+        image = self.rgb(index).detach().float().mul(255.0).round_().to(torch.uint8)
+        return image.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 @dataclass

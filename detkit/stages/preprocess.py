@@ -58,7 +58,9 @@ class ResizeNormalize(Preprocess):
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in resized]
         if targets is not None:
             targets = [self._resize_targets(t, o, s) for t, o, s in zip(targets, original_sizes, sizes)]
-        return ImageBatch(self._pad(resized), sizes, original_sizes), targets
+        mean = tuple(float(v) for v in self.pixel_mean.flatten())
+        std = tuple(float(v) for v in self.pixel_std.flatten())
+        return ImageBatch(self._pad(resized), sizes, original_sizes, mean, std), targets
 
     def _normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():

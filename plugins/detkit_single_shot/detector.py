@@ -66,7 +66,9 @@ class FixedSizeResize(Preprocess):
         height, width = (math.ceil(s / self.size_divisible) * self.size_divisible for s in self.size)
         if (height, width) != self.size:
             batch = F.pad(batch, (0, width - self.size[1], 0, height - self.size[0]))
-        return ImageBatch(batch, [self.size] * len(images), original_sizes), targets
+        mean = tuple(float(v) for v in self.pixel_mean.flatten())
+        std = tuple(float(v) for v in self.pixel_std.flatten())
+        return ImageBatch(batch, [self.size] * len(images), original_sizes, mean, std), targets
 
     def _normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():
