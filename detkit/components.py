@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from detkit import backbones, importers
 from detkit.data import register_datasets
-from detkit.detectors import build_two_stage
+from detkit.detectors import build_rcnn, build_two_stage
 from detkit.plugins import ComponentRegistry, hookimpl
-from detkit.stages.region_features import MultiScaleRoIAlign
+from detkit.stages.rcnn_head import RCNNHead
+from detkit.stages.region_features import MultiScaleRoIAlign, MultiScaleRoIPool, WarpedCrops
 from detkit.stages.roi_heads import FastRCNNHead
 
 
@@ -25,8 +26,12 @@ def detkit_add_components(registry: ComponentRegistry) -> None:
     registry.register("backbone", "googlenet", backbones.GoogLeNet)
     registry.register("neck", "fpn", backbones.FPN)
     registry.register("region_extractor", "multiscale_roi_align", MultiScaleRoIAlign)
+    registry.register("region_extractor", "multiscale_roi_pool", MultiScaleRoIPool)
+    registry.register("region_extractor", "warped_crops", WarpedCrops)
     registry.register("roi_head", "fast_rcnn", FastRCNNHead)
+    registry.register("roi_head", "rcnn", RCNNHead)
     registry.register("detector", "two_stage", build_two_stage)
+    registry.register("detector", "rcnn", build_rcnn)
     registry.register("importer", "fasterrcnn_resnet50_fpn", importers.fasterrcnn_resnet50_fpn)
     registry.register("importer", "maskrcnn_resnet50_fpn", importers.maskrcnn_resnet50_fpn)
     register_datasets(registry)

@@ -6,9 +6,10 @@ every stage takes typed keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from detkit.errors import ConfigError
@@ -39,6 +40,9 @@ class TwoStageDetector(nn.Module):
         ``masks (D, H, W)`` probabilities when :attr:`has_masks`) and the losses
         (empty at inference).
 
+    Without a backbone (R-CNN) no image-level features exist: the proposer reads
+    pixels and the RoI head runs its own network on crops.
+
     Attributes:
         has_masks: whether the RoI head predicts masks (evaluation then scores segm too).
     """
@@ -47,7 +51,7 @@ class TwoStageDetector(nn.Module):
         self,
         *,
         preprocess: Preprocess,
-        backbone: Backbone,
+        backbone: Backbone | None,
         neck: Neck | None,
         proposer: Proposer,
         roi_head: RoIHead,
@@ -62,9 +66,21 @@ class TwoStageDetector(nn.Module):
         self.postprocess = postprocess
         self.has_masks = roi_head.has_masks
 
-    def extract_features(self, tensor: Tensor) -> FeatureMaps:
+    def extract_features(self, tensor: Tensor) -> FeatureMaps | None:
+        if self.backbone is None:
+            return None
         features = self.backbone(tensor)
         return self.neck(features) if self.neck is not None else features
+
+    def finish_training(
+        self, batches: Iterable[Any], *, device: torch.device, progress: bool = False
+    ) -> dict[str, Any] | None:
+        """Fit what is fitted after the gradient steps (R-CNN's SVMs); ``None`` when nothing is.
+
+        The trainer calls it once, after the last step and before the final
+        evaluation, with the training batches.
+        """
+        return self.roi_head.finish_training(self, batches, device=device, progress=progress)
 
     def forward(
         self, images: list[Tensor], targets: list[Targets] | None = None
@@ -123,6 +139,37 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
         preprocess=ResizeNormalize(**model["preprocess"]),
         backbone=backbone,
         neck=neck,
+        proposer=proposer,
+        roi_head=roi_head,
+        postprocess=DetectionPostProcess(**model["postprocess"]),
+    )
+
+
+def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
+    """Build R-CNN (``model.type: rcnn``): a :class:`TwoStageDetector` without image-level features.
+
+    ``model.backbone`` is the CNN run on every warped crop; it is handed to the RoI
+    head (``model.roi_head``, e.g. ``{name: rcnn}``) as ``network`` together with the
+    ``model.region_extractor`` (e.g. ``{name: warped_crops}``). The proposer must read
+    pixels (e.g. selective search); ``model.neck`` is not used.
+    """
+    spec = model.get("proposer") or {}
+    if getattr(registry.get("proposer", str(spec.get("name"))).factory, "needs_features", True):
+        raise ConfigError(
+            f"model.proposer: R-CNN computes no image features, but {spec.get('name')!r} needs them; "
+            "use a pixel proposer such as selective_search or sliding_window"
+        )
+    proposer = registry.build("proposer", spec, key="model.proposer")
+    network = registry.build("backbone", model["backbone"], key="model.backbone")
+    extractor = registry.build("region_extractor", model["region_extractor"], key="model.region_extractor")
+    roi_head = registry.build(
+        "roi_head", model["roi_head"], key="model.roi_head",
+        region_extractor=extractor, network=network, num_classes=num_classes,
+    )
+    return TwoStageDetector(
+        preprocess=ResizeNormalize(**model["preprocess"]),
+        backbone=None,
+        neck=None,
         proposer=proposer,
         roi_head=roi_head,
         postprocess=DetectionPostProcess(**model["postprocess"]),

@@ -19,7 +19,10 @@ and writes into ``out_dir``:
 
 Evaluation runs every ``eval_period`` epochs and once more at the end (when
 training stops on ``max_iters`` or the ``max_minutes`` time budget too), unless
-the last epoch's evaluation already covered the final weights.
+the last epoch's evaluation already covered the final weights. Before it, a
+model with a ``finish_training(batches, device=..., progress=...)`` method gets
+one call with the training loader (R-CNN fits its SVMs and box regressors
+there); a summary it returns is logged as a ``finish_training`` record.
 
 A step whose loss or gradient norm is not finite is skipped (no weight update,
 no schedule step) with a warning; :attr:`Trainer.max_bad_steps` of them in a row
@@ -352,7 +355,8 @@ class Trainer:
             try:
                 stopped_early = self._run_epochs()
                 self._log_train()
-                if self._last_eval_iteration != self.iteration:
+                finished = self._finish_training()
+                if finished or self._last_eval_iteration != self.iteration:
                     self._evaluate()  # the final evaluation
             except KeyboardInterrupt:
                 logger.warning(
@@ -552,6 +556,22 @@ class Trainer:
         self._plot()
 
     # ------------------------------------------------------------------ outputs
+
+    def _finish_training(self) -> bool:
+        """Call the model's ``finish_training`` (R-CNN fits its SVMs there); True when it fitted something."""
+        finish = getattr(self.model, "finish_training", None)
+        if not callable(finish):
+            return False
+        start = self.clock()
+        summary = finish(self.train_loader, device=self.device, progress=self.progress)
+        if summary is None:
+            return False
+        record = {"type": "finish_training", "iteration": self.iteration, "seconds": self.clock() - start, **summary}
+        logger.info("finish_training took %.1f s", record["seconds"])
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(record, default=_json_default) + "\n")
+            self._log_file.flush()
+        return True
 
     def _log_train(self) -> None:
         """Write the record of the current logging period (if it has steps) and start a new one."""

@@ -17,6 +17,10 @@ return their output alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+import torch
 from torch import Tensor, nn
 
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, RegionFeatures, Targets
@@ -156,6 +160,16 @@ class RoIHead(nn.Module):
         self, images: ImageBatch, features: FeatureMaps | None, detections: list[Detections]
     ) -> list[Detections]:
         return detections
+
+    def finish_training(
+        self, detector: nn.Module, batches: Iterable[Any], *, device: torch.device, progress: bool = False
+    ) -> dict[str, Any] | None:
+        """Fit parts learned after the gradient steps (R-CNN's SVMs); returns a summary or ``None``.
+
+        ``detector`` is the detector holding this head (its preprocess and proposer
+        run over ``batches``, the training loader's batches).
+        """
+        return None
 
 
 class MaskHead(nn.Module):

@@ -1,4 +1,5 @@
-"""Region feature extraction: RoIAlign over one or several pyramid levels.
+"""Region feature extraction: RoIAlign or RoI max pooling over pyramid levels, and
+R-CNN's warped pixel crops.
 
 Shape glossary: N images, R_i boxes of image i, R = sum R_i, C channels,
 h x w the pooled size.
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torchvision.ops import roi_pool
 
 from detkit.ops import box_area, roi_align
 from detkit.stages.base import RegionExtractor
@@ -85,3 +87,91 @@ class MultiScaleRoIAlign(RegionExtractor):
             feature, rois.to(feature.dtype), self.output_size, spatial_scale=1.0 / stride,
             sampling_ratio=self.sampling_ratio, aligned=self.aligned,
         )
+
+
+class MultiScaleRoIPool(MultiScaleRoIAlign):
+    """RoI max pooling (Fast R-CNN, Girshick 2015), each box reading the level its size selects.
+
+    Each box is snapped to the feature grid and divided into ``output_size`` x
+    ``output_size`` bins of whole cells; a bin's value is the maximum over its cells.
+    The quantization is what RoIAlign later removed (compare the two with
+    ``model.region_extractor.name``).
+
+    Args:
+        in_features: level names to pool from, finest first.
+        output_size: pooled ``h = w``.
+        canonical_size, canonical_level: level-assignment anchor point.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        output_size: int = 7,
+        canonical_size: float = 224.0,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__(
+            in_features=in_features, output_size=output_size, canonical_size=canonical_size,
+            canonical_level=canonical_level,
+        )
+
+    def _pool(self, feature: Tensor, rois: Tensor, stride: int) -> Tensor:
+        return roi_pool(feature, rois.to(feature.dtype), self.output_size, spatial_scale=1.0 / stride)
+
+
+def context_boxes(boxes: Tensor, *, crop_size: int, context_padding: int) -> Tensor:
+    """Grow boxes so that, warped to ``crop_size``, each has ``context_padding`` px of context per side.
+
+    R-CNN (Girshick et al., 2014, appendix A) warps the box dilated by ``p`` pixels
+    *of the warped frame*: the box becomes ``crop_size - 2 p`` of the crop's
+    ``crop_size``, so each side grows by ``p / (crop_size - 2 p)`` of its length.
+    """
+    if not 0 <= 2 * context_padding < crop_size:
+        raise ValueError(f"context_padding must be in [0, crop_size / 2), got {context_padding} for {crop_size}")
+    grow = context_padding / (crop_size - 2 * context_padding)
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0)
+    return torch.cat([boxes[:, :2] - grow * wh, boxes[:, 2:] + grow * wh], dim=1)
+
+
+class WarpedCrops(RegionExtractor):
+    """R-CNN's region "features": the image pixels of each box, warped to a fixed square.
+
+    Every box is dilated for context (:func:`context_boxes`) and resampled
+    bilinearly to ``crop_size`` x ``crop_size`` regardless of its aspect ratio (the
+    paper's "warp"; adaptive RoIAlign sampling, so a shrinking warp averages the
+    pixels it covers). Pixels outside the image read the padding of the normalized
+    batch, i.e. the mean colour, as in the paper. The crops are then classified
+    by a CNN of their own (see :class:`detkit.stages.rcnn_head.RCNNHead`).
+
+    ``forward(images, features, boxes) -> RegionFeatures`` with ``(R, 3, S, S)``
+    normalized pixels; ``features`` is not read.
+
+    Args:
+        crop_size: S (the paper: 227).
+        context_padding: context pixels per side in the warped crop (the paper: 16).
+    """
+
+    def __init__(self, *, crop_size: int = 227, context_padding: int = 16) -> None:
+        super().__init__()
+        context_boxes(torch.zeros((0, 4)), crop_size=crop_size, context_padding=context_padding)  # validate
+        self.crop_size = int(crop_size)
+        self.context_padding = int(context_padding)
+
+    def forward(self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]) -> RegionFeatures:
+        num_per_image = [int(b.shape[0]) for b in boxes]
+        tensor = images.tensor
+        rois = torch.cat(
+            [
+                torch.cat([torch.full_like(b[:, :1], i), context_boxes(
+                    b.to(tensor.dtype), crop_size=self.crop_size, context_padding=self.context_padding
+                )], dim=1)
+                for i, b in enumerate(boxes)
+            ]
+            or [tensor.new_zeros((0, 5))],
+            dim=0,
+        )
+        crops = roi_align(
+            tensor, rois, (self.crop_size, self.crop_size), spatial_scale=1.0, sampling_ratio=0, aligned=True
+        )
+        return RegionFeatures(crops, num_per_image)

@@ -158,36 +158,12 @@ class FastRCNNHead(RoIHead):
     def _label_and_sample(
         self, proposals: list[Proposals], targets: list[Targets]
     ) -> tuple[list[Tensor], Tensor, Tensor, list[Tensor]]:
-        """Sample proposals and label them.
-
-        Returns:
-            Per image the sampled boxes ``(R_i, 4)``; for all, ``(R,)`` labels (0 = bg)
-            and ``(R, 4)`` box targets; per image ``(R_i,)`` the index of each sampled
-            box's matched non-crowd object (meaningful for positives only).
-        """
-        sampled_boxes, sampled_labels, sampled_targets, sampled_index = [], [], [], []
-        for props, tgt in zip(proposals, targets):
-            gt = tgt.without_crowd()
-            boxes = props.boxes.detach()
-            if self.add_gt_proposals:
-                boxes = torch.cat([boxes, gt.boxes.to(boxes.dtype)])
-            if len(gt) == 0:
-                labels = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
-                matched = torch.zeros_like(boxes)
-                matches = torch.zeros_like(labels)
-            else:
-                matches = self.matcher(box_iou(gt.boxes, boxes))
-                labels = gt.labels[matches.clamp(min=0)] + 1
-                labels[matches == Matcher.BELOW_LOW] = 0
-                labels[matches == Matcher.BETWEEN] = -1
-                matched = gt.boxes[matches.clamp(min=0)]
-            pos, neg = self.sampler(labels)
-            keep = torch.cat([pos, neg])
-            sampled_boxes.append(boxes[keep])
-            sampled_labels.append(labels[keep])
-            sampled_targets.append(self.box_coder.encode(matched[keep], boxes[keep]))
-            sampled_index.append(matches[keep].clamp(min=0))
-        return sampled_boxes, torch.cat(sampled_labels), torch.cat(sampled_targets), sampled_index
+        """Sample proposals and label them (see :func:`sample_proposals`); box targets encoded."""
+        boxes, labels, matched, gt_index = sample_proposals(
+            proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
+        )
+        box_targets = [self.box_coder.encode(m, b) for m, b in zip(matched, boxes)]
+        return boxes, torch.cat(labels), torch.cat(box_targets), gt_index
 
     def _losses(self, logits: Tensor, deltas: Tensor, labels: Tensor, box_targets: Tensor) -> Losses:
         cls_loss = F.cross_entropy(logits, labels) if labels.numel() else logits.sum() * 0
@@ -218,3 +194,43 @@ class FastRCNNHead(RoIHead):
                 )
             )
         return result
+
+
+def sample_proposals(
+    proposals: list[Proposals],
+    targets: list[Targets],
+    *,
+    matcher: Matcher,
+    sampler: BalancedSampler,
+    add_gt_proposals: bool = True,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """Match proposals to the non-crowd objects, label them and sample a balanced subset.
+
+    Returns, per image: the sampled boxes ``(R_i, 4)``; their labels ``(R_i,)`` (class
+    + 1, 0 = background); their matched objects' boxes ``(R_i, 4)`` (meaningful for
+    positives only); the index of each one's matched object in ``targets[i]``
+    without its crowd objects.
+    """
+    sampled_boxes, sampled_labels, sampled_matched, sampled_index = [], [], [], []
+    for props, tgt in zip(proposals, targets):
+        gt = tgt.without_crowd()
+        boxes = props.boxes.detach()
+        if add_gt_proposals:
+            boxes = torch.cat([boxes, gt.boxes.to(boxes.dtype)])
+        if len(gt) == 0:
+            labels = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+            matched = torch.zeros_like(boxes)
+            matches = torch.zeros_like(labels)
+        else:
+            matches = matcher(box_iou(gt.boxes, boxes))
+            labels = gt.labels[matches.clamp(min=0)] + 1
+            labels[matches == Matcher.BELOW_LOW] = 0
+            labels[matches == Matcher.BETWEEN] = -1
+            matched = gt.boxes[matches.clamp(min=0)]
+        pos, neg = sampler(labels)
+        keep = torch.cat([pos, neg])
+        sampled_boxes.append(boxes[keep])
+        sampled_labels.append(labels[keep])
+        sampled_matched.append(matched[keep])
+        sampled_index.append(matches[keep].clamp(min=0))
+    return sampled_boxes, sampled_labels, sampled_matched, sampled_index
