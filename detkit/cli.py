@@ -98,6 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_detect)
 
+    p = _subparser(sub, "proposals", "Score proposers: recall and average recall against the number of proposals.", """
+        detkit proposals --data ../shared/data/BCCD --split test --proposer selective_search:preset=fast \\
+            --proposer sliding_window --max-images 20
+        detkit proposals --data runs/demo/data/annotations/instances_val.json \\
+            --proposer rpn:weights=runs/demo/best.pt --proposer 'sliding_window:sizes=[16,32,64]'
+        detkit proposals --data val.json --images val/ --proposer rpn:weights=best.pt,post_nms_top_n_test=2000 \\
+            --max-proposals 2000 --size 600:1000 --out runs/proposals
+    """)
+    p.add_argument("--data", required=True, help="COCO instances .json, or a Pascal VOC root folder")
+    p.add_argument("--images", default=None, help="image folder of a COCO json (default: beside it)")
+    p.add_argument("--split", default="test", help="ImageSets/Main split of a VOC folder (default: test)")
+    p.add_argument(
+        "--proposer", dest="proposers", action="append", required=True, metavar="NAME[:KEY=VALUE,...]",
+        help="a proposer and its settings, values in YAML ('sizes=[32,64]'); NAME:weights=CKPT takes the "
+        "proposer of a trained detkit checkpoint (its other keys override the checkpoint's). Repeatable",
+    )
+    p.add_argument("--max-images", type=int, default=None, help="score the first N images only")
+    p.add_argument("--max-proposals", type=int, default=2000, help="largest budget k per image (default 2000)")
+    p.add_argument(
+        "--size", type=_min_max_size, default=None, metavar="MIN[:MAX]",
+        help="resize images (shorter side MIN, longer at most MAX) for proposers on raw pixels "
+        "(default: each image at its own size); checkpoint proposers use their model's sizes",
+    )
+    p.add_argument("--out", default="runs/proposals", help="where proposals.json and recall.png go")
+    _add_common(p)
+    p.set_defaults(func=cmd_proposals)
+
     p = _subparser(sub, "import-torchvision", "Convert a torchvision detection state dict to a detkit checkpoint.", """
         detkit import-torchvision fasterrcnn_resnet50_fpn fasterrcnn_resnet50_fpn_coco-258fb6c6.pth coco.pt
         detkit import-torchvision --list
@@ -256,6 +283,99 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for path, why in report.failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
     return 1 if report.failed and len(report.failed) == len(files) else 0
+
+
+def _min_max_size(text: str) -> tuple[int, int | None]:
+    """``--size MIN[:MAX]`` -> ``(MIN, MAX or None)``."""
+    low, _, high = text.partition(":")
+    try:
+        sizes = (int(low), int(high) if high else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN or MIN:MAX in pixels, e.g. 600 or 600:1000") from None
+    if sizes[0] < 1 or (sizes[1] is not None and sizes[1] < sizes[0]):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= MAX")
+    return sizes
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from detkit.engine.build import dataset_from_path, plugins_for
+    from detkit.engine.proposals import ProposerRun
+    from detkit.errors import ConfigError, DataError
+    from detkit.evaluation.proposals import ProposalRecall, format_table, plot_recall_curves, proposal_budgets
+    from detkit.io import write_json
+
+    if args.max_proposals < 1:
+        raise ConfigError(f"--max-proposals must be at least 1, got {args.max_proposals}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images must be at least 1, got {args.max_images}")
+    registry = plugins_for(None, args.plugins).registry
+    runs = []
+    for spec in args.proposers:  # every spec is checked before the first image is read
+        try:
+            runs.append(ProposerRun(spec, registry, size=args.size, device=args.device, plugins=args.plugins))
+        except DetkitError as exc:
+            message = str(exc)
+            raise type(exc)(message if "--proposer" in message else f"--proposer {spec!r}: {message}") from exc
+    dataset = dataset_from_path(args.data, images=args.images, split=args.split)
+    indices = list(range(len(dataset) if args.max_images is None else min(args.max_images, len(dataset))))
+    budgets = proposal_budgets(args.max_proposals)
+    bad: dict[int, str] = {}
+    results: list[dict[str, Any]] = []
+    for run in runs:
+        recall = ProposalRecall(budgets)
+        seconds: list[float] = []
+        kept: list[int] = []
+        given: list[int] = []
+        for index in tqdm(indices, desc=run.spec, unit="img", disable=args.quiet or None, leave=False):
+            if index in bad:
+                continue
+            try:
+                sample = dataset[index]
+            except DataError as exc:
+                bad[index] = str(exc)
+                tqdm.write(f"detkit: warning: skipping image {index}: {exc}", file=sys.stderr)
+                continue
+            boxes, num_given, took = run.propose(sample.image, args.max_proposals)
+            recall.add(sample.targets.boxes, boxes, sample.targets.iscrowd)
+            seconds.append(took)
+            kept.append(len(boxes))
+            given.append(num_given)
+        if not kept:
+            raise DataError(f"--data {args.data!r}: none of the {len(indices)} images could be read")
+        timed = seconds[1:] if len(seconds) > 1 else seconds  # the first image warms up caches and kernels
+        results.append({
+            **run.describe(),
+            "proposals_per_image": sum(kept) / len(kept),
+            "proposals_per_image_before_cap": sum(given) / len(given),
+            "seconds_per_image": sum(timed) / len(timed),
+            "timed_images": len(timed),
+            **recall.summary(),
+        })
+    out = Path(args.out)
+    first = results[0]
+    report = {
+        "dataset": {
+            "data": args.data, "images": args.images, "split": args.split,
+            "num_images": first["num_images"], "num_images_skipped": len(bad),
+            "skipped": [{"index": i, "reason": why} for i, why in sorted(bad.items())],
+            "num_objects": first["num_objects"], "num_objects_by_size": first["num_objects_by_size"],
+        },
+        "settings": {
+            "max_proposals": args.max_proposals, "max_images": args.max_images,
+            "size": list(args.size) if args.size else None, "budgets": budgets,
+        },
+        "proposers": results,
+    }
+    write_json(out / "proposals.json", report)
+    plot_recall_curves([{"name": r["spec"], "curve": r["curve"]} for r in results], out / "recall.png")
+    print(format_table([{**r, "name": r["spec"]} for r in results]))
+    print(
+        f"{first['num_images']} images ({len(bad)} skipped), {first['num_objects']} objects; "
+        f"wrote {out / 'proposals.json'} and {out / 'recall.png'}"
+    )
+    return 0
 
 
 def cmd_import_torchvision(args: argparse.Namespace) -> int:

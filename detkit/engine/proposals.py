@@ -1,0 +1,203 @@
+"""Proposers to score on images: ``detkit proposals`` specs, built or read from checkpoints.
+
+A spec is ``NAME[:KEY=VALUE,...]``: a registered proposer that reads pixels, built
+with those settings (values parsed as YAML; a proposer's on-disk cache is turned
+off unless the spec sets ``cache``, so that its time is its own), or
+``NAME:weights=CKPT`` for the proposer of a trained checkpoint (its other keys
+override the checkpoint's settings). Scoring lives in :mod:`detkit.evaluation.proposals`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from detkit.errors import DetkitError
+
+
+def _split_top_level(text: str, *, spec: str) -> list[str]:
+    """Split ``a=1,b=[1,2],c={x: 1}`` at the commas outside brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth < 0:
+                break
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth != 0:
+        from detkit.errors import ConfigError
+
+        raise ConfigError(f"--proposer {spec!r}: unbalanced brackets in {text!r}")
+    return [*parts, text[start:]]
+
+
+def parse_proposer_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME[:KEY=VALUE,...]`` -> ``(NAME, {KEY: VALUE})``, values parsed as YAML scalars or lists.
+
+    Raises:
+        ConfigError: no name, an item that is not ``KEY=VALUE``, a key given twice or a
+            value YAML cannot parse; the message names the spec.
+    """
+    import yaml
+
+    from detkit.errors import ConfigError
+
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"--proposer {spec!r}: give a proposer name, e.g. selective_search:preset=fast")
+    settings: dict[str, Any] = {}
+    for item in _split_top_level(rest, spec=spec) if rest.strip() else []:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"--proposer {spec!r}: {item.strip()!r} is not KEY=VALUE")
+        if key in settings:
+            raise ConfigError(f"--proposer {spec!r}: {key!r} is given twice")
+        try:
+            settings[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"--proposer {spec!r}: cannot parse the value of {key!r} ({raw!r}): {reason}") from None
+    return name, settings
+
+
+class ProposerRun:
+    """A proposer ready to score images: ``propose(image)`` -> boxes in original pixels, best first.
+
+    Either a component built from the registry that reads raw pixels (images go through
+    :class:`~detkit.stages.preprocess.ResizeNormalize`), or the proposer of a trained
+    checkpoint (its own preprocess and features).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        registry: Any,
+        *,
+        size: tuple[int, int | None] | None = None,
+        device: str | None = None,
+        plugins: Sequence[str] = (),
+    ) -> None:
+        import torch
+
+        from detkit.engine.trainer import resolve_device
+        from detkit.errors import ConfigError
+
+        name, settings = parse_proposer_spec(spec)
+        self.spec, self.name = spec, name
+        self.settings: dict[str, Any] = dict(settings)
+        self.model: Any = None  # a detector whose proposer is scored, or None
+        self.model_config: dict[str, Any] = {}
+        self.proposer: Any = None  # a raw-pixel proposer, or None
+        self.size = size
+        factory = registry.get("proposer", name).factory  # unknown names fail here, listing the known ones
+        if "weights" in settings:
+            weights = settings.pop("weights")
+            if not weights:
+                raise ConfigError(f"--proposer {spec!r}: weights= needs a checkpoint path, e.g. {name}:weights=best.pt")
+            if not Path(str(weights)).is_file():
+                raise ConfigError(f"--proposer {spec!r}: weights file {str(weights)!r} does not exist")
+            self.model = self._load_checkpoint(str(weights), settings, plugins)
+            self.device = resolve_device(device or self.model_config["train"]["device"])
+            self.model.to(self.device)
+            self.timed = "backbone + proposer"
+            self.preprocess_info: Any = "the checkpoint's preprocess"
+            return
+        needs_features = ConfigError(
+            f"--proposer {spec!r}: proposer {name!r} reads image features; score a trained one "
+            f"with {name}:weights=CHECKPOINT.pt"
+        )
+        if getattr(factory, "needs_features", False) is True:  # a Proposer class: known before building it
+            raise needs_features
+        if "cache" in registry.get("proposer", name).parameters() and "cache" not in settings:
+            settings["cache"] = False  # time the proposer itself, not a read of earlier results
+        proposer = registry.build("proposer", {"name": name, **settings}, key=f"--proposer {spec}")
+        if getattr(proposer, "needs_features", True):
+            raise needs_features
+        self.device = resolve_device(device or "cpu")
+        self.proposer = proposer.to(self.device).eval() if isinstance(proposer, torch.nn.Module) else proposer
+        self.timed = "proposer"
+        self.preprocess_info = (
+            {"min_size": size[0], "max_size": size[1]} if size else "each image at its own size"
+        )
+
+    def _load_checkpoint(self, weights: str, overrides: dict[str, Any], plugins: Sequence[str]) -> Any:
+        """The detector of ``weights`` (its proposer settings overridden); sets :attr:`model_config`."""
+        import json
+
+        from detkit.engine.build import load_model
+        from detkit.errors import ConfigError
+
+        dotted = [f"model.proposer.{k}={json.dumps(v)}" for k, v in overrides.items()]
+        try:
+            loaded, _ = load_model(weights, overrides=dotted, cli_plugins=plugins)
+        except DetkitError as exc:
+            raise ConfigError(f"--proposer {self.spec!r}: {exc}") from exc
+        proposer_cfg = loaded.config["model"].get("proposer") or {}
+        if not hasattr(loaded.model, "extract_features") or not hasattr(loaded.model, "proposer"):
+            raise ConfigError(f"--proposer {self.spec!r}: the model in {weights!r} has no proposer")
+        if proposer_cfg.get("name") != self.name:
+            raise ConfigError(
+                f"--proposer {self.spec!r}: {weights!r} holds a {proposer_cfg.get('name')!r} proposer, "
+                f"not {self.name!r}; write {proposer_cfg.get('name')}:weights={weights}"
+            )
+        self.model_config = loaded.config
+        return loaded.model
+
+    def _resize(self, height: int, width: int) -> Any:
+        from detkit.stages.preprocess import ResizeNormalize
+
+        if self.size is None:  # shorter side to itself, longer side capped at itself: scale 1
+            return ResizeNormalize(min_size=min(height, width), max_size=max(height, width), size_divisible=1)
+        min_size, max_size = self.size
+        return ResizeNormalize(min_size=min_size, max_size=max_size or 10**9, size_divisible=1)
+
+    def propose(self, image: Any, max_proposals: int) -> tuple[Any, int, float]:
+        """Boxes ``(R, 4)`` in the pixels of ``image (3, H, W)``, at most ``max_proposals``, best first;
+        the number the proposer gave and the seconds its forward took."""
+        import torch
+
+        from detkit.ops import scale_boxes
+
+        image = image.to(self.device)
+        with torch.no_grad():
+            if self.model is not None:
+                batch, _ = self.model.preprocess([image])
+            else:
+                batch, _ = self._resize(int(image.shape[-2]), int(image.shape[-1])).to(self.device)([image])
+            self._sync()
+            start = time.perf_counter()
+            if self.model is not None:
+                proposals, _ = self.model.proposer(batch, self.model.extract_features(batch.tensor))
+            else:
+                proposals, _ = self.proposer(batch, None)
+            self._sync()
+            seconds = time.perf_counter() - start
+        found = proposals[0].to("cpu")
+        # the contract says best first; a stable sort keeps the proposer's order among ties
+        order = torch.sort(found.objectness, descending=True, stable=True).indices[:max_proposals]
+        boxes = scale_boxes(found.boxes[order].float(), batch.image_sizes[0], batch.original_sizes[0])
+        return boxes, len(found), seconds
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "spec": self.spec, "name": self.name, "settings": self.settings, "device": str(self.device),
+            "preprocess": self.preprocess_info, "timed": self.timed,
+        }
+        if self.model is not None:
+            info["proposer_config"] = self.model_config["model"]["proposer"]
+            info["model_preprocess"] = self.model_config["model"].get("preprocess")
+        return info

@@ -1,0 +1,92 @@
+"""Put trained detectors side by side: box AP, AP50, training time and test seconds per image.
+
+Each argument is a training output folder of ``detkit train`` (``best.pt``,
+``metrics.jsonl``). AP and AP50 are those of the run's final evaluation, the
+training time is the wall time the run recorded at that evaluation (R-CNN's SVM
+and box-regressor fitting included). Test time is measured here, one image at a
+time on the first ``--max-images`` images of the run's validation set, after
+one warm-up image, with proposals computed afresh (the selective-search cache is
+turned off), on ``--threads`` CPU threads.
+
+    python tools/compare_detectors.py runs/shapes_faster_rcnn runs/shapes_fast_rcnn runs/shapes_rcnn \\
+        runs/shapes_sliding_window --max-images 20 --out runs/compare_shapes.json
+
+Prints a Markdown table (the README's) and writes the numbers to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from detkit.engine.build import build_dataset, load_model
+from detkit.io import write_json
+
+
+def final_record(run: Path) -> dict:
+    """The last evaluation record of a run's ``metrics.jsonl``."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r for r in records if r.get("type") == "eval"]
+    if not evals:
+        raise SystemExit(f"{run}: no evaluation in metrics.jsonl; did the run finish?")
+    return evals[-1]
+
+
+def test_seconds(run: Path, *, max_images: int) -> tuple[float, int]:
+    """Mean seconds per image of ``best.pt`` on the run's validation images (proposals not cached)."""
+    from detkit.config import load_config
+
+    config = load_config(run / "config.yaml")
+    overrides = []
+    if config["model"].get("proposer", {}).get("name") == "selective_search":
+        overrides.append("model.proposer.cache=false")
+    loaded, plugins = load_model(run / "best.pt", overrides=overrides)
+    model = loaded.model.to("cpu").eval()
+    dataset = build_dataset(loaded.config, "val", plugins)
+    count = min(max_images + 1, len(dataset))
+    seconds = []
+    with torch.no_grad():
+        for i in range(count):
+            image = dataset[i].image
+            start = time.perf_counter()
+            model([image])
+            seconds.append(time.perf_counter() - start)
+    timed = seconds[1:] or seconds
+    return sum(timed) / len(timed), len(timed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="detkit train output folders")
+    parser.add_argument("--max-images", type=int, default=20, help="validation images timed per run (default 20)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for run in args.runs:
+        record = final_record(run)
+        bbox = record["metrics"]["bbox"]
+        seconds, images = test_seconds(run, max_images=args.max_images)
+        rows.append({
+            "run": str(run), "AP": bbox["AP"], "AP50": bbox["AP50"], "iterations": record["iter"],
+            "train_minutes": record["seconds"] / 60.0, "test_seconds_per_image": seconds, "timed_images": images,
+        })
+        print(f"{run}: done", file=sys.stderr)
+    print("| run | box AP | AP50 | iterations | training (min) | test (s/image) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['run']} | {r['AP']:.3f} | {r['AP50']:.3f} | {r['iterations']} | {r['train_minutes']:.1f} "
+              f"| {r['test_seconds_per_image']:.3f} |")
+    if args.out:
+        write_json(args.out, {"threads": args.threads, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
