@@ -37,6 +37,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "detkit_rpn",
     "detkit_single_shot",
     "detkit_mask_head",
+    "detkit_selective_search",
+    "detkit_sliding_window",
 )
 
 #: Component kinds a plugin may register.

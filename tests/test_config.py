@@ -325,3 +325,16 @@ def test_save_config_round_trips(tmp_path: Path) -> None:
     config["train"]["lr"] = 0.5
     save_config(config, out)
     assert load_config(out)["train"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("classify_"))
+)
+def test_shipped_detection_configs_build_their_model(name: str) -> None:
+    from detkit.engine.build import model_from_config, plugins_for
+
+    config = load_config(CONFIGS / name)
+    plugins = plugins_for(config)
+    plugins.hook.detkit_configure(config=config)
+    model = model_from_config(config, plugins, class_names=["a", "b"])
+    assert sum(p.numel() for p in model.parameters()) > 0

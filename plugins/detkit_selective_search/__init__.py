@@ -1,0 +1,27 @@
+"""detkit_selective_search: selective search proposals (Uijlings et al., IJCV 2013).
+
+Registers the proposer ``selective_search``; :func:`selective_search` runs the
+algorithm on one numpy image, :func:`cached_selective_search` does so through
+the on-disk proposal cache.
+"""
+
+from __future__ import annotations
+
+import detkit
+from detkit_selective_search.proposer import SelectiveSearch, cached_selective_search
+from detkit_selective_search.search import PRESETS, SearchConfig, make_config, selective_search
+
+__all__ = [
+    "PRESETS",
+    "SearchConfig",
+    "SelectiveSearch",
+    "cached_selective_search",
+    "detkit_add_components",
+    "make_config",
+    "selective_search",
+]
+
+
+@detkit.hookimpl
+def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
+    registry.register("proposer", "selective_search", SelectiveSearch)

@@ -1,0 +1,138 @@
+"""The ``selective_search`` proposer: selective search as a detkit pipeline stage.
+
+Selective search reads raw pixels (no backbone features) and takes about a second
+per photo, so the proposer reads and writes the on-disk
+:class:`detkit.proposal_cache.ProposalCache`, keyed by each image's resized
+pixels and by every setting that changes the boxes: training epochs after the
+first read their proposals back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from detkit.proposal_cache import ProposalCache
+from detkit.stages import Proposer
+from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
+from detkit_selective_search.search import SearchConfig, make_config, run_search
+
+CACHE_NAME = "selective_search"
+
+
+def make_cache(config: SearchConfig, cache_dir: str | os.PathLike[str] | None = None) -> ProposalCache:
+    """The proposal cache of ``config`` (its folder depends on every setting and the code version)."""
+    return ProposalCache(name=CACHE_NAME, settings=config.settings(), root=cache_dir)
+
+
+def cached_selective_search(
+    image: np.ndarray,
+    config: SearchConfig,
+    *,
+    cache: ProposalCache | None = None,
+) -> np.ndarray:
+    """Selective search of ``image (H, W, 3)`` uint8 RGB through ``cache`` (``None``: no cache).
+
+    Build ``config`` with :func:`detkit_selective_search.make_config` and the cache
+    with :func:`make_cache`. Returns ``(R, 4)`` float32 xyxy, best first.
+    """
+    if cache is not None:
+        boxes = cache.get(image)
+        if boxes is not None:
+            return boxes
+    boxes = run_search(image, config)
+    if cache is not None:
+        cache.put(image, boxes)
+    return boxes
+
+
+def rank_scores(num: int) -> Tensor:
+    """``(num,)`` decreasing scores in ``(0, 1]``: ``1, (R-1)/R, ..., 1/R``."""
+    return torch.arange(num, 0, -1, dtype=torch.float32) / max(num, 1)
+
+
+class SelectiveSearch(Proposer):
+    """Selective search proposals, computed on each image's resized RGB pixels.
+
+    Args:
+        preset: ``single``, ``fast`` or ``quality`` (OpenCV ``ximgproc``'s presets).
+        colour_spaces, ks, sigma, min_size, strategies: override the preset (see
+            :func:`detkit_selective_search.selective_search`).
+        min_box_size: drop boxes with a side shorter than this (resized pixels).
+        max_proposals: keep at most this many best-ranked boxes per image.
+        seed: seed of the randomized ranking.
+        segmentation_scale: resize factor for the graph segmentation (default 0.5).
+        cache: read and write the on-disk proposal cache.
+        cache_dir: the cache root (default ``$DETKIT_CACHE/proposals``).
+        workers: threads across the images of a batch (0 or 1: sequential).
+    """
+
+    needs_features = False
+
+    def __init__(
+        self,
+        *,
+        preset: str = "fast",
+        colour_spaces: Sequence[str] | None = None,
+        ks: Sequence[float] | None = None,
+        sigma: float | None = None,
+        min_size: int | None = None,
+        strategies: Sequence[str] | None = None,
+        min_box_size: float = 0.0,
+        max_proposals: int | None = 2000,
+        seed: int = 0,
+        segmentation_scale: float | None = None,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.config = make_config(
+            preset,
+            colour_spaces=colour_spaces,
+            ks=ks,
+            sigma=sigma,
+            min_size=min_size,
+            strategies=strategies,
+            min_box_size=min_box_size,
+            max_proposals=max_proposals,
+            seed=seed,
+            segmentation_scale=segmentation_scale,
+        )
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.workers = int(workers)
+        self.cache = make_cache(self.config, cache_dir) if cache else None
+
+    def forward(
+        self, images: ImageBatch, features: FeatureMaps | None, targets: list[Targets] | None = None
+    ) -> tuple[list[Proposals], dict[str, Tensor]]:
+        device = images.tensor.device
+        pixels = [images.rgb_uint8(i) for i in range(len(images))]
+        boxes_per_image = self._search_per_image(pixels)
+        proposals = [
+            Proposals(boxes=torch.from_numpy(boxes).to(device), objectness=rank_scores(len(boxes)).to(device))
+            for boxes in boxes_per_image
+        ]
+        return proposals, {}  # nothing to learn
+
+    def _search_per_image(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+        def one(image: np.ndarray) -> np.ndarray:
+            return cached_selective_search(image, self.config, cache=self.cache)
+
+        if self.workers > 1 and len(pixels) > 1:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(pixels))) as pool:
+                return list(pool.map(one, pixels))
+        return [one(image) for image in pixels]
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"colour_spaces={list(c.colour_spaces)}, ks={list(c.ks)}, sigma={c.sigma}, "
+            f"strategies={list(c.strategies)}, max_proposals={c.max_proposals}"
+        )

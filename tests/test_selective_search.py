@@ -1,0 +1,349 @@
+"""Tests of the selective search plugin against hand-computed fixtures and slow references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from detkit_selective_search import SelectiveSearch, make_config, selective_search
+from detkit_selective_search.features import (
+    COLOUR_BINS,
+    TEXTURE_BINS,
+    adjacency,
+    colour_histograms,
+    oriented_responses,
+    region_boxes,
+    region_sizes,
+    texture_codes,
+    texture_histograms,
+)
+from detkit_selective_search.grouping import (
+    Strategy,
+    hierarchical_grouping,
+    similarity_fill,
+    similarity_histogram,
+    similarity_size,
+)
+from detkit_selective_search.search import rank_boxes, run_search
+from detkit_selective_search.segmentation import convert_colour, segment, segment_at_scale
+
+from detkit.plugins import load_plugins
+from detkit.stages.preprocess import ResizeNormalize
+from detkit.structures import ImageBatch
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def _quadrants() -> np.ndarray:
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    image[:20, :20] = (200, 30, 30)
+    image[:20, 20:] = (30, 200, 30)
+    image[20:, :20] = (30, 30, 200)
+    image[20:, 20:] = (220, 220, 40)
+    return image
+
+
+def test_segment_flat_quadrants() -> None:
+    labels = segment(_quadrants(), k=50, sigma=0.8, min_size=60)
+    assert labels.max() + 1 == 4
+    quads = [labels[:20, :20], labels[:20, 20:], labels[20:, :20], labels[20:, 20:]]
+    assert all((q == q[0, 0]).all() for q in quads)
+    assert len({int(q[0, 0]) for q in quads}) == 4
+
+
+def test_segment_noisy_flat_image_is_one_region() -> None:
+    rng = np.random.default_rng(0)
+    image = np.clip(128 + rng.integers(-3, 4, size=(30, 40, 3)), 0, 255).astype(np.uint8)
+    assert segment(image, k=100, sigma=0.8, min_size=20).max() == 0
+
+
+def test_segment_at_half_scale_keeps_quadrants_and_compact_labels() -> None:
+    labels = segment_at_scale(_quadrants(), k=50, sigma=0.8, min_size=60, scale=0.5)
+    assert labels.shape == (40, 40)
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))  # compact 0..n-1
+    interiors = [labels[2:14, 2:14], labels[2:14, 26:38], labels[26:38, 2:14], labels[26:38, 26:38]]
+    assert all((q == q[0, 0]).all() for q in interiors)
+    assert len({int(q[0, 0]) for q in interiors}) == 4
+
+
+@pytest.mark.parametrize("space,channels", [("rgb", 3), ("hsv", 3), ("lab", 3), ("I", 1), ("h", 1), ("rgI", 3)])
+def test_colour_spaces_are_uint8(space: str, channels: int) -> None:
+    out = convert_colour(_quadrants(), space)
+    assert out.dtype == np.uint8 and out.shape == (40, 40, channels)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def _random_labels(h: int = 12, w: int = 15, n: int = 5, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n, size=(h, w))
+    labels[0, :n] = np.arange(n)  # every label present
+    return labels.astype(np.int32)
+
+
+def test_sizes_boxes_against_per_region_reference() -> None:
+    labels = _random_labels()
+    n = 5
+    sizes, boxes = region_sizes(labels, n), region_boxes(labels, n)
+    for r in range(n):
+        ys, xs = np.nonzero(labels == r)
+        assert sizes[r] == len(xs)
+        assert boxes[r].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_colour_histograms_against_per_region_reference() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(12, 15, 3), dtype=np.uint8)
+    labels = _random_labels()
+    hist = colour_histograms(image, labels, 5)
+    assert hist.shape == (5, 3 * COLOUR_BINS)
+    for r in range(5):
+        pixels = image[labels == r]
+        ref = np.concatenate([np.histogram(pixels[:, c], bins=COLOUR_BINS, range=(0, 256))[0] for c in range(3)])
+        np.testing.assert_allclose(hist[r], ref / ref.sum(), atol=1e-6)
+
+
+def test_texture_histograms_against_per_region_reference() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(12, 15, 3), dtype=np.uint8)
+    labels = _random_labels()
+    hist = texture_histograms(texture_codes(image), labels, 5)
+    responses = oriented_responses(image).reshape(12 * 15, 3 * 8)
+    peak = responses.max(axis=0)
+    assert hist.shape == (5, 3 * 8 * TEXTURE_BINS)
+    for r in range(5):
+        mine = responses[labels.ravel() == r]
+        ref = []
+        for m in range(mine.shape[1]):
+            bins = np.minimum((mine[:, m] / peak[m] * TEXTURE_BINS).astype(int), TEXTURE_BINS - 1)
+            ref.append(np.bincount(bins, minlength=TEXTURE_BINS))
+        ref_hist = np.concatenate(ref).astype(np.float64)
+        np.testing.assert_allclose(hist[r], ref_hist / ref_hist.sum(), atol=1e-6)
+
+
+def test_oriented_responses_steer_with_the_gradient() -> None:
+    # a ramp increasing along x: only the 0 degree (and 45/315 partly) responses, none at 180
+    image = np.tile(np.arange(0, 200, 10, dtype=np.uint8), (20, 1))[:, :, None]
+    resp = oriented_responses(image)[5:-5, 5:-5, 0]  # (h, w, 8), away from the borders
+    assert (resp[..., 0] > 0).all() and np.allclose(resp[..., 4], 0)
+    assert np.allclose(resp[..., 2], 0, atol=1e-4)  # 90 degrees: no vertical change
+
+
+def test_adjacency_against_pixel_loop() -> None:
+    labels = _random_labels(9, 11, 6, seed=3)
+    ref = set()
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            for dy, dx in ((0, 1), (1, 0)):
+                if y + dy < h and x + dx < w and labels[y, x] != labels[y + dy, x + dx]:
+                    a, b = sorted((int(labels[y, x]), int(labels[y + dy, x + dx])))
+                    ref.add((a, b))
+    assert {tuple(p) for p in adjacency(labels).tolist()} == ref
+
+
+# ----------------------------------------------------------------------------- similarities
+
+
+def test_similarity_measures_by_formula() -> None:
+    a = np.array([0.5, 0.25, 0.25, 0.0])
+    b = np.array([0.1, 0.6, 0.0, 0.3])
+    assert similarity_histogram(a, b) == pytest.approx(0.1 + 0.25 + 0.0 + 0.0)
+    assert similarity_size(30, 50, 400) == pytest.approx(1 - 80 / 400)
+    box_a, box_b = np.array([0, 0, 4, 5]), np.array([6, 2, 10, 8])  # union box 10 x 8
+    assert similarity_fill(box_a, box_b, 20, 24, 400) == pytest.approx(1 - (80 - 20 - 24) / 400)
+
+
+def test_strategy_parse() -> None:
+    assert Strategy.parse("ctsf") == Strategy(colour=True, texture=True, size=True, fill=True)
+    assert str(Strategy.parse("f+s")) == "sf" and Strategy.parse("tsf").num_terms == 3
+    with pytest.raises(ValueError, match="bad similarity strategy"):
+        Strategy.parse("cx")
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def _strips() -> np.ndarray:
+    # four vertical strips of widths 1, 2, 3, 4 (sizes 2, 4, 6, 8 in a 2 x 10 image)
+    return np.repeat(np.array([[0, 1, 1, 2, 2, 2, 3, 3, 3, 3]]), 2, axis=0).astype(np.int32)
+
+
+def test_grouping_by_size_follows_hand_computed_order() -> None:
+    labels = _strips()
+    n = 4
+    hier = hierarchical_grouping(
+        region_sizes(labels, n), region_boxes(labels, n), adjacency(labels), Strategy.parse("s"), image_size=20
+    )
+    # s_size: (0,1) 0.7 > (1,2) 0.5 > (2,3) 0.3; then {01}=4 with 2: 1 - 12/20 = 0.4 > 0.3; then 5 with 3
+    assert [sorted(m) for m in hier.merges.tolist()] == [[0, 1], [2, 4], [3, 5]]
+    np.testing.assert_allclose(hier.similarities, [0.7, 0.4, 0.0])
+    assert hier.boxes.shape == (2 * n - 1, 4)
+    assert hier.boxes[-1].tolist() == [0, 0, 10, 2]  # the last region is the whole image
+    assert hier.positions().tolist() == [7, 6, 5, 4, 3, 2, 1]
+
+
+def test_grouping_by_colour_merges_most_similar_first_with_weighted_histograms() -> None:
+    labels = _strips()
+    n = 4
+    colour = np.array([[1.0, 0.0, 0.0], [0.6, 0.4, 0.0], [0.0, 0.5, 0.5], [0.0, 0.1, 0.9]], dtype=np.float32)
+    hier = hierarchical_grouping(
+        region_sizes(labels, n),
+        region_boxes(labels, n),
+        adjacency(labels),
+        Strategy.parse("c"),
+        image_size=20,
+        colour_hist=colour,
+    )
+    # pairs: (0,1) 0.6, (1,2) 0.4, (2,3) 0.6 -> tie, then the other 0.6 pair
+    first_two = {tuple(sorted(m)) for m in hier.merges[:2].tolist()}
+    assert first_two == {(0, 1), (2, 3)}
+    # the merged histograms are size-weighted: {0,1} = (2*h0 + 4*h1) / 6, {2,3} = (6*h2 + 8*h3) / 14
+    h01 = (2 * colour[0] + 4 * colour[1]) / 6
+    h23 = (6 * colour[2] + 8 * colour[3]) / 14
+    assert hier.similarities[2] == pytest.approx(np.minimum(h01, h23).sum(), abs=1e-6)
+
+
+def test_grouping_single_region_and_no_regions() -> None:
+    one = hierarchical_grouping(np.array([9]), np.array([[0, 0, 3, 3]]), np.zeros((0, 2)), Strategy.parse("sf"),
+                                image_size=9)
+    assert one.boxes.tolist() == [[0, 0, 3, 3]] and len(one.merges) == 0
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def test_rank_boxes_seeded_dedup_min_size_and_cap() -> None:
+    boxes = [np.array([[0, 0, 10, 10], [0, 0, 5, 5], [0, 0, 2, 8]]), np.array([[0, 0, 10, 10], [1, 1, 9, 9]])]
+    positions = [np.array([3.0, 2.0, 1.0]), np.array([2.0, 1.0])]
+    a = rank_boxes(boxes, positions, seed=3)
+    assert np.array_equal(a, rank_boxes(boxes, positions, seed=3))
+    assert len(a) == 4  # the duplicate [0, 0, 10, 10] kept once
+    assert len({tuple(b) for b in a.tolist()}) == 4
+    orders = {tuple(map(tuple, rank_boxes(boxes, positions, seed=s).tolist())) for s in range(20)}
+    assert len(orders) > 1  # the ranking is randomized across seeds
+    small = rank_boxes(boxes, positions, seed=3, min_box_size=4)
+    assert [0, 0, 2, 8] not in small.tolist() and len(small) == 3
+    assert np.array_equal(rank_boxes(boxes, positions, seed=3, max_proposals=2), a[:2])
+
+
+def test_rank_boxes_dedup_keeps_best_rank() -> None:
+    # the top region (position 1 -> value < 1) is always ahead of a position-1000 copy drawn high
+    boxes = [np.array([[0, 0, 4, 4]] + [[0, 0, 4 + i, 4] for i in range(1, 50)])]
+    positions = [np.arange(1, 51, dtype=float)]
+    ranked = rank_boxes(boxes, positions, seed=0)
+    assert len(ranked) == 50 and ranked.dtype == np.float32
+
+
+def test_selective_search_deterministic_and_empty() -> None:
+    image = _scene()
+    a = selective_search(image, preset="single", seed=1)
+    assert np.array_equal(a, selective_search(image, preset="single", seed=1))
+    assert a.dtype == np.float32 and a.shape[1] == 4
+    assert len(selective_search(image, preset="single", max_proposals=5)) == 5
+    assert run_search(np.zeros((0, 5, 3), np.uint8), make_config("single")).shape == (0, 4)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        selective_search(np.zeros((5, 5), np.uint8))
+    with pytest.raises(ValueError, match="unknown selective search preset"):
+        make_config("slow")
+
+
+def test_presets_mirror_opencv() -> None:
+    fast = make_config("fast")
+    assert fast.colour_spaces == ("hsv", "lab") and fast.ks == (150, 300, 450) and fast.sigma == 0.8
+    assert fast.strategies == ("ctsf", "tsf") and fast.min_size == 100
+    quality = make_config("quality")
+    assert quality.colour_spaces == ("hsv", "lab", "gray", "h", "rgi")
+    assert quality.ks == (150, 300, 450, 600, 750) and quality.strategies == ("ctsf", "tsf", "f", "s")
+    single = make_config("single")
+    assert single.colour_spaces == ("hsv",) and single.ks == (200,) and single.strategies == ("ctsf",)
+
+
+# ----------------------------------------------------------------------------- recall sanity
+
+
+def _scene() -> tuple[np.ndarray, list[list[int]]] | np.ndarray:
+    return _scene_with_objects()[0]
+
+
+def _scene_with_objects() -> tuple[np.ndarray, list[list[int]]]:
+    rng = np.random.default_rng(0)
+    h, w = 96, 128
+    # a smooth gradient background with mild noise
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.stack([60 + xx * 0.3, 90 + yy * 0.2, np.full((h, w), 110.0)], axis=-1)
+    image = np.clip(image + rng.normal(0, 2, size=image.shape), 0, 255)
+    objects = [[8, 10, 40, 50], [60, 8, 110, 36], [70, 50, 118, 90]]
+    colours = [(220, 40, 40), (40, 200, 60), (240, 230, 60)]
+    for (x0, y0, x1, y1), colour in zip(objects, colours):
+        image[y0:y1, x0:x1] = colour
+    return image.astype(np.uint8), objects
+
+
+def test_recall_on_synthetic_objects() -> None:
+    image, objects = _scene_with_objects()
+    boxes = selective_search(image, preset="fast")
+    gt = np.array(objects, dtype=np.float64)
+    lt = np.maximum(gt[:, None, :2], boxes[None, :, :2])
+    rb = np.minimum(gt[:, None, 2:], boxes[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    iou = inter / (area(gt)[:, None] + area(boxes)[None, :] - inter)
+    assert (iou.max(axis=1) >= 0.7).all()
+
+
+# ----------------------------------------------------------------------------- proposer
+
+
+def test_registered() -> None:
+    plugins = load_plugins(["detkit_selective_search"], autoload=False)
+    assert plugins.registry.get("proposer", "selective_search").factory is SelectiveSearch
+
+
+def _batch() -> ImageBatch:
+    image, _ = _scene_with_objects()
+    first = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    second = torch.from_numpy(np.ascontiguousarray(image[:70, :50])).permute(2, 0, 1).float() / 255
+    preprocess = ResizeNormalize(min_size=64, max_size=100, size_divisible=32).eval()
+    batch, _ = preprocess([first, second])
+    return batch
+
+
+def test_proposer_batch_boxes_inside_images_and_cache(tmp_path) -> None:
+    batch = _batch()
+    assert batch.image_sizes[0] != batch.image_sizes[1]
+    proposer = SelectiveSearch(preset="single", max_proposals=50, cache_dir=str(tmp_path))
+    assert proposer.needs_features is False
+    proposals, losses = proposer(batch, None)
+    assert losses == {} and len(proposals) == 2
+    for p, (h, w) in zip(proposals, batch.image_sizes):
+        assert 0 < len(p) <= 50
+        assert (p.boxes[:, 0] >= 0).all() and (p.boxes[:, 1] >= 0).all()
+        assert (p.boxes[:, 2] <= w).all() and (p.boxes[:, 3] <= h).all()
+        assert (p.boxes[:, 2] > p.boxes[:, 0]).all() and (p.boxes[:, 3] > p.boxes[:, 1]).all()
+        assert p.objectness[0] == 1.0 and (p.objectness > 0).all() and (p.objectness.diff() < 0).all()
+    assert proposer.cache is not None and proposer.cache.misses == 2 and proposer.cache.hits == 0
+    again, _ = proposer(batch, None)
+    assert proposer.cache.hits == 2
+    assert all(torch.equal(a.boxes, b.boxes) for a, b in zip(proposals, again))
+    # a second proposer with the same settings reads the same entries; another seed misses
+    same = SelectiveSearch(preset="single", max_proposals=50, cache_dir=str(tmp_path))
+    same(batch, None)
+    assert same.cache is not None and same.cache.hits == 2
+    other = SelectiveSearch(preset="single", max_proposals=50, seed=1, cache_dir=str(tmp_path))
+    other(batch, None)
+    assert other.cache is not None and other.cache.misses == 2 and other.cache.hits == 0
+
+
+def test_proposer_without_cache_workers_and_empty_batch(tmp_path) -> None:
+    batch = _batch()
+    proposer = SelectiveSearch(preset="single", max_proposals=20, cache=False, workers=2)
+    assert proposer.cache is None
+    threaded, _ = proposer(batch, None)
+    sequential, _ = SelectiveSearch(preset="single", max_proposals=20, cache=False)(batch, None)
+    assert all(torch.equal(a.boxes, b.boxes) for a, b in zip(threaded, sequential))
+    empty = ImageBatch(torch.zeros(0, 3, 32, 32), [], [])
+    assert proposer(empty, None) == ([], {})
+    with pytest.raises(ValueError, match="workers"):
+        SelectiveSearch(workers=-1)
