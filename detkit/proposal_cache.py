@@ -3,7 +3,9 @@
 Selective search takes a second or more per photo; R-CNN and Fast R-CNN train for
 many epochs on the same images, so their proposals are computed once and read
 back. An entry is keyed by the image's *content* (its resized RGB pixels, so a
-flipped or rescaled copy is a different entry) and by the proposer's *settings*
+flipped or rescaled copy is a different entry: :func:`batch_image_key` hashes the
+image as given plus its resized size, because resampled pixels can differ in the
+last bit between thread counts) and by the proposer's *settings*
 (every parameter that changes the boxes, plus a version string), so changing a
 setting never serves stale boxes. Layout::
 
@@ -25,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from detkit.io import atomic_path, write_json
+from detkit.structures import ImageBatch
 
 
 def default_cache_root() -> Path:
@@ -41,12 +45,24 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def image_key(image: np.ndarray) -> str:
-    """A hash of an image's pixels, shape and dtype."""
+def image_key(image: np.ndarray, *extra: object) -> str:
+    """A hash of an image's pixels, shape and dtype (and of ``extra`` values)."""
     data = np.ascontiguousarray(image)
-    digest = hashlib.sha1(f"{data.shape}{data.dtype}".encode())
+    digest = hashlib.sha1(f"{data.shape}{data.dtype}{extra}".encode())
     digest.update(data.tobytes())
     return digest.hexdigest()
+
+
+def batch_image_key(images: ImageBatch, index: int) -> str:
+    """The content key of image ``index`` of a batch as a proposer sees it.
+
+    The image as given to the preprocessing and its resized size when the batch
+    keeps the originals (exact whatever the thread count), else the resized pixels.
+    """
+    if images.originals is not None:
+        original = images.originals[index].detach().to("cpu", torch.float32).numpy()
+        return image_key(original, tuple(images.image_sizes[index]))
+    return image_key(images.rgb_uint8(index))
 
 
 class ProposalCache:
@@ -67,9 +83,10 @@ class ProposalCache:
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.npy"
 
-    def get(self, image: np.ndarray) -> np.ndarray | None:
-        """The cached boxes of ``image``, or ``None`` (an unreadable entry counts as missing)."""
-        path = self._path(image_key(image))
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached boxes of an image's ``key`` (:func:`image_key`, :func:`batch_image_key`),
+        or ``None`` (an unreadable entry counts as missing)."""
+        path = self._path(key)
         try:
             boxes = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
@@ -81,9 +98,9 @@ class ProposalCache:
         self.hits += 1
         return boxes.astype(np.float32, copy=False)
 
-    def put(self, image: np.ndarray, boxes: np.ndarray) -> None:
-        """Store ``boxes (R, 4)`` for ``image`` (atomically)."""
+    def put(self, key: str, boxes: np.ndarray) -> None:
+        """Store ``boxes (R, 4)`` for the image of ``key`` (atomically)."""
         if not (self.folder / "settings.json").exists():
             write_json(self.folder / "settings.json", self.settings)
-        with atomic_path(self._path(image_key(image))) as tmp, open(tmp, "wb") as f:
+        with atomic_path(self._path(key)) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))

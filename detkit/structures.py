@@ -43,6 +43,9 @@ class ImageBatch:
         original_sizes: ``(h, w)`` of each image as it was given.
         pixel_mean, pixel_std: the per-channel normalization applied to ``[0, 1]``
             RGB (``None``: the tensor holds ``[0, 1]`` RGB); :meth:`rgb` undoes it.
+        originals: the images as given to the preprocessing (references, not copies),
+            or ``None``; content keys hash them, since resized pixels can differ in
+            the last bit between thread counts.
     """
 
     tensor: Tensor
@@ -50,6 +53,7 @@ class ImageBatch:
     original_sizes: list[tuple[int, int]]
     pixel_mean: tuple[float, ...] | None = None
     pixel_std: tuple[float, ...] | None = None
+    originals: list[Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.image_sizes)

@@ -60,7 +60,7 @@ class ResizeNormalize(Preprocess):
             targets = [self._resize_targets(t, o, s) for t, o, s in zip(targets, original_sizes, sizes)]
         mean = tuple(float(v) for v in self.pixel_mean.flatten())
         std = tuple(float(v) for v in self.pixel_std.flatten())
-        return ImageBatch(self._pad(resized), sizes, original_sizes, mean, std), targets
+        return ImageBatch(self._pad(resized), sizes, original_sizes, mean, std, list(images)), targets
 
     def _normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detkit.proposal_cache import ProposalCache
+from detkit.proposal_cache import ProposalCache, batch_image_key, image_key
 from detkit.stages import Proposer
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
 from detkit_selective_search.search import SearchConfig, make_config, run_search
@@ -35,19 +35,22 @@ def cached_selective_search(
     config: SearchConfig,
     *,
     cache: ProposalCache | None = None,
+    key: str | None = None,
 ) -> np.ndarray:
     """Selective search of ``image (H, W, 3)`` uint8 RGB through ``cache`` (``None``: no cache).
 
     Build ``config`` with :func:`detkit_selective_search.make_config` and the cache
-    with :func:`make_cache`. Returns ``(R, 4)`` float32 xyxy, best first.
+    with :func:`make_cache`; ``key`` names the image in the cache (default: the hash
+    of ``image``). Returns ``(R, 4)`` float32 xyxy, best first.
     """
     if cache is not None:
-        boxes = cache.get(image)
+        key = key or image_key(image)
+        boxes = cache.get(key)
         if boxes is not None:
             return boxes
     boxes = run_search(image, config)
-    if cache is not None:
-        cache.put(image, boxes)
+    if cache is not None and key is not None:
+        cache.put(key, boxes)
     return boxes
 
 
@@ -114,21 +117,22 @@ class SelectiveSearch(Proposer):
     ) -> tuple[list[Proposals], dict[str, Tensor]]:
         device = images.tensor.device
         pixels = [images.rgb_uint8(i) for i in range(len(images))]
-        boxes_per_image = self._search_per_image(pixels)
+        keys = [batch_image_key(images, i) if self.cache is not None else None for i in range(len(images))]
+        boxes_per_image = self._search_per_image(pixels, keys)
         proposals = [
             Proposals(boxes=torch.from_numpy(boxes).to(device), objectness=rank_scores(len(boxes)).to(device))
             for boxes in boxes_per_image
         ]
         return proposals, {}  # nothing to learn
 
-    def _search_per_image(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        def one(image: np.ndarray) -> np.ndarray:
-            return cached_selective_search(image, self.config, cache=self.cache)
+    def _search_per_image(self, pixels: list[np.ndarray], keys: list[str | None]) -> list[np.ndarray]:
+        def one(image: np.ndarray, key: str | None) -> np.ndarray:
+            return cached_selective_search(image, self.config, cache=self.cache, key=key)
 
         if self.workers > 1 and len(pixels) > 1:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(pixels))) as pool:
-                return list(pool.map(one, pixels))
-        return [one(image) for image in pixels]
+                return list(pool.map(one, pixels, keys))
+        return [one(image, key) for image, key in zip(pixels, keys)]
 
     def extra_repr(self) -> str:
         c = self.config

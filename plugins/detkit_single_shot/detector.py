@@ -68,7 +68,7 @@ class FixedSizeResize(Preprocess):
             batch = F.pad(batch, (0, width - self.size[1], 0, height - self.size[0]))
         mean = tuple(float(v) for v in self.pixel_mean.flatten())
         std = tuple(float(v) for v in self.pixel_std.flatten())
-        return ImageBatch(batch, [self.size] * len(images), original_sizes, mean, std), targets
+        return ImageBatch(batch, [self.size] * len(images), original_sizes, mean, std, list(images)), targets
 
     def _normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():
