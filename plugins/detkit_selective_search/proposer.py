@@ -116,9 +116,13 @@ class SelectiveSearch(Proposer):
         self, images: ImageBatch, features: FeatureMaps | None, targets: list[Targets] | None = None
     ) -> tuple[list[Proposals], dict[str, Tensor]]:
         device = images.tensor.device
-        pixels = [images.rgb_uint8(i) for i in range(len(images))]
         keys = [batch_image_key(images, i) if self.cache is not None else None for i in range(len(images))]
-        boxes_per_image = self._search_per_image(pixels, keys)
+        found = [self.cache.get(key) if self.cache is not None and key else None for key in keys]
+        todo = [i for i, boxes in enumerate(found) if boxes is None]  # pixels are read only for these
+        computed = self._search_per_image([images.rgb_uint8(i) for i in todo], [keys[i] for i in todo])
+        for i, boxes in zip(todo, computed):
+            found[i] = boxes
+        boxes_per_image = [b for b in found if b is not None]
         proposals = [
             Proposals(boxes=torch.from_numpy(boxes).to(device), objectness=rank_scores(len(boxes)).to(device))
             for boxes in boxes_per_image
@@ -127,7 +131,10 @@ class SelectiveSearch(Proposer):
 
     def _search_per_image(self, pixels: list[np.ndarray], keys: list[str | None]) -> list[np.ndarray]:
         def one(image: np.ndarray, key: str | None) -> np.ndarray:
-            return cached_selective_search(image, self.config, cache=self.cache, key=key)
+            boxes = run_search(image, self.config)
+            if self.cache is not None and key is not None:
+                self.cache.put(key, boxes)
+            return boxes
 
         if self.workers > 1 and len(pixels) > 1:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(pixels))) as pool:
