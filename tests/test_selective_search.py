@@ -206,8 +206,9 @@ def test_grouping_by_colour_merges_most_similar_first_with_weighted_histograms()
 
 
 def test_grouping_single_region_and_no_regions() -> None:
-    one = hierarchical_grouping(np.array([9]), np.array([[0, 0, 3, 3]]), np.zeros((0, 2)), Strategy.parse("sf"),
-                                image_size=9)
+    one = hierarchical_grouping(
+        np.array([9]), np.array([[0, 0, 3, 3]]), np.zeros((0, 2)), Strategy.parse("sf"), image_size=9
+    )
     assert one.boxes.tolist() == [[0, 0, 3, 3]] and len(one.merges) == 0
 
 
@@ -236,6 +237,48 @@ def test_rank_boxes_dedup_keeps_best_rank() -> None:
     assert len(ranked) == 50 and ranked.dtype == np.float32
 
 
+def _greedy_nms_reference(boxes: np.ndarray, threshold: float) -> list[int]:
+    """Slow greedy suppression in rank order: keep a box unless it overlaps a kept one by more."""
+    kept: list[int] = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        suppressed = False
+        for j in kept:
+            a0, b0, a1, b1 = boxes[j].tolist()
+            inter = max(0.0, min(x1, a1) - max(x0, a0)) * max(0.0, min(y1, b1) - max(y0, b0))
+            union = (x1 - x0) * (y1 - y0) + (a1 - a0) * (b1 - b0) - inter
+            suppressed = suppressed or inter / union > threshold
+        if not suppressed:
+            kept.append(i)
+    return kept
+
+
+def test_rank_boxes_near_duplicate_suppression_hand_case() -> None:
+    # IoU([0,0,10,10], [0,0,10,9]) = 0.9, with [0,0,10,5] = 0.5, [20,20,30,30] disjoint
+    boxes = [np.array([[0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 5], [20, 20, 30, 30]])]
+    positions = [np.array([1.0, 2.0, 3.0, 4.0])]
+    everything = rank_boxes(boxes, positions, seed=0)
+    assert len(everything) == 4
+    kept = rank_boxes(boxes, positions, seed=0, nms_iou=0.95)
+    assert len(kept) == 4  # 0.9 <= 0.95: nothing suppressed
+    kept = rank_boxes(boxes, positions, seed=0, nms_iou=0.7).tolist()
+    pair = [b for b in everything.tolist() if b in ([0, 0, 10, 10], [0, 0, 10, 9])]
+    # IoU 0.9 > 0.7: the better-ranked of the pair stays; IoU 0.5 and 0.56 and 0 stay
+    assert kept == [b for b in everything.tolist() if b != pair[1]]
+
+
+def test_rank_boxes_near_duplicate_suppression_against_slow_reference() -> None:
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 80, size=(300, 2))
+    wh = rng.uniform(5, 40, size=(300, 2))
+    boxes = np.round(np.concatenate([xy, xy + wh], axis=1))
+    positions = rng.uniform(1, 100, size=300)
+    ranked = rank_boxes([boxes], [positions], seed=4)
+    for threshold in (0.5, 0.7, 0.9):
+        kept = rank_boxes([boxes], [positions], seed=4, nms_iou=threshold)
+        assert np.array_equal(kept, ranked[_greedy_nms_reference(ranked.astype(np.float64), threshold)])
+        assert np.array_equal(rank_boxes([boxes], [positions], seed=4, nms_iou=threshold, max_proposals=7), kept[:7])
+
+
 def test_selective_search_deterministic_and_empty() -> None:
     image = _scene()
     a = selective_search(image, preset="single", seed=1)
@@ -247,6 +290,8 @@ def test_selective_search_deterministic_and_empty() -> None:
         selective_search(np.zeros((5, 5), np.uint8))
     with pytest.raises(ValueError, match="unknown selective search preset"):
         make_config("slow")
+    with pytest.raises(ValueError, match="nms_iou"):
+        make_config("fast", nms_iou=0.0)
 
 
 def test_presets_mirror_opencv() -> None:
@@ -258,6 +303,8 @@ def test_presets_mirror_opencv() -> None:
     assert quality.ks == (150, 300, 450, 600, 750) and quality.strategies == ("ctsf", "tsf", "f", "s")
     single = make_config("single")
     assert single.colour_spaces == ("hsv",) and single.ks == (200,) and single.strategies == ("ctsf",)
+    assert fast.nms_iou == quality.nms_iou == single.nms_iou == 0.7
+    assert make_config("fast", nms_iou=1.0).settings()["nms_iou"] == 1.0  # a setting: it keys the cache
 
 
 # ----------------------------------------------------------------------------- recall sanity

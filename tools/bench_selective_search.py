@@ -36,7 +36,7 @@ from detkit.io import write_json
 
 IOU_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
 
-_WORKER = r'''
+_WORKER = r"""
 import sys, time
 import numpy as np
 import cv2
@@ -63,7 +63,7 @@ for path in paths:
     counts.append(len(xyxy))
 np.savez(out, boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
          counts=np.asarray(counts, np.int64), seconds=np.asarray(seconds, np.float64))
-'''
+"""
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -106,13 +106,13 @@ def run_opencv(python: str, paths: list[str], preset: str) -> tuple[list[np.ndar
         return boxes, data["seconds"]
 
 
-def run_detkit(paths: list[str], preset: str, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+def run_detkit(paths: list[str], preset: str, seed: int, nms_iou: float | None) -> tuple[list[np.ndarray], np.ndarray]:
     cv2.setNumThreads(1)
     boxes, seconds = [], []
     for path in paths:
         image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         start = time.perf_counter()
-        boxes.append(selective_search(image, preset=preset, seed=seed))
+        boxes.append(selective_search(image, preset=preset, seed=seed, nms_iou=nms_iou))
         seconds.append(time.perf_counter() - start)
     return boxes, np.asarray(seconds)
 
@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=1000, help="proposals per image for the recall metrics")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--nms-iou",
+        type=float,
+        default=None,
+        help="detkit's near-duplicate suppression (default: the preset's; 1.0 turns it off)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     for name, runner in (
         ("opencv_contrib", lambda: run_opencv(args.opencv_python, paths, args.preset)),
-        ("detkit", lambda: run_detkit(paths, args.preset, args.seed)),
+        ("detkit", lambda: run_detkit(paths, args.preset, args.seed, args.nms_iou)),
     ):
         boxes, seconds = runner()
         best = best_iou_per_gt(gt, boxes, args.budget)
@@ -150,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = row
 
     header = f"{'method':<16}{'R@0.5':>8}{'R@0.7':>8}{'AR':>8}{'boxes':>9}{'capped':>8}{'s/img':>8}"
-    print(f"{args.data} ({count} images, {sum(len(g) for g in gt)} objects), preset={args.preset}, "
-          f"budget={args.budget}")
+    print(
+        f"{args.data} ({count} images, {sum(len(g) for g in gt)} objects), preset={args.preset}, budget={args.budget}"
+    )
     print(header)
     for name, row in results.items():
         print(
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 "objects": int(sum(len(g) for g in gt)),
                 "preset": args.preset,
                 "budget": args.budget,
+                "seed": args.seed,
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                 "results": results,
             },

@@ -67,6 +67,8 @@ class SelectiveSearch(Proposer):
         colour_spaces, ks, sigma, min_size, strategies: override the preset (see
             :func:`detkit_selective_search.selective_search`).
         min_box_size: drop boxes with a side shorter than this (resized pixels).
+        nms_iou: drop boxes whose IoU with a better-ranked box exceeds this
+            (default 0.7; 1.0 keeps every distinct box).
         max_proposals: keep at most this many best-ranked boxes per image.
         seed: seed of the randomized ranking.
         segmentation_scale: resize factor for the graph segmentation (default 0.5).
@@ -87,6 +89,7 @@ class SelectiveSearch(Proposer):
         min_size: int | None = None,
         strategies: Sequence[str] | None = None,
         min_box_size: float = 0.0,
+        nms_iou: float | None = None,
         max_proposals: int | None = 2000,
         seed: int = 0,
         segmentation_scale: float | None = None,
@@ -103,6 +106,7 @@ class SelectiveSearch(Proposer):
             min_size=min_size,
             strategies=strategies,
             min_box_size=min_box_size,
+            nms_iou=nms_iou,
             max_proposals=max_proposals,
             seed=seed,
             segmentation_scale=segmentation_scale,
@@ -145,5 +149,5 @@ class SelectiveSearch(Proposer):
         c = self.config
         return (
             f"colour_spaces={list(c.colour_spaces)}, ks={list(c.ks)}, sigma={c.sigma}, "
-            f"strategies={list(c.strategies)}, max_proposals={c.max_proposals}"
+            f"strategies={list(c.strategies)}, nms_iou={c.nms_iou}, max_proposals={c.max_proposals}"
         )
