@@ -24,7 +24,11 @@ EXIT_USER_ERROR = 2
 
 def _add_common(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
     parser.add_argument(
-        "-p", dest="plugins", action="append", default=[], metavar="MODULE",
+        "-p",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="load a plugin module (repeatable); -p no:NAME blocks plugin NAME",
     )
     if device:
@@ -33,7 +37,9 @@ def _add_common(parser: argparse.ArgumentParser, *, device: bool = True) -> None
 
 def _subparser(sub: Any, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
     return sub.add_parser(
-        name, help=help_text, description=help_text,
+        name,
+        help=help_text,
+        description=help_text,
         epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -42,38 +48,54 @@ def _subparser(sub: Any, name: str, help_text: str, examples: str) -> argparse.A
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``detkit`` and its subcommands."""
     parser = argparse.ArgumentParser(
-        prog="detkit", description="A plugin-based object detection toolkit.",
+        prog="detkit",
+        description="A plugin-based object detection toolkit.",
         epilog="run `detkit COMMAND --help` for a command's options and examples",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = _subparser(sub, "plugins", "List loaded plugins and every registered component.", """
+    p = _subparser(
+        sub,
+        "plugins",
+        "List loaded plugins and every registered component.",
+        """
         detkit plugins
         detkit plugins -p my_plugin_module
         DETKIT_DISABLE_PLUGIN_AUTOLOAD=1 detkit plugins
-    """)
+    """,
+    )
     _add_common(p, device=False)
     p.set_defaults(func=cmd_plugins)
 
-    p = _subparser(sub, "train", "Train a detector from a config.", """
+    p = _subparser(
+        sub,
+        "train",
+        "Train a detector from a config.",
+        """
         detkit train configs/shapes_faster_rcnn.yaml
         detkit train configs/bccd_faster_rcnn.yaml train.max_minutes=20 output.dir=runs/bccd
         detkit train configs/faster_rcnn_r50_fpn.yaml --device cuda train.lr=0.01
-    """)
+    """,
+    )
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--out", default=None, help="output folder (default: the config's output.dir)")
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
-    p = _subparser(sub, "eval", "Evaluate weights on a COCO json or a Pascal VOC folder.", """
+    p = _subparser(
+        sub,
+        "eval",
+        "Evaluate weights on a COCO json or a Pascal VOC folder.",
+        """
         detkit eval --weights runs/demo/best.pt --data runs/demo/data/annotations/instances_val.json
         detkit eval configs/faster_rcnn_r50_fpn.yaml --weights coco.pt \\
             --data annotations/instances_val2017.json --images val2017 --out runs/eval
         detkit eval --weights runs/bccd/best.pt --data ../shared/data/BCCD --split test
-    """)
+    """,
+    )
     p.add_argument("config", nargs="?", default=None, help="config to apply over the checkpoint's (optional)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
@@ -85,10 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = _subparser(sub, "detect", "Detect objects in images; write annotated images and detections.json.", """
+    p = _subparser(
+        sub,
+        "detect",
+        "Detect objects in images; write annotated images and detections.json.",
+        """
         detkit detect --weights runs/demo/best.pt --out runs/detect photos/
         detkit detect --weights coco.pt --out out 'images/*.jpg' one.png --score-thresh 0.7
-    """)
+    """,
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
     p.add_argument("--config", default=None, help="config applied over the checkpoint's (optional)")
@@ -98,26 +125,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_detect)
 
-    p = _subparser(sub, "proposals", "Score proposers: recall and average recall against the number of proposals.", """
+    p = _subparser(
+        sub,
+        "proposals",
+        "Score proposers: recall and average recall against the number of proposals.",
+        """
         detkit proposals --data ../shared/data/BCCD --split test --proposer selective_search:preset=fast \\
             --proposer sliding_window --max-images 20
         detkit proposals --data runs/demo/data/annotations/instances_val.json \\
             --proposer rpn:weights=runs/demo/best.pt --proposer 'sliding_window:sizes=[16,32,64]'
         detkit proposals --data val.json --images val/ --proposer rpn:weights=best.pt,post_nms_top_n_test=2000 \\
             --max-proposals 2000 --size 600:1000 --out runs/proposals
-    """)
+    """,
+    )
     p.add_argument("--data", required=True, help="COCO instances .json, or a Pascal VOC root folder")
     p.add_argument("--images", default=None, help="image folder of a COCO json (default: beside it)")
     p.add_argument("--split", default="test", help="ImageSets/Main split of a VOC folder (default: test)")
     p.add_argument(
-        "--proposer", dest="proposers", action="append", required=True, metavar="NAME[:KEY=VALUE,...]",
+        "--proposer",
+        dest="proposers",
+        action="append",
+        required=True,
+        metavar="NAME[:KEY=VALUE,...]",
         help="a proposer and its settings, values in YAML ('sizes=[32,64]'); NAME:weights=CKPT takes the "
         "proposer of a trained detkit checkpoint (its other keys override the checkpoint's). Repeatable",
     )
     p.add_argument("--max-images", type=int, default=None, help="score the first N images only")
     p.add_argument("--max-proposals", type=int, default=2000, help="largest budget k per image (default 2000)")
     p.add_argument(
-        "--size", type=_min_max_size, default=None, metavar="MIN[:MAX]",
+        "--size",
+        type=_min_max_size,
+        default=None,
+        metavar="MIN[:MAX]",
         help="resize images (shorter side MIN, longer at most MAX) for proposers on raw pixels "
         "(default: each image at its own size); checkpoint proposers use their model's sizes",
     )
@@ -125,10 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_proposals)
 
-    p = _subparser(sub, "import-torchvision", "Convert a torchvision detection state dict to a detkit checkpoint.", """
+    p = _subparser(
+        sub,
+        "import-torchvision",
+        "Convert a torchvision detection state dict to a detkit checkpoint.",
+        """
         detkit import-torchvision fasterrcnn_resnet50_fpn fasterrcnn_resnet50_fpn_coco-258fb6c6.pth coco.pt
         detkit import-torchvision --list
-    """)
+    """,
+    )
     p.add_argument("name", nargs="?", help="torchvision model name (see --list)")
     p.add_argument("input", nargs="?", help="torchvision state dict (.pth, local file or URL)")
     p.add_argument("output", nargs="?", help="detkit checkpoint to write (.pt)")
@@ -137,10 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, device=False)
     p.set_defaults(func=cmd_import_torchvision)
 
-    p = _subparser(sub, "demo", "Generate the shapes dataset, train a small Faster R-CNN, evaluate, draw.", """
+    p = _subparser(
+        sub,
+        "demo",
+        "Generate the shapes dataset, train a small Faster R-CNN, evaluate, draw.",
+        """
         detkit demo
         detkit demo --out runs/demo --device cuda
-    """)
+    """,
+    )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--config", default=None, help="recipe (default: configs/shapes_faster_rcnn.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
@@ -220,21 +269,34 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
     resolve_device(str(train_cfg["device"]))  # fail early on a bad device
     hflip = float(config["data"]["augment"]["hflip"])
     loader = build_loader(
-        train_set, batch_size=int(train_cfg["batch_size"]), shuffle=True, workers=int(config["data"]["workers"]),
-        transforms=RandomHorizontalFlip(p=hflip) if hflip > 0 else None, seed=int(train_cfg["seed"]),
+        train_set,
+        batch_size=int(train_cfg["batch_size"]),
+        shuffle=True,
+        workers=int(config["data"]["workers"]),
+        transforms=RandomHorizontalFlip(p=hflip) if hflip > 0 else None,
+        seed=int(train_cfg["seed"]),
         drop_last=True,
     )
     eval_cfg = config["eval"]
 
     def evaluate(m: torch.nn.Module) -> dict[str, Any]:
         return evaluate_dataset(
-            m, val_set, batch_size=int(eval_cfg["batch_size"]), max_images=eval_cfg.get("max_images"),
-            results_path=out_dir / "results.json", progress=progress,
+            m,
+            val_set,
+            batch_size=int(eval_cfg["batch_size"]),
+            max_images=eval_cfg.get("max_images"),
+            results_path=out_dir / "results.json",
+            progress=progress,
         )
 
     trainer = Trainer(
-        model=model, train_loader=loader, evaluate=evaluate, out_dir=out_dir, config=config,
-        class_names=class_names, progress=progress,
+        model=model,
+        train_loader=loader,
+        evaluate=evaluate,
+        out_dir=out_dir,
+        config=config,
+        class_names=class_names,
+        progress=progress,
     )
     result = trainer.train()
     metrics = dict(result.final_metrics)
@@ -256,8 +318,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     label_map = label_map_by_name(loaded.class_names, dataset.class_names, data=args.data)
     out = Path(args.out)
     metrics = evaluate_dataset(
-        loaded.model.to(device), dataset, batch_size=int(loaded.config["eval"]["batch_size"]),
-        max_images=args.max_images, results_path=out / "results.json", label_map=label_map,
+        loaded.model.to(device),
+        dataset,
+        batch_size=int(loaded.config["eval"]["batch_size"]),
+        max_images=args.max_images,
+        results_path=out / "results.json",
+        label_map=label_map,
         progress=not args.quiet,
     )
     write_json(out / "metrics.json", metrics)
@@ -276,8 +342,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
     device = resolve_device(args.device or loaded.config["train"]["device"])
     report = detect_files(
-        loaded.model.to(device), files, args.out, class_names=loaded.class_names,
-        score_thresh=args.score_thresh, draw=not args.no_draw, progress=not args.quiet,
+        loaded.model.to(device),
+        files,
+        args.out,
+        class_names=loaded.class_names,
+        score_thresh=args.score_thresh,
+        draw=not args.no_draw,
+        progress=not args.quiet,
     )
     print(f"{len(files) - len(report.failed)} images, {report.num_detections} detections -> {report.json_path}")
     for path, why in report.failed:
@@ -322,49 +393,63 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     indices = list(range(len(dataset) if args.max_images is None else min(args.max_images, len(dataset))))
     budgets = proposal_budgets(args.max_proposals)
     bad: dict[int, str] = {}
+    recalls = [ProposalRecall(budgets) for _ in runs]
+    seconds: list[list[float]] = [[] for _ in runs]
+    kept: list[list[int]] = [[] for _ in runs]
+    given: list[list[int]] = [[] for _ in runs]
+    # image by image, every proposer on it: an image that fails to load or that a
+    # proposer fails on is skipped for all of them, so they stay scored on the same images
+    for index in tqdm(indices, desc="proposals", unit="img", disable=args.quiet or None, leave=False):
+        try:
+            sample = dataset[index]
+            outputs = []
+            for run in runs:
+                try:
+                    outputs.append(run.propose(sample.image, args.max_proposals))
+                except Exception as exc:  # one image a proposer cannot handle must not end the run
+                    raise DataError(f"proposer {run.spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        except DataError as exc:
+            bad[index] = str(exc)
+            tqdm.write(f"detkit: warning: skipping image {index}: {exc}", file=sys.stderr)
+            continue
+        for i, (boxes, num_given, took) in enumerate(outputs):
+            recalls[i].add(sample.targets.boxes, boxes, sample.targets.iscrowd)
+            seconds[i].append(took)
+            kept[i].append(len(boxes))
+            given[i].append(num_given)
+    if not kept[0]:
+        raise DataError(f"--data {args.data!r}: none of the {len(indices)} images could be read and proposed")
     results: list[dict[str, Any]] = []
-    for run in runs:
-        recall = ProposalRecall(budgets)
-        seconds: list[float] = []
-        kept: list[int] = []
-        given: list[int] = []
-        for index in tqdm(indices, desc=run.spec, unit="img", disable=args.quiet or None, leave=False):
-            if index in bad:
-                continue
-            try:
-                sample = dataset[index]
-            except DataError as exc:
-                bad[index] = str(exc)
-                tqdm.write(f"detkit: warning: skipping image {index}: {exc}", file=sys.stderr)
-                continue
-            boxes, num_given, took = run.propose(sample.image, args.max_proposals)
-            recall.add(sample.targets.boxes, boxes, sample.targets.iscrowd)
-            seconds.append(took)
-            kept.append(len(boxes))
-            given.append(num_given)
-        if not kept:
-            raise DataError(f"--data {args.data!r}: none of the {len(indices)} images could be read")
-        timed = seconds[1:] if len(seconds) > 1 else seconds  # the first image warms up caches and kernels
-        results.append({
-            **run.describe(),
-            "proposals_per_image": sum(kept) / len(kept),
-            "proposals_per_image_before_cap": sum(given) / len(given),
-            "seconds_per_image": sum(timed) / len(timed),
-            "timed_images": len(timed),
-            **recall.summary(),
-        })
+    for i, run in enumerate(runs):
+        timed = seconds[i][1:] if len(seconds[i]) > 1 else seconds[i]  # the first image warms up caches and kernels
+        results.append(
+            {
+                **run.describe(),
+                "proposals_per_image": sum(kept[i]) / len(kept[i]),
+                "proposals_per_image_before_cap": sum(given[i]) / len(given[i]),
+                "seconds_per_image": sum(timed) / len(timed),
+                "timed_images": len(timed),
+                **recalls[i].summary(),
+            }
+        )
     out = Path(args.out)
     first = results[0]
     report = {
         "dataset": {
-            "data": args.data, "images": args.images, "split": args.split,
-            "num_images": first["num_images"], "num_images_skipped": len(bad),
+            "data": args.data,
+            "images": args.images,
+            "split": args.split,
+            "num_images": first["num_images"],
+            "num_images_skipped": len(bad),
             "skipped": [{"index": i, "reason": why} for i, why in sorted(bad.items())],
-            "num_objects": first["num_objects"], "num_objects_by_size": first["num_objects_by_size"],
+            "num_objects": first["num_objects"],
+            "num_objects_by_size": first["num_objects_by_size"],
         },
         "settings": {
-            "max_proposals": args.max_proposals, "max_images": args.max_images,
-            "size": list(args.size) if args.size else None, "budgets": budgets,
+            "max_proposals": args.max_proposals,
+            "max_images": args.max_images,
+            "size": list(args.size) if args.size else None,
+            "budgets": budgets,
         },
         "proposers": results,
     }
@@ -401,9 +486,15 @@ def cmd_import_torchvision(args: argparse.Namespace) -> int:
 
     load_state(model, converted, path=args.input)
     save_checkpoint(
-        args.output, model=model, config=config, class_names=class_names,
-        meta={"imported_from": f"torchvision {args.name}", "source": str(args.input),
-              "torch_version": torch.__version__},
+        args.output,
+        model=model,
+        config=config,
+        class_names=class_names,
+        meta={
+            "imported_from": f"torchvision {args.name}",
+            "source": str(args.input),
+            "torch_version": torch.__version__,
+        },
     )
     print(f"wrote {args.output} ({args.name}, {len(class_names)} classes)")
     return 0
@@ -429,8 +520,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or config["train"]["device"])
     val_images = find_images([str(out / "data" / "val")])[:16]
     report = detect_files(
-        loaded.model.to(device), val_images, out / "detections", class_names=loaded.class_names,
-        score_thresh=0.5, progress=not args.quiet,
+        loaded.model.to(device),
+        val_images,
+        out / "detections",
+        class_names=loaded.class_names,
+        score_thresh=0.5,
+        progress=not args.quiet,
     )
     minutes = (time.monotonic() - start) / 60
     print(
@@ -448,8 +543,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _show_warning(
-    message: Warning | str, category: type[Warning], filename: str, lineno: int,
-    file: Any = None, line: str | None = None,
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
 ) -> None:
     """Data warnings (a clipped box, a dropped annotation) as one line, without source code."""
     print(f"detkit: warning: {message}", file=sys.stderr)

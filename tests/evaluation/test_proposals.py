@@ -211,9 +211,24 @@ GRID_PLUGIN = """
             return out, {}
 
 
+    class FlakyGrid(FixedGrid):
+        # FixedGrid that fails on its fail_on-th call
+
+        def __init__(self, *, fail_on=2, **kwargs):
+            super().__init__(**kwargs)
+            self.fail_on, self.calls = int(fail_on), 0
+
+        def forward(self, images, features, targets=None):
+            self.calls += 1
+            if self.calls == self.fail_on:
+                raise RuntimeError("cannot handle this image")
+            return super().forward(images, features, targets)
+
+
     @detkit.hookimpl
     def detkit_add_components(registry):
         registry.register("proposer", "fixed_grid", FixedGrid)
+        registry.register("proposer", "flaky_grid", FlakyGrid)
 """
 
 
@@ -306,6 +321,26 @@ def test_proposals_maps_boxes_back_to_the_original_image(shapes, grid_plugin, tm
     _assert_same_numbers(a, expected)
     _assert_same_numbers(b, expected)
     assert a["preprocess"] == "each image at its own size"
+
+
+def test_an_image_a_proposer_fails_on_is_skipped_for_every_proposer(shapes, grid_plugin, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["-q", "proposals", "--data", str(shapes), "--max-proposals", "50", "--out", str(out),
+                 "--proposer", "fixed_grid", "--proposer", "flaky_grid:fail_on=2", "-p", "proposals_grid_plugin",
+                 *NO_WIP]) == 0
+    err = capsys.readouterr().err
+    assert "skipping image 1" in err and "flaky_grid" in err and "cannot handle this image" in err
+    assert "Traceback" not in err
+    report = json.loads((out / "proposals.json").read_text())
+    assert [s["index"] for s in report["dataset"]["skipped"]] == [1, 2]  # failed proposer, corrupt file
+    dataset = CocoDataset(ann_file=shapes)
+    boxes = lambda s: grid_plugin.grid_boxes(64, 64, [16], 8)  # noqa: E731
+    acc = ProposalRecall(proposal_budgets(50))
+    for i in (0, 3, 4):
+        sample = dataset[i]
+        acc.add(sample.targets.boxes, boxes(sample)[:50], sample.targets.iscrowd)
+    for result in report["proposers"]:  # both scored on the same three images
+        _assert_same_numbers(result, acc.summary())
 
 
 @pytest.fixture(scope="module")
