@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from detkit.errors import ConfigError
 from detkit.plugins import ComponentRegistry
-from detkit.stages.base import Backbone, Losses, Neck, PostProcess, Preprocess, Proposer, RoIHead
+from detkit.stages.base import Backbone, DenseHead, Losses, Neck, PostProcess, Preprocess, Proposer, RoIHead
 from detkit.stages.postprocess import DetectionPostProcess
 from detkit.stages.preprocess import ResizeNormalize
 from detkit.structures import Detections, FeatureMaps, Targets
@@ -101,6 +101,48 @@ class TwoStageDetector(nn.Module):
         return self.postprocess.rescale(detections, batch), losses
 
 
+class DenseDetector(nn.Module):
+    """The parts of a detector without proposals: preprocess, backbone [-> neck], dense head, post-process.
+
+    The base of the single-stage detectors (SSD, YOLO; plugin ``detkit_single_shot``)
+    and of the sliding-window detector (plugin ``detkit_sliding_window``); each
+    subclass writes its ``forward(images, targets=None) -> (list[Detections], losses)``
+    around :meth:`extract_features` and its dense head.
+    """
+
+    def __init__(
+        self,
+        *,
+        preprocess: Preprocess,
+        backbone: Backbone,
+        neck: Neck | None = None,
+        dense_head: DenseHead,
+        postprocess: PostProcess,
+    ) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.neck = neck
+        self.dense_head = dense_head
+        self.postprocess = postprocess
+
+    def extract_features(self, tensor: Tensor) -> FeatureMaps:
+        """Backbone (then neck) features of a padded batch ``(N, 3, Hp, Wp)``."""
+        features = self.backbone(tensor)
+        return self.neck(features) if self.neck is not None else features
+
+
+def build_backbone_and_neck(model: Mapping[str, Any], registry: ComponentRegistry) -> tuple[Backbone, Neck | None]:
+    """``model.backbone`` and, when set, ``model.neck`` (built on the backbone's channels and strides)."""
+    backbone = registry.build("backbone", model["backbone"], key="model.backbone")
+    neck = None
+    if model.get("neck"):
+        neck = registry.build(
+            "neck", model["neck"], key="model.neck", in_channels=backbone.out_channels, in_strides=backbone.out_strides
+        )
+    return backbone, neck
+
+
 def _channels(module: Backbone | Neck, key: str) -> int:
     channels = set(module.out_channels.values())
     if len(channels) != 1:
@@ -117,12 +159,7 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
     ``model.mask_head`` (optional) is built with ``in_channels`` and ``num_classes``
     and handed to the RoI head as ``mask_head``.
     """
-    backbone = registry.build("backbone", model["backbone"], key="model.backbone")
-    neck = None
-    if model.get("neck"):
-        neck = registry.build(
-            "neck", model["neck"], key="model.neck", in_channels=backbone.out_channels, in_strides=backbone.out_strides
-        )
+    backbone, neck = build_backbone_and_neck(model, registry)
     channels = _channels(neck or backbone, "model.neck")
     proposer = registry.build("proposer", model["proposer"], key="model.proposer", in_channels=channels)
     extractor = registry.build("region_extractor", model["region_extractor"], key="model.region_extractor")

@@ -252,31 +252,34 @@ def _greedy_nms_reference(boxes: np.ndarray, threshold: float) -> list[int]:
     return kept
 
 
-def test_rank_boxes_near_duplicate_suppression_hand_case() -> None:
+def test_rank_boxes_demotes_near_duplicates_hand_case() -> None:
     # IoU([0,0,10,10], [0,0,10,9]) = 0.9, with [0,0,10,5] = 0.5, [20,20,30,30] disjoint
     boxes = [np.array([[0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 5], [20, 20, 30, 30]])]
     positions = [np.array([1.0, 2.0, 3.0, 4.0])]
     everything = rank_boxes(boxes, positions, seed=0)
     assert len(everything) == 4
-    kept = rank_boxes(boxes, positions, seed=0, nms_iou=0.95)
-    assert len(kept) == 4  # 0.9 <= 0.95: nothing suppressed
-    kept = rank_boxes(boxes, positions, seed=0, nms_iou=0.7).tolist()
+    assert np.array_equal(rank_boxes(boxes, positions, seed=0, nms_iou=0.95), everything)  # 0.9 <= 0.95
+    reordered = rank_boxes(boxes, positions, seed=0, nms_iou=0.7).tolist()
     pair = [b for b in everything.tolist() if b in ([0, 0, 10, 10], [0, 0, 10, 9])]
-    # IoU 0.9 > 0.7: the better-ranked of the pair stays; IoU 0.5 and 0.56 and 0 stay
-    assert kept == [b for b in everything.tolist() if b != pair[1]]
+    # IoU 0.9 > 0.7: the worse-ranked of the pair goes last; IoU 0.5, 0.56 and 0 keep their places
+    assert reordered == [b for b in everything.tolist() if b != pair[1]] + [pair[1]]
 
 
-def test_rank_boxes_near_duplicate_suppression_against_slow_reference() -> None:
+def test_rank_boxes_demotes_near_duplicates_like_a_slow_reference() -> None:
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 80, size=(300, 2))
     wh = rng.uniform(5, 40, size=(300, 2))
     boxes = np.round(np.concatenate([xy, xy + wh], axis=1))
-    positions = rng.uniform(1, 100, size=300)
+    boxes = np.concatenate([boxes, boxes[:100] + rng.integers(-1, 2, size=(100, 4))])  # near-duplicates
+    positions = rng.uniform(1, 100, size=400)
     ranked = rank_boxes([boxes], [positions], seed=4)
     for threshold in (0.5, 0.7, 0.9):
-        kept = rank_boxes([boxes], [positions], seed=4, nms_iou=threshold)
-        assert np.array_equal(kept, ranked[_greedy_nms_reference(ranked.astype(np.float64), threshold)])
-        assert np.array_equal(rank_boxes([boxes], [positions], seed=4, nms_iou=threshold, max_proposals=7), kept[:7])
+        kept = _greedy_nms_reference(ranked.astype(np.float64), threshold)
+        expected = np.concatenate([ranked[kept], np.delete(ranked, kept, axis=0)])
+        reordered = rank_boxes([boxes], [positions], seed=4, nms_iou=threshold)
+        assert 0 < len(kept) < len(ranked) and np.array_equal(reordered, expected)
+        capped = rank_boxes([boxes], [positions], seed=4, nms_iou=threshold, max_proposals=7)
+        assert np.array_equal(capped, reordered[:7])
 
 
 def test_selective_search_deterministic_and_empty() -> None:

@@ -67,8 +67,8 @@ class SelectiveSearch(Proposer):
         colour_spaces, ks, sigma, min_size, strategies: override the preset (see
             :func:`detkit_selective_search.selective_search`).
         min_box_size: drop boxes with a side shorter than this (resized pixels).
-        nms_iou: drop boxes whose IoU with a better-ranked box exceeds this
-            (default 0.7; 1.0 keeps every distinct box).
+        nms_iou: boxes whose IoU with a better-ranked kept box exceeds this
+            move behind all others (default 0.7; 1.0: the paper's order).
         max_proposals: keep at most this many best-ranked boxes per image.
         seed: seed of the randomized ranking.
         segmentation_scale: resize factor for the graph segmentation (default 0.5).

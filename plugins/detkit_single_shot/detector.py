@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit import ConfigError
+from detkit.detectors import DenseDetector, build_backbone_and_neck
 from detkit.ops import batched_nms, clip_boxes, remove_small_boxes, scale_boxes
 from detkit.plugins import ComponentRegistry
-from detkit.stages import Backbone, DenseHead, Neck, PostProcess, Preprocess
+from detkit.stages import PostProcess, Preprocess
 from detkit.structures import Detections, ImageBatch, Targets
 
 Losses = dict[str, Tensor]
@@ -128,7 +129,7 @@ class SingleShotPostProcess(PostProcess):
         return dets.replace(boxes=scale_boxes(dets.boxes, size, original))
 
 
-class SingleStageDetector(nn.Module):
+class SingleStageDetector(DenseDetector):
     """Dense prediction on image features, no proposals: SSD (and grid detectors like YOLO).
 
     ``forward(images, targets=None) -> (list[Detections], losses)``
@@ -142,30 +143,13 @@ class SingleStageDetector(nn.Module):
         (empty at inference).
     """
 
-    def __init__(
-        self,
-        *,
-        preprocess: Preprocess,
-        backbone: Backbone,
-        neck: Neck | None = None,
-        dense_head: DenseHead,
-        postprocess: PostProcess,
-    ) -> None:
-        super().__init__()
-        self.preprocess = preprocess
-        self.backbone = backbone
-        self.neck = neck
-        self.dense_head = dense_head
-        self.postprocess = postprocess
-
     def forward(
         self, images: list[Tensor], targets: list[Targets] | None = None
     ) -> tuple[list[Detections], Losses]:
         if self.training and targets is None:
             raise ValueError("a detector in training mode needs targets")
         batch, targets = self.preprocess(images, targets)
-        features = self.backbone(batch.tensor)
-        features = self.neck(features) if self.neck is not None else features
+        features = self.extract_features(batch.tensor)
         raw, losses = self.dense_head(batch, features, targets)
         detections = raw if self.training else self.postprocess(raw, batch)
         return detections, losses
@@ -186,12 +170,7 @@ def build_single_stage(model: Mapping[str, Any], registry: ComponentRegistry, *,
         )
     if not model.get("dense_head"):
         raise ConfigError("model.dense_head: the single_stage detector needs a dense head (e.g. {name: ssd})")
-    backbone = registry.build("backbone", model["backbone"], key="model.backbone")
-    neck = None
-    if model.get("neck"):
-        neck = registry.build(
-            "neck", model["neck"], key="model.neck", in_channels=backbone.out_channels, in_strides=backbone.out_strides
-        )
+    backbone, neck = build_backbone_and_neck(model, registry)
     dense_head = registry.build(
         "dense_head", model["dense_head"], key="model.dense_head",
         in_channels=list((neck or backbone).out_channels.values()), num_classes=num_classes,

@@ -34,17 +34,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit import ConfigError
+from detkit.detectors import DenseDetector, build_backbone_and_neck
 from detkit.plugins import ComponentRegistry
-from detkit.stages import Backbone, Neck, PostProcess, Preprocess
 from detkit.stages.postprocess import DetectionPostProcess
 from detkit.stages.preprocess import ResizeNormalize
-from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
+from detkit.structures import Detections, ImageBatch, Targets
 from detkit_sliding_window.head import OverFeatHead
 
 Losses = dict[str, Tensor]
 
 
-class SlidingWindowDetector(nn.Module):
+class SlidingWindowDetector(DenseDetector):
     """Preprocess -> (per pyramid scale: resize -> backbone [-> neck] -> head) -> merge -> post-process.
 
     ``forward(images, targets=None) -> (list[Detections], losses)``
@@ -58,21 +58,7 @@ class SlidingWindowDetector(nn.Module):
         ``loss_overfeat_cls``, ``loss_overfeat_box`` (empty at inference).
     """
 
-    def __init__(
-        self,
-        *,
-        preprocess: Preprocess,
-        backbone: Backbone,
-        neck: Neck | None = None,
-        dense_head: OverFeatHead,
-        postprocess: PostProcess,
-    ) -> None:
-        super().__init__()
-        self.preprocess = preprocess
-        self.backbone = backbone
-        self.neck = neck
-        self.dense_head = dense_head
-        self.postprocess = postprocess
+    dense_head: OverFeatHead
 
     def forward(
         self, images: list[Tensor], targets: list[Targets] | None = None
@@ -86,10 +72,6 @@ class SlidingWindowDetector(nn.Module):
             return [], self.dense_head.loss(pred_logits, pred_deltas, windows, targets, batch.image_sizes)
         raw = self.dense_head.detections(pred_logits, pred_deltas, windows, batch.image_sizes)
         return self.postprocess(raw, batch), {}
-
-    def extract_features(self, tensor: Tensor) -> FeatureMaps:
-        features = self.backbone(tensor)
-        return self.neck(features) if self.neck is not None else features
 
     def _scales(self) -> list[float]:
         scales = self.dense_head.scales
@@ -127,12 +109,7 @@ def build_sliding_window(model: Mapping[str, Any], registry: ComponentRegistry, 
         raise ConfigError(
             "model.dense_head: the sliding_window detector needs a dense head (e.g. {name: overfeat})"
         )
-    backbone = registry.build("backbone", model["backbone"], key="model.backbone")
-    neck = None
-    if model.get("neck"):
-        neck = registry.build(
-            "neck", model["neck"], key="model.neck", in_channels=backbone.out_channels, in_strides=backbone.out_strides
-        )
+    backbone, neck = build_backbone_and_neck(model, registry)
     source = neck or backbone
     dense_head = registry.build(
         "dense_head", model["dense_head"], key="model.dense_head",
