@@ -19,12 +19,29 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
+    inter = box_intersection(boxes1, boxes2)
+    union = area1[:, None] + area2[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+
+
+def box_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise intersection areas: ``(M, 4), (P, 4) -> (M, P)``."""
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (M, P, 2)
     bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (M, P, 2)
     wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_ioa(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise intersection over the area of ``boxes1``: ``(M, 4), (P, 4) -> (M, P)``.
+
+    How much of each box of ``boxes1`` lies inside each of ``boxes2`` (crowd
+    regions: a window mostly inside one is neither object nor background).
+    Degenerate ``boxes1`` get 0.
+    """
+    area1 = box_area(boxes1)[:, None]
+    inter = box_intersection(boxes1, boxes2)
+    return torch.where(area1 > 0, inter / area1.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
 
 
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
@@ -64,3 +81,14 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     return torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression: indices of the kept boxes by decreasing score.
+
+    A box is dropped when its IoU with a higher-scored kept box exceeds
+    ``iou_threshold``. Uses torchvision's compiled NMS.
+    """
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    return torchvision.ops.nms(boxes, scores, iou_threshold)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_area, box_iou, clip_boxes
+from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_ioa, box_iou, clip_boxes
 from detkit.stages import DenseHead
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 
@@ -118,11 +118,7 @@ def label_windows(
     labels[fg] = targets.labels.to(windows.device)[gt_index[fg]] + 1
     labels[matches == Matcher.BETWEEN] = -1
     if bool(crowd.any()):
-        crowd_boxes = gt_boxes[crowd]
-        lt = torch.maximum(windows[:, None, :2], crowd_boxes[None, :, :2])  # (L, Gc, 2)
-        rb = torch.minimum(windows[:, None, 2:], crowd_boxes[None, :, 2:])
-        inter = (rb - lt).clamp(min=0).prod(dim=2)  # (L, Gc)
-        ioa = inter / box_area(windows).clamp(min=1e-6)[:, None]
+        ioa = box_ioa(windows, gt_boxes[crowd])  # (L, Gc)
         labels[(labels == 0) & (ioa > crowd_ioa).any(dim=1)] = -1
     centres = (windows[:, :2] + windows[:, 2:]) / 2  # (L, 2) as (x, y)
     outside = (centres[:, 0] >= image_size[1]) | (centres[:, 1] >= image_size[0])

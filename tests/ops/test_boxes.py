@@ -5,7 +5,17 @@ import itertools
 import pytest
 import torch
 
-from detkit.ops import BoxCoder, batched_nms, box_area, box_iou, clip_boxes, remove_small_boxes, scale_boxes
+from detkit.ops import (
+    BoxCoder,
+    batched_nms,
+    box_area,
+    box_ioa,
+    box_iou,
+    clip_boxes,
+    nms,
+    remove_small_boxes,
+    scale_boxes,
+)
 
 
 def random_boxes(n: int, seed: int, size: float = 100.0) -> torch.Tensor:
@@ -36,6 +46,31 @@ def test_box_iou_hand_computed_and_degenerate():
     assert box_iou(a, b)[0].tolist() == pytest.approx([50 / 150, 0.0, 0.0])
     assert box_iou(b[2:], b[2:]).item() == 0.0  # empty union: 0, not NaN
     assert box_iou(a, torch.zeros((0, 4))).shape == (1, 0)
+
+
+def test_box_ioa_matches_slow_reference_and_hand_case():
+    a, b = random_boxes(11, 2), random_boxes(5, 3)
+    ioa = box_ioa(a, b)
+    for i, j in itertools.product(range(11), range(5)):
+        x0, y0, x1, y1 = a[i].tolist()
+        u0, v0, u1, v1 = b[j].tolist()
+        inter = max(0.0, min(x1, u1) - max(x0, u0)) * max(0.0, min(y1, v1) - max(y0, v0))
+        assert ioa[i, j].item() == pytest.approx(inter / ((x1 - x0) * (y1 - y0)), abs=1e-6)
+    window = torch.tensor([[0.0, 0, 10, 10], [4, 4, 4, 4]])
+    crowd = torch.tensor([[5.0, 0, 100, 100]])
+    assert box_ioa(window, crowd)[:, 0].tolist() == [0.5, 0.0]  # half inside; degenerate -> 0
+    assert box_ioa(crowd, window)[0, 0].item() == pytest.approx(50 / (95 * 100))  # not symmetric
+
+
+def test_nms_matches_greedy_reference():
+    boxes = random_boxes(60, 4, size=40.0)
+    scores = torch.rand(60, generator=torch.Generator().manual_seed(5))
+    kept: list[int] = []
+    for i in scores.argsort(descending=True).tolist():
+        if all(slow_iou(boxes[i].tolist(), boxes[j].tolist()) <= 0.5 for j in kept):
+            kept.append(i)
+    assert nms(boxes, scores, 0.5).tolist() == kept
+    assert nms(torch.zeros((0, 4)), torch.zeros(0), 0.5).shape == (0,)
 
 
 def test_box_area_clip_and_small():
