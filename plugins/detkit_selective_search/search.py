@@ -51,11 +51,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import nms
 
+from detkit.ops import nms
 from detkit_selective_search.features import (
     adjacency,
     colour_histograms,
@@ -145,7 +146,24 @@ def make_config(
     seed: int = 0,
     segmentation_scale: float | None = None,
 ) -> SearchConfig:
-    """A preset (``single``, ``fast``, ``quality``) with the given overrides, validated."""
+    """A preset (``single``, ``fast``, ``quality``) with the given overrides, validated.
+
+    Args:
+        preset: ``single``, ``fast`` or ``quality`` (see the module docstring).
+        colour_spaces, ks, sigma, min_size, strategies: override the preset's
+            colour spaces, segmentation thresholds, smoothing, minimum segment
+            size and similarity strategies (strings of ``c t s f`` letters).
+        min_box_size: drop boxes with a side shorter than this many pixels.
+        nms_iou: boxes whose IoU with a better-ranked kept box exceeds this
+            move behind all others (default 0.7; 1.0: the paper's order).
+        max_proposals: keep at most this many boxes (``None``: all).
+        seed: seed of the randomized ranking (same seed, same boxes).
+        segmentation_scale: resize factor of the image the graph segmentation
+            runs on (default 0.5, about 4x faster; 1.0: full resolution).
+
+    Raises:
+        ValueError: an unknown preset or colour space, or a value out of range.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown selective search preset {preset!r}; known: {', '.join(PRESETS)}")
     base = PRESETS[preset]
@@ -275,54 +293,19 @@ def run_search(image: np.ndarray, config: SearchConfig) -> np.ndarray:
     )
 
 
-def selective_search(
-    image: np.ndarray,
-    *,
-    preset: str = "fast",
-    colour_spaces: Sequence[str] | None = None,
-    ks: Sequence[float] | None = None,
-    sigma: float | None = None,
-    min_size: int | None = None,
-    strategies: Sequence[str] | None = None,
-    min_box_size: float = 0.0,
-    nms_iou: float | None = None,
-    max_proposals: int | None = None,
-    seed: int = 0,
-    segmentation_scale: float | None = None,
-) -> np.ndarray:
+def selective_search(image: np.ndarray, *, preset: str = "fast", **overrides: Any) -> np.ndarray:
     """Selective search proposals of one image.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         preset: ``single``, ``fast`` or ``quality`` (see the module docstring).
-        colour_spaces, ks, sigma, min_size, strategies: override the preset's
-            colour spaces, segmentation thresholds, smoothing, minimum segment
-            size and similarity strategies (strings of ``c t s f`` letters).
-        min_box_size: drop boxes with a side shorter than this many pixels.
-        nms_iou: boxes whose IoU with a better-ranked kept box exceeds this
-            move behind all others (default 0.7; 1.0: the paper's order).
-        max_proposals: keep at most this many boxes (``None``: all).
-        seed: seed of the randomized ranking (same seed, same boxes).
-        segmentation_scale: resize factor of the image the graph segmentation
-            runs on (default 0.5, about 4x faster; 1.0: full resolution).
+        overrides: any keyword of :func:`make_config` (``ks``, ``nms_iou``,
+            ``max_proposals``, ``seed``, ...).
 
     Returns:
         ``(R, 4)`` float32 xyxy boxes in pixels (exclusive right/bottom), best first.
     """
-    config = make_config(
-        preset,
-        colour_spaces=colour_spaces,
-        ks=ks,
-        sigma=sigma,
-        min_size=min_size,
-        strategies=strategies,
-        min_box_size=min_box_size,
-        nms_iou=nms_iou,
-        max_proposals=max_proposals,
-        seed=seed,
-        segmentation_scale=segmentation_scale,
-    )
-    return run_search(image, config)
+    return run_search(image, make_config(preset, **overrides))
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
