@@ -106,8 +106,17 @@ class DenseDetector(nn.Module):
 
     The base of the single-stage detectors (SSD, YOLO; plugin ``detkit_single_shot``)
     and of the sliding-window detector (plugin ``detkit_sliding_window``); each
-    subclass writes its ``forward(images, targets=None) -> (list[Detections], losses)``
-    around :meth:`extract_features` and its dense head.
+    subclass writes its ``forward`` around :meth:`extract_features` and its dense head.
+
+    ``forward(images, targets=None) -> (list[Detections], losses)``
+
+    Args (of forward):
+        images: N tensors ``(3, H, W)``, float RGB in ``[0, 1]``, any sizes.
+        targets: ground truth in the images' pixels; required in training.
+
+    Returns:
+        Detections in the input images' pixels (empty in training) and the dense
+        head's losses (empty at inference).
     """
 
     def __init__(

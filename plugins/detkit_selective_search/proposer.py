@@ -65,7 +65,7 @@ class SelectiveSearch(Proposer):
     Args:
         preset: ``single``, ``fast`` or ``quality`` (OpenCV ``ximgproc``'s presets).
         colour_spaces, ks, sigma, min_size, strategies: override the preset (see
-            :func:`detkit_selective_search.selective_search`).
+            :func:`detkit_selective_search.make_config`).
         min_box_size: drop boxes with a side shorter than this (resized pixels).
         nms_iou: boxes whose IoU with a better-ranked kept box exceeds this
             move behind all others (default 0.7; 1.0: the paper's order).

@@ -132,15 +132,8 @@ class SingleShotPostProcess(PostProcess):
 class SingleStageDetector(DenseDetector):
     """Dense prediction on image features, no proposals: SSD (and grid detectors like YOLO).
 
-    ``forward(images, targets=None) -> (list[Detections], losses)``
-
-    Args (of forward):
-        images: N tensors ``(3, H, W)``, float RGB in ``[0, 1]``, any sizes.
-        targets: ground truth in the images' pixels; required in training.
-
-    Returns:
-        Detections in the input images' pixels (empty in training) and the losses
-        (empty at inference).
+    ``forward`` as :class:`~detkit.detectors.DenseDetector`'s: preprocess, features,
+    dense head, post-process (skipped in training).
     """
 
     def forward(

@@ -47,15 +47,8 @@ Losses = dict[str, Tensor]
 class SlidingWindowDetector(DenseDetector):
     """Preprocess -> (per pyramid scale: resize -> backbone [-> neck] -> head) -> merge -> post-process.
 
-    ``forward(images, targets=None) -> (list[Detections], losses)``
-
-    Args (of forward):
-        images: N tensors ``(3, H, W)``, float RGB in ``[0, 1]``, any sizes.
-        targets: ground truth in the images' pixels; required in training.
-
-    Returns:
-        Detections in the input images' pixels (empty in training) and the losses
-        ``loss_overfeat_cls``, ``loss_overfeat_box`` (empty at inference).
+    ``forward`` as :class:`~detkit.detectors.DenseDetector`'s, with the losses
+    ``loss_overfeat_cls`` and ``loss_overfeat_box``.
     """
 
     dense_head: OverFeatHead
