@@ -33,12 +33,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from detkit_selective_search import selective_search
 
 from detkit.engine.build import dataset_from_path
+from detkit.evaluation.proposals import ProposalRecall
 from detkit.io import write_json
-
-IOU_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
 
 _WORKER = r"""
 import sys, time
@@ -70,30 +70,13 @@ np.savez(out, boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.floa
 """
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(G, 4)`` x ``(R, 4)`` xyxy -> ``(G, R)`` IoU."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def best_iou_per_gt(gt_per_image: list[np.ndarray], boxes_per_image: list[np.ndarray], budget: int) -> np.ndarray:
-    """Best IoU of every ground-truth box with the top ``budget`` proposals of its image (all images pooled)."""
-    best = []
+def score(gt_per_image: list[torch.Tensor], boxes_per_image: list[np.ndarray], budget: int) -> dict[str, float]:
+    """Recall at IoU 0.5 and 0.7 and AR (IoU 0.5:0.95) of the top ``budget`` boxes, all objects pooled."""
+    recall = ProposalRecall([budget])
     for gt, boxes in zip(gt_per_image, boxes_per_image):
-        if len(gt) == 0:
-            continue
-        top = boxes[:budget]
-        best.append(box_iou(gt, top).max(axis=1) if len(top) else np.zeros(len(gt)))
-    return np.concatenate(best) if best else np.zeros(0)
-
-
-def recall_metrics(best: np.ndarray) -> dict[str, float]:
-    recalls = [float((best >= t).mean()) if best.size else 0.0 for t in IOU_THRESHOLDS]
-    return {"recall@0.5": recalls[0], "recall@0.7": recalls[4], "AR": float(np.mean(recalls))}
+        recall.add(gt, torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
+    summary = recall.summary()
+    return {"recall@0.5": summary["recall@0.5"], "recall@0.7": summary["recall@0.7"], "AR": summary["curve"]["AR"][-1]}
 
 
 def run_opencv(python: str, paths: list[str], preset: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -149,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = dataset_from_path(args.data, images=args.images, split=args.split)
     count = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
     paths = [str(dataset.image_path(i)) for i in range(count)]
-    gt = [dataset[i].targets.without_crowd().boxes.numpy().astype(np.float64) for i in range(count)]
+    gt = [dataset[i].targets.without_crowd().boxes for i in range(count)]
 
     runners: list[tuple[str, Callable[[], tuple[list[np.ndarray], np.ndarray]]]] = [
         ("opencv_contrib", lambda: run_opencv(args.opencv_python, paths, args.preset))
@@ -160,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     for name, runner in runners:
         boxes, seconds = runner()
-        best = best_iou_per_gt(gt, boxes, args.budget)
-        row = recall_metrics(best)
+        row = score(gt, boxes, args.budget)
         row["boxes_per_image"] = float(np.mean([len(b) for b in boxes]))
         row["boxes_per_image_capped"] = float(np.mean([min(len(b), args.budget) for b in boxes]))
         row["seconds_per_image"] = float(np.mean(seconds))
@@ -206,8 +188,6 @@ def seed_list(text: str) -> list[int]:
 
 def torch_threads() -> None:
     """Single-threaded timing for every library detkit's search touches."""
-    import torch
-
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
