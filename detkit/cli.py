@@ -17,9 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from detkit.errors import DetkitError
-
-EXIT_USER_ERROR = 2
+from detkit.errors import EXIT_USER_ERROR, DetkitError
 
 
 def _add_common(parser: argparse.ArgumentParser, *, device: bool = True) -> None:

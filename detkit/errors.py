@@ -8,6 +8,12 @@ at fault and say what to do about it.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
+#: Exit status of a run stopped by a user error.
+EXIT_USER_ERROR = 2
+
 
 class DetkitError(Exception):
     """Base class of every user-facing detkit error."""
@@ -27,3 +33,17 @@ class DataError(DetkitError):
 
 class CheckpointError(DetkitError):
     """A checkpoint or weight file cannot be read or does not fit the model."""
+
+
+def run_tool(main: Callable[[], int], prog: str) -> int:
+    """Run a script's ``main()``; a :class:`DetkitError` prints ``PROG: error: MESSAGE``.
+
+    For the scripts under ``tools/``: a user error ends them like the ``detkit``
+    command, with one line on stderr and exit status :data:`EXIT_USER_ERROR`,
+    never a traceback.
+    """
+    try:
+        return main()
+    except DetkitError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR

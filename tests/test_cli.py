@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -126,3 +127,16 @@ def test_plugins_lists_components(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "detkit_rpn" in out and "rpn (detkit_rpn)" in out and "resnet50 (detkit.components)" in out
+
+
+def test_tool_scripts_end_a_user_error_with_one_line_and_status_2(tmp_path):
+    """The scripts under tools/ report a bad input like the detkit command: no traceback."""
+    root = Path(__file__).resolve().parents[1]
+    missing = tmp_path / "no_such_run"
+    done = subprocess.run(
+        [sys.executable, str(root / "tools" / "compare_detectors.py"), str(missing)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("compare_detectors.py: error: ") and str(missing) in done.stderr

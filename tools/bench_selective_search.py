@@ -37,6 +37,7 @@ import torch
 from detkit_selective_search import selective_search
 
 from detkit.engine.build import dataset_from_path
+from detkit.errors import run_tool
 from detkit.evaluation.proposals import ProposalRecall
 from detkit.io import write_json
 
@@ -193,4 +194,4 @@ def torch_threads() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "bench_selective_search.py"))

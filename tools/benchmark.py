@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torchvision
 from detkit.backbones.fold import fold_frozen_batchnorm
 from detkit.data.images import image_to_tensor, read_image
 from detkit.detectors import build_detector
+from detkit.errors import run_tool
 from detkit.importers import fasterrcnn_resnet50_fpn
 from detkit.plugins import load_plugins
 
@@ -154,4 +154,4 @@ def time_single_shot(image: torch.Tensor, device: torch.device, *, runs: int, wa
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_tool(main, "benchmark.py"))

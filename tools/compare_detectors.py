@@ -26,15 +26,19 @@ from pathlib import Path
 import torch
 
 from detkit.engine.build import build_dataset, load_model
+from detkit.errors import DataError, run_tool
 from detkit.io import write_json
 
 
 def final_record(run: Path) -> dict:
     """The last evaluation record of a run's ``metrics.jsonl``."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; give the output folders of detkit train runs")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     evals = [r for r in records if r.get("type") == "eval"]
     if not evals:
-        raise SystemExit(f"{run}: no evaluation in metrics.jsonl; did the run finish?")
+        raise DataError(f"{path}: no evaluation record; did the run finish?")
     return evals[-1]
 
 
@@ -103,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "compare_detectors.py"))

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from detkit.config import load_config
 from detkit.engine.build import build_dataset, model_from_config, plugins_for
+from detkit.errors import run_tool
 
 
 def _work(args: tuple[str, list[str], str, list[int]]) -> int:
@@ -66,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main, "precompute_proposals.py"))
