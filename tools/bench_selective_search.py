@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 from detkit_selective_search import selective_search
+from tqdm import tqdm
 
 from detkit.engine.build import dataset_from_path
 from detkit.errors import run_tool
@@ -81,6 +82,7 @@ def score(gt_per_image: list[torch.Tensor], boxes_per_image: list[np.ndarray], b
 
 
 def run_opencv(python: str, paths: list[str], preset: str) -> tuple[list[np.ndarray], np.ndarray]:
+    print(f"OpenCV contrib on {len(paths)} images ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         worker = Path(tmp) / "worker.py"
         worker.write_text(_WORKER)
@@ -97,7 +99,7 @@ def run_opencv(python: str, paths: list[str], preset: str) -> tuple[list[np.ndar
 def run_detkit(paths: list[str], preset: str, seed: int, nms_iou: float | None) -> tuple[list[np.ndarray], np.ndarray]:
     cv2.setNumThreads(1)
     boxes, seconds = [], []
-    for path in paths:
+    for path in tqdm(paths, desc=f"detkit seed={seed}", unit="img", leave=False):
         image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         start = time.perf_counter()
         boxes.append(selective_search(image, preset=preset, seed=seed, nms_iou=nms_iou))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from detkit.engine.build import build_dataset, load_model
 from detkit.errors import DataError, run_tool
@@ -64,7 +65,7 @@ def test_seconds(run: Path, *, max_images: int) -> tuple[float, float, int]:
             0, proposal_seconds[0] + time.perf_counter() - started.pop()))
     seconds, proposals = [], []
     with torch.no_grad():
-        for i in range(count):
+        for i in tqdm(range(count), desc=run.name, unit="img", leave=False):
             image = dataset[i].image
             proposal_seconds[0] = 0.0
             start = time.perf_counter()

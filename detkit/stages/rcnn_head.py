@@ -182,16 +182,20 @@ class RCNNHead(RoIHead):
         targets: list[Targets] | None = None,
     ) -> tuple[list[Detections], Losses]:
         if self.training and targets is not None:
-            boxes, labels, _, _ = sample_proposals(
-                proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
-            )
-            logits = self.cls_score(self.features(images, boxes))
-            target = torch.cat(labels)
-            loss = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
-            return [Detections() for _ in proposals], {"loss_rcnn_cls": loss}
+            return [Detections() for _ in proposals], self._fine_tuning_losses(images, proposals, targets)
         boxes = [p.boxes for p in proposals]
         feats = self.features(images, boxes)
         return self._raw_detections(feats, boxes), {}
+
+    def _fine_tuning_losses(self, images: ImageBatch, proposals: list[Proposals], targets: list[Targets]) -> Losses:
+        """Softmax cross-entropy over K + 1 classes on a balanced sample of labelled proposals."""
+        boxes, labels, _, _ = sample_proposals(
+            proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
+        )
+        logits = self.cls_score(self.features(images, boxes))
+        target = torch.cat(labels)
+        loss = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
+        return {"loss_rcnn_cls": loss}
 
     def _raw_detections(self, feats: Tensor, boxes: list[Tensor]) -> list[Detections]:
         """Every (proposal, class) pair, scored by the SVMs (or the softmax before they exist)."""
