@@ -14,6 +14,7 @@ from detkit.ops.boxes import (
     clip_boxes,
     nms,
     nonempty_boxes,
+    paired_box_iou,
     remove_small_boxes,
     scale_boxes,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "clip_boxes",
     "nms",
     "nonempty_boxes",
+    "paired_box_iou",
     "remove_small_boxes",
     "roi_align",
     "scale_boxes",

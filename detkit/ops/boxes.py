@@ -24,6 +24,21 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
 
 
+def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of each box with its partner: ``(..., 4), (..., 4) -> (...)``, shapes broadcast.
+
+    The diagonal of :func:`box_iou` without the ``M x P`` matrix (a prediction
+    against its own target). Pairs whose union is empty get IoU 0.
+    """
+    top_left = torch.max(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.min(boxes1[..., 2:], boxes2[..., 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(dim=-1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(dim=-1)
+    union = area1 + area2 - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+
+
 def box_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise intersection areas: ``(M, 4), (P, 4) -> (M, P)``."""
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (M, P, 2)

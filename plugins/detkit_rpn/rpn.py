@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkit.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes, remove_small_boxes
+from detkit.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_ioa, box_iou, clip_boxes, remove_small_boxes
 from detkit.stages import Proposer
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
 from detkit_rpn.anchors import AnchorGenerator
@@ -151,7 +151,7 @@ class RPN(Proposer):
         if targets.iscrowd is not None and bool(targets.iscrowd.any()):
             # anchors mostly inside a crowd region are neither object nor background
             crowd = targets.boxes[targets.iscrowd.bool()]
-            inside = _intersection_over_anchor(crowd, anchors).max(dim=0).values > 0.5
+            inside = box_ioa(anchors, crowd).max(dim=1).values > 0.5
             labels[inside & (labels == 0)] = -1
         return labels, matched_boxes
 
@@ -183,11 +183,3 @@ def _flatten(x: Tensor, channels: int) -> Tensor:
     x = x.view(n, -1, channels, h, w)  # (N, A, C, H, W)
     return x.permute(0, 3, 4, 1, 2).reshape(n, -1, channels)  # (N, H, W, A, C) -> (N, H*W*A, C)
 
-
-def _intersection_over_anchor(regions: Tensor, anchors: Tensor) -> Tensor:
-    """``(R, 4), (M, 4) -> (R, M)``: share of each anchor's area inside each region."""
-    top_left = torch.max(regions[:, None, :2], anchors[None, :, :2])
-    bottom_right = torch.min(regions[:, None, 2:], anchors[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
-    area = ((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])).clamp(min=1e-6)
-    return inter / area[None, :]

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.ops import box_iou, clip_boxes
+from detkit.ops import box_iou, clip_boxes, paired_box_iou
 from detkit.stages import DenseHead
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 
@@ -146,16 +146,6 @@ def decode_yolo_v1_boxes(pred_boxes: Tensor, image_size: tuple[int, int]) -> Ten
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
-def _paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of ``boxes1[..., i]`` with ``boxes2[..., i]``: ``(..., 4)`` xyxy each -> ``(...)``."""
-    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
-    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=-1)
-    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(dim=-1)
-    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(dim=-1)
-    return inter / (area1 + area2 - inter).clamp(min=1e-9)
-
-
 def yolo_v1_loss(
     pred_boxes: Tensor,
     pred_confidence: Tensor,
@@ -194,7 +184,7 @@ def yolo_v1_loss(
 
     with torch.no_grad():
         pred_pixels = decode_yolo_v1_boxes(pred_boxes, image_size)  # (N, S, S, B, 4)
-        iou = _paired_iou(pred_pixels, gt_pixels[..., None, :].expand_as(pred_pixels))  # (N, S, S, B)
+        iou = paired_box_iou(pred_pixels, gt_pixels[..., None, :])  # (N, S, S, B)
         responsible_index = iou.argmax(dim=-1)  # (N, S, S), first on ties
         responsible = F.one_hot(responsible_index, num_boxes).bool() & has_object[..., None]  # (N, S, S, B)
 

@@ -13,6 +13,7 @@ from detkit.ops import (
     box_iou,
     clip_boxes,
     nms,
+    paired_box_iou,
     remove_small_boxes,
     scale_boxes,
 )
@@ -127,3 +128,16 @@ def test_batched_nms_matches_greedy_reference(seed):
 
 def test_batched_nms_empty():
     assert batched_nms(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).numel() == 0
+
+
+def test_paired_box_iou_is_the_diagonal_of_box_iou_and_broadcasts():
+    a, b = random_boxes(9, 4), random_boxes(9, 5)
+    b[3] = a[3]  # identical pair
+    b[4] = torch.tensor([500.0, 500, 510, 510])  # disjoint pair
+    paired = paired_box_iou(a, b)
+    assert torch.allclose(paired, box_iou(a, b).diagonal(), atol=1e-6)
+    assert paired[3].item() == pytest.approx(1.0) and paired[4].item() == 0.0
+    grid = paired_box_iou(a.view(3, 3, 1, 4), b[:2].view(1, 1, 2, 4))  # (3, 3, 1) with (1, 1, 2) -> (3, 3, 2)
+    assert torch.allclose(grid, box_iou(a, b[:2]).view(3, 3, 2), atol=1e-6)
+    point = torch.tensor([2.0, 2, 2, 2])
+    assert paired_box_iou(point, point).item() == 0.0  # empty union: 0, not NaN
