@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_min_max_size,
         default=None,
         metavar="MIN[:MAX]",
-        help="resize images (shorter side MIN, longer at most MAX) for proposers on raw pixels "
+        help="resize images (shorter side MIN, longer at most MAX; without MAX the longer side is not capped) "
+        "for proposers on raw pixels "
         "(default: each image at its own size); checkpoint proposers use their model's sizes",
     )
     p.add_argument("--out", default="runs/proposals", help="where proposals.json and recall.png go")
