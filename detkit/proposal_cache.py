@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,18 @@ class ProposalCache:
             return None
         self.hits += 1
         return boxes.astype(np.float32, copy=False)
+
+    def get_or_compute(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached boxes of ``key``; on a miss ``compute()`` them, store them and return them.
+
+        ``compute`` runs only on a miss, so a proposer reads an image's pixels only
+        when they are needed.
+        """
+        boxes = self.get(key)
+        if boxes is None:
+            boxes = np.asarray(compute(), dtype=np.float32).reshape(-1, 4)
+            self.put(key, boxes)
+        return boxes
 
     def put(self, key: str, boxes: np.ndarray) -> None:
         """Store ``boxes (R, 4)`` for the image of ``key`` (atomically)."""

@@ -23,6 +23,24 @@ def test_round_trip_and_content_key(tmp_path):
     assert (cache.folder / "settings.json").exists()
 
 
+def test_get_or_compute_computes_on_a_miss_only(tmp_path):
+    cache = ProposalCache("ss", {}, root=tmp_path)
+    calls = []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        return np.array([[0, 0, 4, 4]], dtype=np.float64)
+
+    key = image_key(_image())
+    first = cache.get_or_compute(key, compute)
+    assert first.dtype == np.float32 and first.tolist() == [[0, 0, 4, 4]]
+    np.testing.assert_array_equal(cache.get_or_compute(key, compute), first)
+    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    next(cache.folder.rglob("*.npy")).write_bytes(b"broken")  # an unreadable entry is recomputed
+    cache.get_or_compute(key, compute)
+    assert len(calls) == 2
+
+
 def test_settings_change_invalidates(tmp_path):
     key = image_key(_image())
     ProposalCache("ss", {"k": 100, "sigma": 0.8}, root=tmp_path).put(key, np.zeros((1, 4), np.float32))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detkit_selective_search import SelectiveSearch, make_config, selective_search
+from detkit_selective_search import SelectiveSearch, cached_selective_search, make_cache, make_config, selective_search
 from detkit_selective_search.features import (
     COLOUR_BINS,
     TEXTURE_BINS,
@@ -374,7 +374,9 @@ def test_proposer_batch_boxes_inside_images_and_cache(tmp_path) -> None:
         assert (p.boxes[:, 2] > p.boxes[:, 0]).all() and (p.boxes[:, 3] > p.boxes[:, 1]).all()
         assert p.objectness[0] == 1.0 and (p.objectness > 0).all() and (p.objectness.diff() < 0).all()
     assert proposer.cache is not None and proposer.cache.misses == 2 and proposer.cache.hits == 0
-    again, _ = proposer(batch, None)
+    with pytest.MonkeyPatch.context() as mp:  # hits never convert the pixels
+        mp.setattr(ImageBatch, "rgb_uint8", lambda *_: pytest.fail("pixels read on a cache hit"))
+        again, _ = proposer(batch, None)
     assert proposer.cache.hits == 2
     assert all(torch.equal(a.boxes, b.boxes) for a, b in zip(proposals, again))
     # a second proposer with the same settings reads the same entries; another seed misses
@@ -397,3 +399,14 @@ def test_proposer_without_cache_workers_and_empty_batch(tmp_path) -> None:
     assert proposer(empty, None) == ([], {})
     with pytest.raises(ValueError, match="workers"):
         SelectiveSearch(workers=-1)
+
+
+def test_cached_selective_search_of_a_numpy_image(tmp_path) -> None:
+    image, _ = _scene_with_objects()
+    config = make_config("single", max_proposals=30)
+    cache = make_cache(config, tmp_path)
+    first = cached_selective_search(image, config, cache=cache)
+    np.testing.assert_array_equal(first, run_search(image, config))
+    np.testing.assert_array_equal(cached_selective_search(image, config, cache=cache), first)
+    assert (cache.misses, cache.hits) == (1, 1)
+    np.testing.assert_array_equal(cached_selective_search(image, config), first)  # no cache

@@ -2,15 +2,16 @@
 
 Selective search reads raw pixels (no backbone features) and takes about a second
 per photo, so the proposer reads and writes the on-disk
-:class:`detkit.proposal_cache.ProposalCache`, keyed by each image's resized
-pixels and by every setting that changes the boxes: training epochs after the
-first read their proposals back.
+:class:`detkit.proposal_cache.ProposalCache`, keyed by each image's content at
+its resized size (:func:`detkit.proposal_cache.batch_image_key`) and by every
+setting that changes the boxes: training epochs after the first read their
+proposals back, without converting the pixels.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,23 +36,16 @@ def cached_selective_search(
     config: SearchConfig,
     *,
     cache: ProposalCache | None = None,
-    key: str | None = None,
 ) -> np.ndarray:
     """Selective search of ``image (H, W, 3)`` uint8 RGB through ``cache`` (``None``: no cache).
 
     Build ``config`` with :func:`detkit_selective_search.make_config` and the cache
-    with :func:`make_cache`; ``key`` names the image in the cache (default: the hash
-    of ``image``). Returns ``(R, 4)`` float32 xyxy, best first.
+    with :func:`make_cache`; the entry is keyed by the image's pixels. Returns
+    ``(R, 4)`` float32 xyxy, best first.
     """
-    if cache is not None:
-        key = key or image_key(image)
-        boxes = cache.get(key)
-        if boxes is not None:
-            return boxes
-    boxes = run_search(image, config)
-    if cache is not None and key is not None:
-        cache.put(key, boxes)
-    return boxes
+    if cache is None:
+        return run_search(image, config)
+    return cache.get_or_compute(image_key(image), lambda: run_search(image, config))
 
 
 def rank_scores(num: int) -> Tensor:
@@ -120,30 +114,27 @@ class SelectiveSearch(Proposer):
         self, images: ImageBatch, features: FeatureMaps | None, targets: list[Targets] | None = None
     ) -> tuple[list[Proposals], dict[str, Tensor]]:
         device = images.tensor.device
-        keys = [batch_image_key(images, i) if self.cache is not None else None for i in range(len(images))]
-        found = [self.cache.get(key) if self.cache is not None and key else None for key in keys]
-        todo = [i for i, boxes in enumerate(found) if boxes is None]  # pixels are read only for these
-        computed = self._search_per_image([images.rgb_uint8(i) for i in todo], [keys[i] for i in todo])
-        for i, boxes in zip(todo, computed):
-            found[i] = boxes
-        boxes_per_image = [b for b in found if b is not None]
+        boxes_per_image = self._map(lambda i: self._search(images, i), range(len(images)))
         proposals = [
             Proposals(boxes=torch.from_numpy(boxes).to(device), objectness=rank_scores(len(boxes)).to(device))
             for boxes in boxes_per_image
         ]
         return proposals, {}  # nothing to learn
 
-    def _search_per_image(self, pixels: list[np.ndarray], keys: list[str | None]) -> list[np.ndarray]:
-        def one(image: np.ndarray, key: str | None) -> np.ndarray:
-            boxes = run_search(image, self.config)
-            if self.cache is not None and key is not None:
-                self.cache.put(key, boxes)
-            return boxes
+    def _search(self, images: ImageBatch, index: int) -> np.ndarray:
+        """Boxes of image ``index``: from the cache, else searched on its pixels (read only then)."""
+        if self.cache is None:
+            return run_search(images.rgb_uint8(index), self.config)
+        return self.cache.get_or_compute(
+            batch_image_key(images, index), lambda: run_search(images.rgb_uint8(index), self.config)
+        )
 
-        if self.workers > 1 and len(pixels) > 1:
-            with ThreadPoolExecutor(max_workers=min(self.workers, len(pixels))) as pool:
-                return list(pool.map(one, pixels, keys))
-        return [one(image, key) for image, key in zip(pixels, keys)]
+    def _map(self, fn: Callable[[int], np.ndarray], indices: range) -> list[np.ndarray]:
+        """``fn`` over the images, on ``workers`` threads when there are several."""
+        if self.workers > 1 and len(indices) > 1:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(indices))) as pool:
+                return list(pool.map(fn, indices))
+        return [fn(i) for i in indices]
 
     def extra_repr(self) -> str:
         c = self.config
