@@ -368,12 +368,10 @@ def _min_max_size(text: str) -> tuple[int, int | None]:
 
 
 def cmd_proposals(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from detkit.engine.build import dataset_from_path, plugins_for
-    from detkit.engine.proposals import ProposerRun
+    from detkit.engine.proposals import ProposerRun, score_proposers
     from detkit.errors import ConfigError, DataError
-    from detkit.evaluation.proposals import ProposalRecall, format_table, plot_recall_curves, proposal_budgets
+    from detkit.evaluation.proposals import format_table, plot_recall_curves, proposal_budgets
     from detkit.io import write_json
 
     if args.max_proposals < 1:
@@ -391,46 +389,9 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     dataset = dataset_from_path(args.data, images=args.images, split=args.split)
     indices = list(range(len(dataset) if args.max_images is None else min(args.max_images, len(dataset))))
     budgets = proposal_budgets(args.max_proposals)
-    bad: dict[int, str] = {}
-    recalls = [ProposalRecall(budgets) for _ in runs]
-    seconds: list[list[float]] = [[] for _ in runs]
-    kept: list[list[int]] = [[] for _ in runs]
-    given: list[list[int]] = [[] for _ in runs]
-    # image by image, every proposer on it: an image that fails to load or that a
-    # proposer fails on is skipped for all of them, so they stay scored on the same images
-    for index in tqdm(indices, desc="proposals", unit="img", disable=args.quiet or None, leave=False):
-        try:
-            sample = dataset[index]
-            outputs = []
-            for run in runs:
-                try:
-                    outputs.append(run.propose(sample.image, args.max_proposals))
-                except Exception as exc:  # one image a proposer cannot handle must not end the run
-                    raise DataError(f"proposer {run.spec!r} failed: {type(exc).__name__}: {exc}") from exc
-        except DataError as exc:
-            bad[index] = str(exc)
-            tqdm.write(f"detkit: warning: skipping image {index}: {exc}", file=sys.stderr)
-            continue
-        for i, (boxes, num_given, took) in enumerate(outputs):
-            recalls[i].add(sample.targets.boxes, boxes, sample.targets.iscrowd)
-            seconds[i].append(took)
-            kept[i].append(len(boxes))
-            given[i].append(num_given)
-    if not kept[0]:
+    results, bad = score_proposers(runs, dataset, indices, budgets=budgets, progress=not args.quiet)
+    if not results:
         raise DataError(f"--data {args.data!r}: none of the {len(indices)} images could be read and proposed")
-    results: list[dict[str, Any]] = []
-    for i, run in enumerate(runs):
-        timed = seconds[i][1:] if len(seconds[i]) > 1 else seconds[i]  # the first image warms up caches and kernels
-        results.append(
-            {
-                **run.describe(),
-                "proposals_per_image": sum(kept[i]) / len(kept[i]),
-                "proposals_per_image_before_cap": sum(given[i]) / len(given[i]),
-                "seconds_per_image": sum(timed) / len(timed),
-                "timed_images": len(timed),
-                **recalls[i].summary(),
-            }
-        )
     out = Path(args.out)
     first = results[0]
     report = {

@@ -4,17 +4,23 @@ A spec is ``NAME[:KEY=VALUE,...]``: a registered proposer that reads pixels, bui
 with those settings (values parsed as YAML; a proposer's on-disk cache is turned
 off unless the spec sets ``cache``, so that its time is its own), or
 ``NAME:weights=CKPT`` for the proposer of a trained checkpoint (its other keys
-override the checkpoint's settings). Scoring lives in :mod:`detkit.evaluation.proposals`.
+override the checkpoint's settings). :func:`score_proposers` runs them side by side
+on a dataset; the metrics live in :mod:`detkit.evaluation.proposals`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detkit.errors import DetkitError
+from tqdm.auto import tqdm
+
+from detkit.errors import DataError, DetkitError
+from detkit.evaluation.proposals import ProposalRecall
 
 
 def _split_top_level(text: str, *, spec: str) -> list[str]:
@@ -201,3 +207,81 @@ class ProposerRun:
             info["proposer_config"] = self.model_config["model"]["proposer"]
             info["model_preprocess"] = self.model_config["model"].get("preprocess")
         return info
+
+
+@dataclass
+class ProposerTally:
+    """What one proposer gave on the images scored so far: recall, boxes and seconds per image."""
+
+    recall: ProposalRecall
+    seconds: list[float] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    given: list[int] = field(default_factory=list)
+
+    def add(self, targets: Any, boxes: Any, num_given: int, seconds: float) -> None:
+        """Score one image's ``boxes`` (best first, at most the largest budget) against ``targets``."""
+        self.recall.add(targets.boxes, boxes, targets.iscrowd)
+        self.seconds.append(seconds)
+        self.kept.append(len(boxes))
+        self.given.append(num_given)
+
+    def summary(self) -> dict[str, Any]:
+        """Means per image (time without the first image, which warms caches and kernels) and the recall."""
+        timed = self.seconds[1:] if len(self.seconds) > 1 else self.seconds
+        return {
+            "proposals_per_image": sum(self.kept) / len(self.kept),
+            "proposals_per_image_before_cap": sum(self.given) / len(self.given),
+            "seconds_per_image": sum(timed) / len(timed),
+            "timed_images": len(timed),
+            **self.recall.summary(),
+        }
+
+
+def score_proposers(
+    runs: Sequence[ProposerRun],
+    dataset: Any,
+    indices: Sequence[int],
+    *,
+    budgets: Sequence[int],
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Every proposer on the same images: one summary per run, and the images skipped.
+
+    Image by image, every proposer on it: an image that cannot be read, or that
+    any proposer fails on, is skipped for all of them (with a warning and its
+    reason), so the proposers stay scored on the same images.
+
+    Args:
+        runs: the proposers.
+        dataset: a detection dataset (``dataset[i].image``, ``.targets``).
+        indices: the images to score.
+        budgets: the numbers of proposals ``k`` to score, increasing; the last
+            is the most boxes kept per image.
+
+    Returns:
+        ``(summaries, skipped)``: per run its :meth:`ProposerRun.describe` and
+        :meth:`ProposerTally.summary`; ``skipped`` maps an image index to why.
+    """
+    tallies = [ProposerTally(ProposalRecall(list(budgets))) for _ in runs]
+    skipped: dict[int, str] = {}
+    for index in tqdm(indices, desc="proposals", unit="img", disable=not progress or None, leave=False):
+        try:
+            sample = dataset[index]
+            outputs = [_propose_or_explain(run, sample.image, budgets[-1]) for run in runs]
+        except DataError as exc:
+            skipped[index] = str(exc)
+            tqdm.write(f"detkit: warning: skipping image {index}: {exc}", file=sys.stderr)
+            continue
+        for tally, (boxes, num_given, seconds) in zip(tallies, outputs):
+            tally.add(sample.targets, boxes, num_given, seconds)
+    if not tallies or not tallies[0].kept:
+        return [], skipped
+    return [{**run.describe(), **tally.summary()} for run, tally in zip(runs, tallies)], skipped
+
+
+def _propose_or_explain(run: ProposerRun, image: Any, max_proposals: int) -> tuple[Any, int, float]:
+    """:meth:`ProposerRun.propose`; any failure becomes a :class:`DataError` naming the proposer."""
+    try:
+        return run.propose(image, max_proposals)
+    except Exception as exc:  # one image a proposer cannot handle must not end the run
+        raise DataError(f"proposer {run.spec!r} failed: {type(exc).__name__}: {exc}") from exc

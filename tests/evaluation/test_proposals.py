@@ -14,7 +14,7 @@ from detkit.data.coco import CocoDataset
 from detkit.data.shapes import generate_shapes
 from detkit.detectors import build_detector
 from detkit.engine.checkpoint import save_checkpoint
-from detkit.engine.proposals import parse_proposer_spec
+from detkit.engine.proposals import ProposerTally, parse_proposer_spec
 from detkit.errors import ConfigError
 from detkit.evaluation.proposals import (
     COCO_IOU_THRESHOLDS,
@@ -27,6 +27,7 @@ from detkit.evaluation.proposals import (
 from detkit.importers import CONFIG_DIR
 from detkit.ops import scale_boxes
 from detkit.plugins import load_plugins
+from detkit.structures import Targets
 
 # the concurrently written first-party proposers are not needed here
 NO_WIP = ["-p", "no:detkit_selective_search", "-p", "no:detkit_sliding_window"]
@@ -160,6 +161,18 @@ def test_proposal_budgets():
     assert proposal_budgets(2000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
     assert proposal_budgets(300) == [1, 2, 5, 10, 20, 50, 100, 200, 300]
     assert proposal_budgets(1) == [1]
+
+
+def test_proposer_tally_means_leave_out_the_warm_up_image():
+    tally = ProposerTally(ProposalRecall([1, 2]))
+    objects = Targets(boxes=torch.tensor([[0.0, 0, 10, 10]]), labels=torch.tensor([0]))
+    tally.add(objects, torch.tensor([[0.0, 0, 10, 10], [50.0, 50, 60, 60]]), 7, 9.0)  # warm-up: slow
+    tally.add(objects, torch.tensor([[20.0, 20, 30, 30]]), 1, 1.0)
+    tally.add(objects, torch.zeros((0, 4)), 0, 3.0)
+    summary = tally.summary()
+    assert summary["seconds_per_image"] == 2.0 and summary["timed_images"] == 2
+    assert summary["proposals_per_image"] == 1.0 and summary["proposals_per_image_before_cap"] == pytest.approx(8 / 3)
+    assert summary["num_images"] == 3 and summary["recall@0.5"] == pytest.approx(1 / 3)
 
 
 def test_parse_proposer_spec():
