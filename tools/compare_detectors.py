@@ -57,25 +57,40 @@ def test_seconds(run: Path, *, max_images: int) -> tuple[float, float, int]:
     dataset = build_dataset(loaded.config, "val", plugins)
     count = min(max_images + 1, len(dataset))
     proposer = getattr(model, "proposer", None)
-    proposal_seconds = [0.0]
-    if proposer is not None:  # time the proposals apart: the papers report detection time without them
-        started: list[float] = []
-        proposer.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
-        proposer.register_forward_hook(lambda *_: proposal_seconds.__setitem__(
-            0, proposal_seconds[0] + time.perf_counter() - started.pop()))
+    # the proposals are timed apart: the papers report detection time without them
+    proposer_clock = ForwardClock(proposer) if proposer is not None else None
     seconds, proposals = [], []
     with torch.no_grad():
         for i in tqdm(range(count), desc=run.name, unit="img", leave=False):
             image = dataset[i].image
-            proposal_seconds[0] = 0.0
             start = time.perf_counter()
             model([image])
             seconds.append(time.perf_counter() - start)
-            proposals.append(proposal_seconds[0])
-    timed = seconds[1:] or seconds
+            proposals.append(proposer_clock.take() if proposer_clock is not None else 0.0)
+    timed = seconds[1:] or seconds  # the first image warms up
     timed_proposals = proposals[1:] or proposals
     return sum(timed) / len(timed), sum(timed_proposals) / len(timed_proposals), len(timed)
 
+
+class ForwardClock:
+    """Seconds a module spends in its ``forward`` (through forward hooks), summed until :meth:`take`."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+        module.register_forward_pre_hook(self._start)
+        module.register_forward_hook(self._stop)
+
+    def _start(self, *_: object) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self, *_: object) -> None:
+        self.seconds += time.perf_counter() - self._started
+
+    def take(self) -> float:
+        """The seconds summed since the last call."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
