@@ -17,30 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from detkit.cliutil import add_common, subparser
 from detkit.errors import EXIT_USER_ERROR, DetkitError
-
-
-def _add_common(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
-    parser.add_argument(
-        "-p",
-        dest="plugins",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="load a plugin module (repeatable); -p no:NAME blocks plugin NAME",
-    )
-    if device:
-        parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (default: the config's)")
-
-
-def _subparser(sub: Any, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = _subparser(
+    p = subparser(
         sub,
         "plugins",
         "List loaded plugins and every registered component.",
@@ -64,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         DETKIT_DISABLE_PLUGIN_AUTOLOAD=1 detkit plugins
     """,
     )
-    _add_common(p, device=False)
+    add_common(p, device=False)
     p.set_defaults(func=cmd_plugins)
 
-    p = _subparser(
+    p = subparser(
         sub,
         "train",
         "Train a detector from a config.",
@@ -80,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--out", default=None, help="output folder (default: the config's output.dir)")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_train)
 
-    p = _subparser(
+    p = subparser(
         sub,
         "eval",
         "Evaluate weights on a COCO json or a Pascal VOC folder.",
@@ -102,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="ImageSets/Main split of a VOC folder (default: test)")
     p.add_argument("--out", default="runs/eval", help="where metrics.json and results.json go")
     p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = _subparser(
+    p = subparser(
         sub,
         "detect",
         "Detect objects in images; write annotated images and detections.json.",
@@ -120,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.5, help="drop detections below (default 0.5)")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_detect)
 
-    p = _subparser(
+    p = subparser(
         sub,
         "proposals",
         "Score proposers: recall and average recall against the number of proposals.",
@@ -160,10 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: each image at its own size); checkpoint proposers use their model's sizes",
     )
     p.add_argument("--out", default="runs/proposals", help="where proposals.json and recall.png go")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_proposals)
 
-    p = _subparser(
+    p = subparser(
         sub,
         "import-torchvision",
         "Convert a torchvision detection state dict to a detkit checkpoint.",
@@ -177,10 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", help="detkit checkpoint to write (.pt)")
     p.add_argument("--config", default=None, help="detkit config of the model (default: the importer's)")
     p.add_argument("--list", action="store_true", help="list the models that can be imported")
-    _add_common(p, device=False)
+    add_common(p, device=False)
     p.set_defaults(func=cmd_import_torchvision)
 
-    p = _subparser(
+    p = subparser(
         sub,
         "demo",
         "Generate the shapes dataset, train a small Faster R-CNN, evaluate, draw.",
@@ -192,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--config", default=None, help="recipe (default: configs/shapes_faster_rcnn.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_demo)
 
     from detkit.classify.cli import add_commands as add_classify_commands
@@ -243,9 +221,10 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
 
     from detkit.data.loader import build_loader
     from detkit.data.transforms import RandomHorizontalFlip
+    from detkit.device import resolve_device
     from detkit.engine.build import build_dataset, model_from_config, plugins_for
     from detkit.engine.evaluate import evaluate_dataset
-    from detkit.engine.trainer import Trainer, resolve_device
+    from detkit.engine.trainer import Trainer
     from detkit.evaluation.coco import format_metrics
 
     train_cfg = config["train"]
@@ -305,9 +284,9 @@ def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from detkit.device import resolve_device
     from detkit.engine.build import dataset_from_path, load_model
     from detkit.engine.evaluate import evaluate_dataset, label_map_by_name
-    from detkit.engine.trainer import resolve_device
     from detkit.evaluation.coco import format_metrics
     from detkit.io import write_json
 
@@ -333,9 +312,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.data.images import find_images
+    from detkit.device import resolve_device
     from detkit.engine.build import load_model
     from detkit.engine.predict import detect_files
-    from detkit.engine.trainer import resolve_device
 
     files = find_images(args.inputs)
     loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
@@ -463,9 +442,9 @@ def cmd_import_torchvision(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from detkit.config import load_config
     from detkit.data.images import find_images
+    from detkit.device import resolve_device
     from detkit.engine.build import load_model
     from detkit.engine.predict import detect_files
-    from detkit.engine.trainer import resolve_device
     from detkit.importers import CONFIG_DIR
 
     start = time.monotonic()

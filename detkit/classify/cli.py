@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detkit.cli import EXIT_USER_ERROR, _add_common, _subparser
-from detkit.errors import DataError, DetkitError
+from detkit.cliutil import add_common, subparser
+from detkit.errors import EXIT_USER_ERROR, DataError, DetkitError
 
 __all__ = [
     "add_commands",
@@ -31,7 +31,7 @@ def add_commands(sub: Any) -> None:
     Args:
         sub: the ``add_subparsers()`` object of the ``detkit`` parser.
     """
-    classify = _subparser(sub, "classify", "Train and evaluate image classifiers; compare linear classifiers.", """
+    classify = subparser(sub, "classify", "Train and evaluate image classifiers; compare linear classifiers.", """
         detkit classify train configs/classify_lenet_digits.yaml
         detkit classify eval --weights runs/lenet_digits/best.pt
         detkit classify compare-linear --out runs/compare.json
@@ -39,7 +39,7 @@ def add_commands(sub: Any) -> None:
     classify.set_defaults(func=lambda args: _missing_subcommand(classify))
     csub = classify.add_subparsers(dest="classify_command", metavar="COMMAND")
 
-    p = _subparser(csub, "train", "Train a classifier from a config; write metrics, curves and best.pt.", """
+    p = subparser(csub, "train", "Train a classifier from a config; write metrics, curves and best.pt.", """
         detkit classify train configs/classify_lenet_digits.yaml
         detkit classify train configs/classify_lenet_digits.yaml train.optimizer=nesterov train.lr=0.05
         detkit classify train configs/classify_lenet_digits.yaml data.augment=[crop] --out runs/aug
@@ -49,10 +49,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--out", default=None, help="output folder (default: the config's output.dir)")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_classify_train)
 
-    p = _subparser(csub, "eval", "Evaluate a classifier: accuracy, per-class table, metrics.json.", """
+    p = subparser(csub, "eval", "Evaluate a classifier: accuracy, per-class table, metrics.json.", """
         detkit classify eval --weights runs/lenet_digits/best.pt
         detkit classify eval --weights runs/lenet_digits/best.pt --data digits --out runs/eval_digits
         detkit classify eval --weights runs/flowers/best.pt --data flowers/test
@@ -62,10 +62,10 @@ def add_commands(sub: Any) -> None:
                    help="'digits' (its test split) or an image folder ROOT/CLASS/*.png "
                         "(default: the test split the checkpoint was trained with)")
     p.add_argument("--out", default="runs/classify_eval", help="where metrics.json goes (default runs/classify_eval)")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_classify_eval)
 
-    p = _subparser(csub, "compare-linear", "Compare detkit's kNN and linear classifiers with scikit-learn's.", """
+    p = subparser(csub, "compare-linear", "Compare detkit's kNN and linear classifiers with scikit-learn's.", """
         detkit classify compare-linear
         detkit classify compare-linear --out runs/compare_linear.json
     """)
@@ -74,7 +74,7 @@ def add_commands(sub: Any) -> None:
 
     from detkit.viz.explain import CLASSIFIER_METHODS
 
-    p = _subparser(sub, "explain", "Visualise what a classifier or detector looks at (saliency, occlusion, ...).", """
+    p = subparser(sub, "explain", "Visualise what a classifier or detector looks at (saliency, occlusion, ...).", """
         detkit explain --weights runs/lenet_digits/best.pt --out runs/explain
         detkit explain --weights runs/lenet_digits/best.pt --out runs/explain --image seven.png \\
             --methods saliency,occlusion,class_model
@@ -98,7 +98,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--points", type=int, default=500, help="test images in the PCA/t-SNE plots (default 500)")
     p.add_argument("--class-steps", type=int, default=200, help="gradient steps of the class models (default 200)")
     p.add_argument("--dream-steps", type=int, default=20, help="gradient steps of DeepDream (default 20)")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_explain)
 
 
@@ -160,7 +160,7 @@ def _eval_dataset(data: str | None, config: dict[str, Any], class_names: list[st
 
 def cmd_classify_eval(args: argparse.Namespace) -> int:
     from detkit.classify.train import evaluate_classifier, format_classification_metrics, load_classifier
-    from detkit.engine.trainer import resolve_device
+    from detkit.device import resolve_device
     from detkit.io import write_json
 
     loaded = load_classifier(args.weights, cli_plugins=args.plugins)
@@ -237,7 +237,7 @@ def _explain_classifier(args: argparse.Namespace, checkpoint: dict[str, Any], op
     from detkit.classify.data import prepare_image
     from detkit.classify.train import build_datasets, load_classifier
     from detkit.data.images import read_image
-    from detkit.engine.trainer import resolve_device
+    from detkit.device import resolve_device
     from detkit.viz.explain import CLASSIFIER_METHODS, explain_classifier
 
     if args.overrides:
@@ -268,8 +268,8 @@ def _explain_classifier(args: argparse.Namespace, checkpoint: dict[str, Any], op
 
 def _explain_detector(args: argparse.Namespace, options: Any) -> dict[str, Path]:
     from detkit.data.images import image_to_tensor, read_image
+    from detkit.device import resolve_device
     from detkit.engine.build import load_model
-    from detkit.engine.trainer import resolve_device
     from detkit.viz.explain import DETECTOR_METHODS, explain_detector
 
     if args.image is None:

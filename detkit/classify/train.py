@@ -508,8 +508,8 @@ def train_classifier(
     Raises:
         ConfigError, DataError: a bad config or data set.
     """
+    from detkit.device import resolve_device
     from detkit.engine.build import plugins_for
-    from detkit.engine.trainer import resolve_device
 
     train_cfg = config["train"]
     seed = int(train_cfg["seed"])

@@ -93,7 +93,7 @@ class ProposerRun:
     ) -> None:
         import torch
 
-        from detkit.engine.trainer import resolve_device
+        from detkit.device import resolve_device
         from detkit.errors import ConfigError
 
         name, settings = parse_proposer_spec(spec)

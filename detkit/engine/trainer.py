@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from detkit.config import DEFAULTS, save_config
+from detkit.device import resolve_device
 from detkit.engine.checkpoint import save_checkpoint
 from detkit.engine.optim import build_optimizer, build_scheduler
 from detkit.errors import ConfigError, DetkitError
@@ -170,27 +171,6 @@ class TrainSettings:
             or 0,  # 0 or null: at the end only
             log_period=_req_int(train, "log_period", minimum=1),
         )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device.
-
-    Raises:
-        ConfigError: an unknown device or CUDA asked for where there is none.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(
-            f"train.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N"
-        ) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device is {name!r} but no CUDA device is available; use train.device=cpu"
-        )
-    return device
 
 
 @dataclass(frozen=True)
