@@ -33,8 +33,8 @@ from threadpoolctl import threadpool_limits
 
 from detkit.classify.data import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE
 from detkit.io import write_json
-from detkit.nn.knn import KNearestNeighbor, cross_validate_k
-from detkit.nn.linear import LinearClassifier
+from detkit.lectures.knn import KNearestNeighbor, cross_validate_k
+from detkit.lectures.linear import LinearClassifier
 
 __all__ = ["KNN_CANDIDATES", "Row", "compare_linear", "digits_features", "format_table", "main_compare_linear"]
 

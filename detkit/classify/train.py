@@ -27,7 +27,7 @@ level, dotted overrides, unknown keys are errors with a did-you-mean):
   or ``name: folder`` (``root``: ``ROOT/CLASS/*.png``; ``test_root`` or a
   stratified ``test_size`` split of ``root``); ``image_size``, ``channels``;
   ``augment``: any of :data:`AUGMENTATIONS`, applied in that order.
-* ``train``: ``optimizer`` (a name of :data:`detkit.nn.optim.OPTIMIZERS`), ``lr``,
+* ``train``: ``optimizer`` (a name of :data:`detkit.lectures.optim.OPTIMIZERS`), ``lr``,
   ``momentum``, ``weight_decay`` (the L2 penalty, in the optimiser), ``schedule``
   (``none``, ``step``/``exponential`` per epoch, ``cosine`` per iteration to
   ``min_lr``), ``epochs``, ``batch_size``, ``max_minutes`` (stop after the epoch
@@ -167,7 +167,7 @@ def load_classify_config(path: str | os.PathLike[str] | None, overrides: Sequenc
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` for values the trainer cannot use (names, ranges)."""
-    from detkit.nn.optim import OPTIMIZERS
+    from detkit.lectures.optim import OPTIMIZERS
 
     data, train = config["data"], config["train"]
     if data["name"] not in ("digits", "folder"):
@@ -284,7 +284,7 @@ def build_classifier(config: Mapping[str, Any], plugins: Plugins, *, num_classes
 
 def build_augment(config: Mapping[str, Any], train: TensorImageDataset) -> Callable[[Tensor], Tensor] | None:
     """The training-time transform ``(C, S, S) -> (C, S, S)`` of ``data.augment``, or ``None``."""
-    from detkit.nn import augment as aug
+    from detkit.lectures import augment as aug
 
     data = config["data"]
     names = [n for n in AUGMENTATIONS if n in (data["augment"] or [])]
@@ -316,7 +316,7 @@ def _build_schedule(
     config: Mapping[str, Any], optimizer: torch.optim.Optimizer, iters_per_epoch: int
 ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
     """The scheduler and whether it steps per iteration (cosine) rather than per epoch."""
-    from detkit.nn import schedules
+    from detkit.lectures import schedules
 
     train = config["train"]
     name = train["schedule"]
@@ -331,7 +331,7 @@ def _build_schedule(
 
 
 def _build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    from detkit.nn.optim import build_optimizer
+    from detkit.lectures.optim import build_optimizer
 
     train = config["train"]
     name = str(train["optimizer"]).lower()

@@ -49,7 +49,7 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 
 
 def _is_norm(module: nn.Module) -> bool:
-    # Also catches from-scratch norm layers (detkit.nn) and frozen variants by name.
+    # Also catches from-scratch norm layers (detkit.lectures) and frozen variants by name.
     return isinstance(module, _NORM_TYPES) or "Norm" in type(module).__name__
 
 

@@ -122,7 +122,7 @@ def nearest_neighbors(queries: Tensor, bank: Tensor, k: int) -> tuple[Tensor, Te
     Returns:
         ``(indices, distances)``, both ``(Q, k)``, nearest first.
     """
-    from detkit.nn.knn import l2_distances
+    from detkit.lectures.knn import l2_distances
 
     k = min(k, bank.shape[0])
     distances = torch.from_numpy(l2_distances(queries.detach().cpu().numpy(), bank.detach().cpu().numpy()))  # (Q, N)

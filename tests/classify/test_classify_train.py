@@ -18,7 +18,7 @@ from detkit.classify.train import (
 )
 from detkit.errors import CheckpointError, ConfigError
 from detkit.importers import CONFIG_DIR
-from detkit.nn import optim
+from detkit.lectures import optim
 
 RECIPE = CONFIG_DIR / "classify_lenet_digits.yaml"
 

@@ -10,7 +10,7 @@ import pytest
 
 import detkit.classify.compare as compare
 from detkit.classify.compare import Row, compare_linear, digits_features, format_table, main_compare_linear
-from detkit.nn.knn import cross_validate_k
+from detkit.lectures.knn import cross_validate_k
 
 
 @pytest.fixture(scope="module")

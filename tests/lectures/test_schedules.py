@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from detkit.nn.schedules import (
+from detkit.lectures.schedules import (
     cosine_decay,
     cosine_decay_scheduler,
     exponential_decay,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from detkit.nn.optim import SGD, Adam
+from detkit.lectures.optim import SGD, Adam
 
 __all__ = [
     "InitialLossReport",

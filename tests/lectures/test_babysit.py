@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from detkit.nn.babysit import initial_loss_check, lr_range_test, overfit_small_subset
-from detkit.nn.search import random_search, sample_params
+from detkit.lectures.babysit import initial_loss_check, lr_range_test, overfit_small_subset
+from detkit.lectures.search import random_search, sample_params
 
 
 @pytest.fixture(autouse=True)

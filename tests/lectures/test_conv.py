@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detkit.nn.conv import (
+from detkit.lectures.conv import (
     avg_pool_backward_im2col,
     avg_pool_backward_naive,
     avg_pool_forward_im2col,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from detkit.errors import ConfigError
-from detkit.nn.optim import (
+from detkit.lectures.optim import (
     OPTIMIZERS,
     SGD,
     AdaGrad,
@@ -21,7 +21,7 @@ from detkit.nn.optim import (
     build_optimizer,
     lbfgs_minimize,
 )
-from detkit.nn.regularization import l2_penalty
+from detkit.lectures.regularization import l2_penalty
 
 
 @pytest.fixture(autouse=True)

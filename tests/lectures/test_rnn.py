@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.nn.rnn import LSTM, RNN, LSTMCell, RNNCell, lstm_cell, unroll
+from detkit.lectures.rnn import LSTM, RNN, LSTMCell, RNNCell, lstm_cell, unroll
 
 
 @pytest.fixture(autouse=True)

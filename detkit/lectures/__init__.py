@@ -1,6 +1,6 @@
 """From-scratch lecture layers, losses and classic classifiers (CS231n lectures 2-12)."""
 
-from detkit.nn.conv import (
+from detkit.lectures.conv import (
     avg_pool_backward_im2col,
     avg_pool_backward_naive,
     avg_pool_forward_im2col,
@@ -16,9 +16,9 @@ from detkit.nn.conv import (
     max_pool_forward_im2col,
     max_pool_forward_naive,
 )
-from detkit.nn.graph import Value
-from detkit.nn.knn import KNearestNeighbor, cross_validate_k, l1_distances, l2_distances
-from detkit.nn.linear import LinearClassifier, linear_loss, logistic_loss, softmax_loss, svm_loss, weight_penalty
+from detkit.lectures.graph import Value
+from detkit.lectures.knn import KNearestNeighbor, cross_validate_k, l1_distances, l2_distances
+from detkit.lectures.linear import LinearClassifier, linear_loss, logistic_loss, softmax_loss, svm_loss, weight_penalty
 
 __all__ = [
     "KNearestNeighbor",
@@ -50,7 +50,7 @@ __all__ = [
 
 # Lectures 6, 7, 10 and 11: activations, init, batch norm, preprocessing, babysitting, search, optimizers,
 # schedules, regularisation, ensembles, augmentation, transfer learning, RNNs, upsampling.
-from detkit.nn.activations import (
+from detkit.lectures.activations import (
     ELU,
     LeakyReLU,
     Maxout,
@@ -66,7 +66,7 @@ from detkit.nn.activations import (
     sigmoid,
     tanh,
 )
-from detkit.nn.augment import (
+from detkit.lectures.augment import (
     ColorJitterParams,
     adjust_brightness,
     adjust_contrast,
@@ -81,15 +81,15 @@ from detkit.nn.augment import (
     rgb_pca,
     to_grayscale,
 )
-from detkit.nn.babysit import (
+from detkit.lectures.babysit import (
     InitialLossReport,
     LRRangeResult,
     initial_loss_check,
     lr_range_test,
     overfit_small_subset,
 )
-from detkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, batch_norm
-from detkit.nn.ensembles import (
+from detkit.lectures.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, batch_norm
+from detkit.lectures.ensembles import (
     Ensemble,
     SnapshotResult,
     cyclic_cosine_lr,
@@ -97,8 +97,8 @@ from detkit.nn.ensembles import (
     snapshot_models,
     train_snapshot_ensemble,
 )
-from detkit.nn.init import compute_fans, he_normal_, init_weights_, xavier_normal_
-from detkit.nn.optim import (
+from detkit.lectures.init import compute_fans, he_normal_, init_weights_, xavier_normal_
+from detkit.lectures.optim import (
     OPTIMIZERS,
     SGD,
     AdaGrad,
@@ -110,10 +110,10 @@ from detkit.nn.optim import (
     build_optimizer,
     lbfgs_minimize,
 )
-from detkit.nn.preprocess import Preprocessor, channel_mean_std, fit_preprocessor, mean_image
-from detkit.nn.regularization import DropConnectLinear, Dropout, dropout, l2_penalty
-from detkit.nn.rnn import LSTM, RNN, LSTMCell, RNNCell, lstm_cell, rnn_cell, unroll
-from detkit.nn.schedules import (
+from detkit.lectures.preprocess import Preprocessor, channel_mean_std, fit_preprocessor, mean_image
+from detkit.lectures.regularization import DropConnectLinear, Dropout, dropout, l2_penalty
+from detkit.lectures.rnn import LSTM, RNN, LSTMCell, RNNCell, lstm_cell, rnn_cell, unroll
+from detkit.lectures.schedules import (
     cosine_decay,
     cosine_decay_scheduler,
     exponential_decay,
@@ -121,9 +121,9 @@ from detkit.nn.schedules import (
     step_decay,
     step_decay_scheduler,
 )
-from detkit.nn.search import SearchSpace, Trial, random_search, sample_params
-from detkit.nn.transfer import fine_tune_last, freeze_all_but_head, trainable_parameters
-from detkit.nn.upsample import (
+from detkit.lectures.search import SearchSpace, Trial, random_search, sample_params
+from detkit.lectures.transfer import fine_tune_last, freeze_all_but_head, trainable_parameters
+from detkit.lectures.upsample import (
     ConvTranspose2d,
     bed_of_nails,
     conv_transpose2d,

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.nn.ensembles import (
+from detkit.lectures.ensembles import (
     Ensemble,
     cyclic_cosine_lr,
     ensemble_predict,
     snapshot_models,
     train_snapshot_ensemble,
 )
-from detkit.nn.regularization import DropConnectLinear, Dropout, dropout, l2_penalty
+from detkit.lectures.regularization import DropConnectLinear, Dropout, dropout, l2_penalty
 
 
 @pytest.fixture(autouse=True)

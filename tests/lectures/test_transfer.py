@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.nn.transfer import fine_tune_last, freeze_all_but_head, trainable_parameters
+from detkit.lectures.transfer import fine_tune_last, freeze_all_but_head, trainable_parameters
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.nn.activations import (
+from detkit.lectures.activations import (
     ELU,
     LeakyReLU,
     Maxout,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.nn.upsample import ConvTranspose2d, bed_of_nails, conv_transpose2d, max_unpool2d, nearest_upsample
+from detkit.lectures.upsample import ConvTranspose2d, bed_of_nails, conv_transpose2d, max_unpool2d, nearest_upsample
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from detkit.errors import ConfigError
-from detkit.nn.linear import (
+from detkit.lectures.linear import (
     LinearClassifier,
     linear_loss,
     log_softmax,

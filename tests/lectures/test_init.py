@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from detkit.nn.init import compute_fans, he_normal_, init_weights_, xavier_normal_
+from detkit.lectures.init import compute_fans, he_normal_, init_weights_, xavier_normal_
 
 
 @pytest.fixture(autouse=True)

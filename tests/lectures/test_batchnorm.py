@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.nn.batchnorm import BatchNorm1d, BatchNorm2d, batch_norm
+from detkit.lectures.batchnorm import BatchNorm1d, BatchNorm2d, batch_norm
 
 
 @pytest.fixture(autouse=True)

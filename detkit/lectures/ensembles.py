@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from detkit.nn.optim import SGDMomentum
+from detkit.lectures.optim import SGDMomentum
 
 __all__ = [
     "Ensemble",

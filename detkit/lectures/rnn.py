@@ -28,7 +28,7 @@ from typing import Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from detkit.nn.activations import relu, sigmoid, tanh
+from detkit.lectures.activations import relu, sigmoid, tanh
 
 __all__ = ["LSTM", "RNN", "LSTMCell", "RNNCell", "lstm_cell", "rnn_cell", "unroll"]
 

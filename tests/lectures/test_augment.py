@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
-from detkit.nn.augment import (
+from detkit.lectures.augment import (
     adjust_brightness,
     adjust_contrast,
     adjust_saturation,
@@ -23,7 +23,7 @@ from detkit.nn.augment import (
     random_resized_crop_params,
     rgb_pca,
 )
-from detkit.nn.preprocess import Preprocessor, channel_mean_std, fit_preprocessor, mean_image
+from detkit.lectures.preprocess import Preprocessor, channel_mean_std, fit_preprocessor, mean_image
 
 
 @pytest.fixture(autouse=True)

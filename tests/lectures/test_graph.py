@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from detkit.nn.graph import Value
+from detkit.lectures.graph import Value
 
 
 def test_lecture_example_f_equals_x_plus_y_times_z() -> None:

@@ -9,7 +9,7 @@ from sklearn.model_selection import KFold
 from sklearn.neighbors import KNeighborsClassifier
 
 from detkit.errors import ConfigError
-from detkit.nn.knn import KNearestNeighbor, cross_validate_k, l1_distances, l2_distances, majority_vote
+from detkit.lectures.knn import KNearestNeighbor, cross_validate_k, l1_distances, l2_distances, majority_vote
 
 
 def _blobs(n: int, d: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
