@@ -1,70 +1,35 @@
-"""From-scratch lecture layers, losses and classic classifiers (CS231n lectures 2-12)."""
+"""From-scratch lecture layers, losses, optimizers and classic classifiers (CS231n lectures 2-11).
 
-from detkit.lectures.conv import (
-    avg_pool_backward_im2col,
-    avg_pool_backward_naive,
-    avg_pool_forward_im2col,
-    avg_pool_forward_naive,
-    col2im,
-    conv_backward_im2col,
-    conv_backward_naive,
-    conv_forward_im2col,
-    conv_forward_naive,
-    im2col,
-    max_pool_backward_im2col,
-    max_pool_backward_naive,
-    max_pool_forward_im2col,
-    max_pool_forward_naive,
-)
-from detkit.lectures.graph import Value
-from detkit.lectures.knn import KNearestNeighbor, cross_validate_k, l1_distances, l2_distances
-from detkit.lectures.linear import LinearClassifier, linear_loss, logistic_loss, softmax_loss, svm_loss, weight_penalty
+Lecture code, not toolkit code: each module re-derives one piece of the course and
+is tested against torch, scikit-learn or a numeric gradient. The detectors never
+import it; ``detkit classify`` uses its optimizers, schedules, augmentation and the
+classic classifiers.
 
-__all__ = [
-    "KNearestNeighbor",
-    "LinearClassifier",
-    "Value",
-    "avg_pool_backward_im2col",
-    "avg_pool_backward_naive",
-    "avg_pool_forward_im2col",
-    "avg_pool_forward_naive",
-    "col2im",
-    "conv_backward_im2col",
-    "conv_backward_naive",
-    "conv_forward_im2col",
-    "conv_forward_naive",
-    "cross_validate_k",
-    "im2col",
-    "l1_distances",
-    "l2_distances",
-    "linear_loss",
-    "logistic_loss",
-    "max_pool_backward_im2col",
-    "max_pool_backward_naive",
-    "max_pool_forward_im2col",
-    "max_pool_forward_naive",
-    "softmax_loss",
-    "svm_loss",
-    "weight_penalty",
-]
+Naming: where a lecture name is already a public name of ``torch.nn``,
+``torch.nn.functional`` or ``torch.optim``, it carries a ``Scratch`` prefix
+(classes) or a ``scratch_`` prefix (functions), here and in the modules, so the
+lecture version and torch's can be imported side by side and never shadow each
+other: :class:`ScratchReLU` vs ``nn.ReLU``, :func:`scratch_relu` vs ``F.relu``,
+:class:`ScratchSGD` vs ``torch.optim.SGD``. Names torch does not use keep their
+lecture spelling: ``Maxout``, ``BatchNorm``, ``SGDMomentum``, and ``AdaGrad`` /
+``RMSProp`` (torch spells them ``Adagrad`` / ``RMSprop``).
+"""
 
-# Lectures 6, 7, 10 and 11: activations, init, batch norm, preprocessing, babysitting, search, optimizers,
-# schedules, regularisation, ensembles, augmentation, transfer learning, RNNs, upsampling.
 from detkit.lectures.activations import (
-    ELU,
-    LeakyReLU,
     Maxout,
-    PReLU,
-    ReLU,
-    Sigmoid,
-    Tanh,
-    elu,
-    leaky_relu,
+    ScratchELU,
+    ScratchLeakyReLU,
+    ScratchPReLU,
+    ScratchReLU,
+    ScratchSigmoid,
+    ScratchTanh,
     maxout,
-    prelu,
-    relu,
-    sigmoid,
-    tanh,
+    scratch_elu,
+    scratch_leaky_relu,
+    scratch_prelu,
+    scratch_relu,
+    scratch_sigmoid,
+    scratch_tanh,
 )
 from detkit.lectures.augment import (
     ColorJitterParams,
@@ -88,7 +53,23 @@ from detkit.lectures.babysit import (
     lr_range_test,
     overfit_small_subset,
 )
-from detkit.lectures.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, batch_norm
+from detkit.lectures.batchnorm import BatchNorm, ScratchBatchNorm1d, ScratchBatchNorm2d, scratch_batch_norm
+from detkit.lectures.conv import (
+    avg_pool_backward_im2col,
+    avg_pool_backward_naive,
+    avg_pool_forward_im2col,
+    avg_pool_forward_naive,
+    col2im,
+    conv_backward_im2col,
+    conv_backward_naive,
+    conv_forward_im2col,
+    conv_forward_naive,
+    im2col,
+    max_pool_backward_im2col,
+    max_pool_backward_naive,
+    max_pool_forward_im2col,
+    max_pool_forward_naive,
+)
 from detkit.lectures.ensembles import (
     Ensemble,
     SnapshotResult,
@@ -97,22 +78,32 @@ from detkit.lectures.ensembles import (
     snapshot_models,
     train_snapshot_ensemble,
 )
+from detkit.lectures.graph import Value
 from detkit.lectures.init import compute_fans, he_normal_, init_weights_, xavier_normal_
+from detkit.lectures.knn import KNearestNeighbor, cross_validate_k, l1_distances, l2_distances
+from detkit.lectures.linear import (
+    LinearClassifier,
+    linear_loss,
+    logistic_loss,
+    softmax_loss,
+    svm_loss,
+    weight_penalty,
+)
 from detkit.lectures.optim import (
     OPTIMIZERS,
-    SGD,
     AdaGrad,
-    Adam,
     LBFGSResult,
     Nesterov,
     RMSProp,
+    ScratchAdam,
+    ScratchSGD,
     SGDMomentum,
     build_optimizer,
     lbfgs_minimize,
 )
 from detkit.lectures.preprocess import Preprocessor, channel_mean_std, fit_preprocessor, mean_image
-from detkit.lectures.regularization import DropConnectLinear, Dropout, dropout, l2_penalty
-from detkit.lectures.rnn import LSTM, RNN, LSTMCell, RNNCell, lstm_cell, rnn_cell, unroll
+from detkit.lectures.regularization import DropConnectLinear, ScratchDropout, l2_penalty, scratch_dropout
+from detkit.lectures.rnn import ScratchLSTM, ScratchLSTMCell, ScratchRNN, ScratchRNNCell, lstm_cell, rnn_cell, unroll
 from detkit.lectures.schedules import (
     cosine_decay,
     cosine_decay_scheduler,
@@ -124,101 +115,148 @@ from detkit.lectures.schedules import (
 from detkit.lectures.search import SearchSpace, Trial, random_search, sample_params
 from detkit.lectures.transfer import fine_tune_last, freeze_all_but_head, trainable_parameters
 from detkit.lectures.upsample import (
-    ConvTranspose2d,
+    ScratchConvTranspose2d,
     bed_of_nails,
-    conv_transpose2d,
-    max_unpool2d,
     nearest_upsample,
+    scratch_conv_transpose2d,
+    scratch_max_unpool2d,
 )
 
+__all__ = [
+    # Lecture 2
+    "KNearestNeighbor",
+    "cross_validate_k",
+    "l1_distances",
+    "l2_distances",
+]
 __all__ += [
-    "ELU",
-    "LSTM",
-    "OPTIMIZERS",
-    "RNN",
-    "SGD",
-    "AdaGrad",
-    "Adam",
+    # Lecture 3
+    "LinearClassifier",
+    "linear_loss",
+    "logistic_loss",
+    "softmax_loss",
+    "svm_loss",
+    "weight_penalty",
+]
+__all__ += [
+    # Lecture 4
+    "Value",
+]
+__all__ += [
+    # Lecture 5
+    "avg_pool_backward_im2col",
+    "avg_pool_backward_naive",
+    "avg_pool_forward_im2col",
+    "avg_pool_forward_naive",
+    "col2im",
+    "conv_backward_im2col",
+    "conv_backward_naive",
+    "conv_forward_im2col",
+    "conv_forward_naive",
+    "im2col",
+    "max_pool_backward_im2col",
+    "max_pool_backward_naive",
+    "max_pool_forward_im2col",
+    "max_pool_forward_naive",
+]
+__all__ += [
+    # Lecture 6
     "BatchNorm",
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "ColorJitterParams",
-    "ConvTranspose2d",
-    "DropConnectLinear",
-    "Dropout",
-    "Ensemble",
     "InitialLossReport",
-    "LBFGSResult",
     "LRRangeResult",
-    "LSTMCell",
-    "LeakyReLU",
     "Maxout",
-    "Nesterov",
-    "PReLU",
     "Preprocessor",
-    "RMSProp",
-    "RNNCell",
-    "ReLU",
-    "SGDMomentum",
+    "ScratchBatchNorm1d",
+    "ScratchBatchNorm2d",
+    "ScratchELU",
+    "ScratchLeakyReLU",
+    "ScratchPReLU",
+    "ScratchReLU",
+    "ScratchSigmoid",
+    "ScratchTanh",
     "SearchSpace",
-    "Sigmoid",
-    "SnapshotResult",
-    "Tanh",
     "Trial",
+    "channel_mean_std",
+    "compute_fans",
+    "fit_preprocessor",
+    "he_normal_",
+    "init_weights_",
+    "initial_loss_check",
+    "lr_range_test",
+    "maxout",
+    "mean_image",
+    "overfit_small_subset",
+    "random_search",
+    "sample_params",
+    "scratch_batch_norm",
+    "scratch_elu",
+    "scratch_leaky_relu",
+    "scratch_prelu",
+    "scratch_relu",
+    "scratch_sigmoid",
+    "scratch_tanh",
+    "xavier_normal_",
+]
+__all__ += [
+    # Lecture 7
+    "OPTIMIZERS",
+    "AdaGrad",
+    "ColorJitterParams",
+    "DropConnectLinear",
+    "Ensemble",
+    "LBFGSResult",
+    "Nesterov",
+    "RMSProp",
+    "SGDMomentum",
+    "ScratchAdam",
+    "ScratchDropout",
+    "ScratchSGD",
+    "SnapshotResult",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_saturation",
-    "batch_norm",
-    "bed_of_nails",
     "build_optimizer",
-    "channel_mean_std",
     "color_jitter",
     "color_jitter_params",
-    "compute_fans",
-    "conv_transpose2d",
     "cosine_decay",
     "cosine_decay_scheduler",
     "cyclic_cosine_lr",
-    "dropout",
-    "elu",
     "ensemble_predict",
     "exponential_decay",
     "exponential_decay_scheduler",
     "fine_tune_last",
-    "fit_preprocessor",
     "freeze_all_but_head",
-    "he_normal_",
     "horizontal_flip",
-    "init_weights_",
-    "initial_loss_check",
     "l2_penalty",
     "lbfgs_minimize",
-    "leaky_relu",
-    "lr_range_test",
-    "lstm_cell",
-    "max_unpool2d",
-    "maxout",
-    "mean_image",
-    "nearest_upsample",
-    "overfit_small_subset",
     "pca_lighting",
-    "prelu",
     "random_horizontal_flip",
     "random_resized_crop",
     "random_resized_crop_params",
-    "random_search",
-    "relu",
     "rgb_pca",
-    "rnn_cell",
-    "sample_params",
-    "sigmoid",
+    "scratch_dropout",
     "snapshot_models",
     "step_decay",
     "step_decay_scheduler",
-    "tanh",
     "to_grayscale",
     "train_snapshot_ensemble",
     "trainable_parameters",
+]
+__all__ += [
+    # Lecture 10
+    "ScratchLSTM",
+    "ScratchLSTMCell",
+    "ScratchRNN",
+    "ScratchRNNCell",
+    "lstm_cell",
+    "rnn_cell",
     "unroll",
-    "xavier_normal_",
+]
+__all__ += [
+    # Lecture 11
+    "ScratchConvTranspose2d",
+    "bed_of_nails",
+    "nearest_upsample",
+    "scratch_conv_transpose2d",
+    "scratch_max_unpool2d",
 ]

@@ -30,20 +30,20 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
 __all__ = [
-    "ELU",
-    "LeakyReLU",
     "Maxout",
-    "PReLU",
-    "ReLU",
-    "Sigmoid",
-    "Tanh",
-    "elu",
-    "leaky_relu",
+    "ScratchELU",
+    "ScratchLeakyReLU",
+    "ScratchPReLU",
+    "ScratchReLU",
+    "ScratchSigmoid",
+    "ScratchTanh",
     "maxout",
-    "prelu",
-    "relu",
-    "sigmoid",
-    "tanh",
+    "scratch_elu",
+    "scratch_leaky_relu",
+    "scratch_prelu",
+    "scratch_relu",
+    "scratch_sigmoid",
+    "scratch_tanh",
 ]
 
 
@@ -154,37 +154,37 @@ def _broadcast_slope(weight: Tensor, x: Tensor) -> Tensor:
     return weight.reshape((1, -1) + (1,) * (x.dim() - 2))
 
 
-def sigmoid(x: Tensor) -> Tensor:
+def scratch_sigmoid(x: Tensor) -> Tensor:
     """``1 / (1 + e^-x)``, elementwise ``(*) -> (*)``, numerically stable for large ``|x|``."""
     out: Tensor = _Sigmoid.apply(x)
     return out
 
 
-def tanh(x: Tensor) -> Tensor:
+def scratch_tanh(x: Tensor) -> Tensor:
     """Hyperbolic tangent ``(e^x - e^-x) / (e^x + e^-x) = 2 sigmoid(2x) - 1``, ``(*) -> (*)``."""
     out: Tensor = _Tanh.apply(x)
     return out
 
 
-def relu(x: Tensor) -> Tensor:
+def scratch_relu(x: Tensor) -> Tensor:
     """``max(0, x)``, ``(*) -> (*)``; gradient 0 at ``x = 0`` like torch."""
     out: Tensor = _ReLU.apply(x)
     return out
 
 
-def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+def scratch_leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     """``x`` for ``x > 0`` else ``negative_slope * x``, ``(*) -> (*)``."""
     out: Tensor = _LeakyReLU.apply(x, negative_slope)
     return out
 
 
-def prelu(x: Tensor, weight: Tensor) -> Tensor:
+def scratch_prelu(x: Tensor, weight: Tensor) -> Tensor:
     """Parametric ReLU: leaky ReLU whose slope ``weight`` (``(1,)`` or ``(C,)``, on dim 1) is learned."""
     out: Tensor = _PReLU.apply(x, weight)
     return out
 
 
-def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
+def scratch_elu(x: Tensor, alpha: float = 1.0) -> Tensor:
     """Exponential linear unit: ``x`` for ``x > 0`` else ``alpha (e^x - 1)``, ``(*) -> (*)``."""
     out: Tensor = _ELU.apply(x, alpha)
     return out
@@ -203,32 +203,32 @@ def maxout(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return z.reshape(x.shape[0], d_out, k).amax(dim=2)  # (N, D_out * k) -> (N, D_out, k) -> (N, D_out)
 
 
-class Sigmoid(nn.Module):
-    """Module form of :func:`sigmoid`."""
+class ScratchSigmoid(nn.Module):
+    """Module form of :func:`scratch_sigmoid`."""
 
     def forward(self, x: Tensor) -> Tensor:
         """``(*) -> (*)``."""
-        return sigmoid(x)
+        return scratch_sigmoid(x)
 
 
-class Tanh(nn.Module):
-    """Module form of :func:`tanh`."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(*) -> (*)``."""
-        return tanh(x)
-
-
-class ReLU(nn.Module):
-    """Module form of :func:`relu`."""
+class ScratchTanh(nn.Module):
+    """Module form of :func:`scratch_tanh`."""
 
     def forward(self, x: Tensor) -> Tensor:
         """``(*) -> (*)``."""
-        return relu(x)
+        return scratch_tanh(x)
 
 
-class LeakyReLU(nn.Module):
-    """Module form of :func:`leaky_relu` with a fixed ``negative_slope``."""
+class ScratchReLU(nn.Module):
+    """Module form of :func:`scratch_relu`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(*) -> (*)``."""
+        return scratch_relu(x)
+
+
+class ScratchLeakyReLU(nn.Module):
+    """Module form of :func:`scratch_leaky_relu` with a fixed ``negative_slope``."""
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
@@ -236,10 +236,10 @@ class LeakyReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(*) -> (*)``."""
-        return leaky_relu(x, self.negative_slope)
+        return scratch_leaky_relu(x, self.negative_slope)
 
 
-class PReLU(nn.Module):
+class ScratchPReLU(nn.Module):
     """Leaky ReLU with a learnable slope (He et al. 2015), one per channel or one shared.
 
     ``weight``: ``(num_parameters,)``, initialised to ``init`` (0.25 like the paper
@@ -253,11 +253,11 @@ class PReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, *) -> (N, C, *)``."""
-        return prelu(x, self.weight)
+        return scratch_prelu(x, self.weight)
 
 
-class ELU(nn.Module):
-    """Module form of :func:`elu`."""
+class ScratchELU(nn.Module):
+    """Module form of :func:`scratch_elu`."""
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
@@ -265,7 +265,7 @@ class ELU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(*) -> (*)``."""
-        return elu(x, self.alpha)
+        return scratch_elu(x, self.alpha)
 
 
 class Maxout(nn.Module):

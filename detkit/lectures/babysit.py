@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from detkit.lectures.optim import SGD, Adam
+from detkit.lectures.optim import ScratchAdam, ScratchSGD
 
 __all__ = [
     "InitialLossReport",
@@ -107,7 +107,7 @@ def overfit_small_subset(
     the accuracy to 100%. ``optimizer`` defaults to Adam with ``lr``.
     """
     x, y = batch
-    opt = optimizer if optimizer is not None else Adam(model.parameters(), lr=lr)
+    opt = optimizer if optimizer is not None else ScratchAdam(model.parameters(), lr=lr)
     model.train()
     losses = []
     for _ in range(steps):
@@ -176,7 +176,7 @@ def lr_range_test(
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
     saved = copy.deepcopy(model.state_dict()) if restore else None
-    make_opt = optimizer_fn if optimizer_fn is not None else (lambda params, lr: SGD(params, lr=lr))
+    make_opt = optimizer_fn if optimizer_fn is not None else (lambda params, lr: ScratchSGD(params, lr=lr))
     opt = make_opt(model.parameters(), lr_min)
     model.train()
     lrs: list[float] = []

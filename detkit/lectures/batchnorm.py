@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "batch_norm"]
+__all__ = ["BatchNorm", "ScratchBatchNorm1d", "ScratchBatchNorm2d", "scratch_batch_norm"]
 
 
 def _reduce_dims(x: Tensor) -> list[int]:
@@ -74,7 +74,7 @@ class _BatchNormTrain(torch.autograd.Function):
         return dx, dgamma, dbeta, None
 
 
-def batch_norm(
+def scratch_batch_norm(
     x: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -165,7 +165,7 @@ class BatchNorm(nn.Module):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average: the k-th batch gets weight 1/k
                 momentum = 1.0 / float(self.num_batches_tracked.item())
-        return batch_norm(
+        return scratch_batch_norm(
             x,
             self.running_mean,
             self.running_var,
@@ -180,13 +180,13 @@ class BatchNorm(nn.Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-class BatchNorm1d(BatchNorm):
+class ScratchBatchNorm1d(BatchNorm):
     """Batch norm of ``(N, C)`` or ``(N, C, L)`` inputs."""
 
     input_dims = (2, 3)
 
 
-class BatchNorm2d(BatchNorm):
+class ScratchBatchNorm2d(BatchNorm):
     """Batch norm of ``(N, C, H, W)`` inputs (spatial batch norm: statistics over N, H and W)."""
 
     input_dims = (4,)

@@ -38,18 +38,18 @@ RegType = Literal["l2", "l1", "elastic"]
 __all__ = [
     "LinearClassifier",
     "linear_loss",
-    "log_softmax",
     "logistic_loss",
-    "sigmoid",
-    "softmax",
+    "scratch_log_softmax",
+    "scratch_sigmoid",
+    "scratch_softmax",
+    "scratch_softplus",
     "softmax_loss",
-    "softplus",
     "svm_loss",
     "weight_penalty",
 ]
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
+def scratch_softmax(scores: np.ndarray) -> np.ndarray:
     """Row-wise softmax over the last axis: ``(..., C) -> (..., C)``, numerically stable.
 
     Softmax is shift-invariant (``softmax(s - c) == softmax(s)`` for any per-row
@@ -63,7 +63,7 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def log_softmax(scores: np.ndarray) -> np.ndarray:
+def scratch_log_softmax(scores: np.ndarray) -> np.ndarray:
     """``log(softmax(scores))`` over the last axis, computed without forming tiny probabilities.
 
     ``np.log(softmax(s))`` gives ``-inf`` once a probability underflows to 0;
@@ -73,7 +73,7 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
+def scratch_sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function ``1 / (1 + exp(-x))``, elementwise, without overflow.
 
     ``exp(-x)`` overflows for very negative ``x``; writing both branches with
@@ -85,7 +85,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def softplus(x: np.ndarray) -> np.ndarray:
+def scratch_softplus(x: np.ndarray) -> np.ndarray:
     """``log(1 + exp(x))`` elementwise, stable: ``max(x, 0) + log1p(exp(-|x|))``."""
     x = np.asarray(x, dtype=np.float64)
     return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
@@ -125,8 +125,8 @@ def softmax_loss(scores: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """
     n = scores.shape[0]
     rows = np.arange(n)
-    loss = float(-log_softmax(scores)[rows, y].mean())
-    dscores = softmax(scores)
+    loss = float(-scratch_log_softmax(scores)[rows, y].mean())
+    dscores = scratch_softmax(scores)
     dscores[rows, y] -= 1.0
     return loss, dscores / n
 
@@ -147,8 +147,8 @@ def logistic_loss(scores: np.ndarray, targets: np.ndarray) -> tuple[float, np.nd
     """
     n = scores.shape[0]
     t = np.asarray(targets, dtype=np.float64)
-    loss = float((softplus(scores) - t * scores).sum() / n)
-    return loss, (sigmoid(scores) - t) / n
+    loss = float((scratch_softplus(scores) - t * scores).sum() / n)
+    return loss, (scratch_sigmoid(scores) - t) / n
 
 
 def weight_penalty(

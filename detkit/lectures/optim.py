@@ -9,7 +9,7 @@ in the class docstring. Notation: ``p`` a parameter, ``g`` its gradient,
 Weight decay (all classes): the L2 penalty ``wd/2 * ||p||^2`` enters as
 ``g <- g + wd * p`` before the update, exactly like torch. For Adam this
 "coupled" decay is also rescaled by the adaptive denominator, which is why
-AdamW *decouples* it: ``p <- p * (1 - lr * wd)`` (``Adam(decoupled_weight_decay=True)``,
+AdamW *decouples* it: ``p <- p * (1 - lr * wd)`` (``ScratchAdam(decoupled_weight_decay=True)``,
 equal to ``torch.optim.AdamW``).
 
 Also here: the registry :data:`OPTIMIZERS` / :func:`build_optimizer`, and
@@ -30,13 +30,13 @@ from detkit.errors import ConfigError
 
 __all__ = [
     "OPTIMIZERS",
-    "SGD",
     "AdaGrad",
-    "Adam",
     "LBFGSResult",
     "Nesterov",
     "RMSProp",
     "SGDMomentum",
+    "ScratchAdam",
+    "ScratchSGD",
     "build_optimizer",
     "lbfgs_minimize",
 ]
@@ -75,7 +75,7 @@ def _check(name: str, value: float, low: float = 0.0) -> None:
         raise ValueError(f"invalid {name}: {value} (must be >= {low})")
 
 
-class SGD(_ElementwiseOptimizer):
+class ScratchSGD(_ElementwiseOptimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum, as in ``torch.optim.SGD``.
 
     Plain: ``p <- p - lr * g``.
@@ -121,15 +121,15 @@ class SGD(_ElementwiseOptimizer):
         p.add_(g, alpha=-group["lr"])
 
 
-class SGDMomentum(SGD):
-    """SGD with classical momentum (default ``mu = 0.9``); see :class:`SGD` for both formulations."""
+class SGDMomentum(ScratchSGD):
+    """SGD with classical momentum (default ``mu = 0.9``); see :class:`ScratchSGD` for both formulations."""
 
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
 
 
-class Nesterov(SGD):
-    """SGD with Nesterov momentum (default ``mu = 0.9``); see :class:`SGD` for both formulations."""
+class Nesterov(ScratchSGD):
+    """SGD with Nesterov momentum (default ``mu = 0.9``); see :class:`ScratchSGD` for both formulations."""
 
     def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
@@ -244,7 +244,7 @@ class RMSProp(_ElementwiseOptimizer):
             p.addcdiv_(g, denom, value=-group["lr"])
 
 
-class Adam(_ElementwiseOptimizer):
+class ScratchAdam(_ElementwiseOptimizer):
     """Adam (Kingma & Ba 2015) with bias correction, as ``torch.optim.Adam`` (or ``AdamW``).
 
     ``m <- b1 * m + (1 - b1) * g``; ``v <- b2 * v + (1 - b2) * g^2``;
@@ -306,12 +306,12 @@ class Adam(_ElementwiseOptimizer):
 
 #: The lecture's optimizers by name, for configs and :func:`build_optimizer`.
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "sgd": SGD,
+    "sgd": ScratchSGD,
     "momentum": SGDMomentum,
     "nesterov": Nesterov,
     "adagrad": AdaGrad,
     "rmsprop": RMSProp,
-    "adam": Adam,
+    "adam": ScratchAdam,
 }
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DropConnectLinear", "Dropout", "dropout", "l2_penalty"]
+__all__ = ["DropConnectLinear", "ScratchDropout", "l2_penalty", "scratch_dropout"]
 
 
 def _check_p(p: float) -> None:
@@ -39,7 +39,9 @@ def _keep_mask(shape: torch.Size, p: float, like: Tensor, generator: torch.Gener
     return keep.to(like.dtype) / (1.0 - p)
 
 
-def dropout(x: Tensor, p: float = 0.5, *, training: bool = True, generator: torch.Generator | None = None) -> Tensor:
+def scratch_dropout(
+    x: Tensor, p: float = 0.5, *, training: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
     """Inverted dropout: ``x * mask / (1 - p)`` in training, ``x`` otherwise; ``(*) -> (*)``.
 
     ``E[output] = x`` for any ``p < 1``: survivors are scaled up by ``1 / (1 - p)``.
@@ -51,8 +53,8 @@ def dropout(x: Tensor, p: float = 0.5, *, training: bool = True, generator: torc
     return x * _keep_mask(x.shape, p, x, generator)
 
 
-class Dropout(nn.Module):
-    """Module form of :func:`dropout`; active only in ``train()`` mode."""
+class ScratchDropout(nn.Module):
+    """Module form of :func:`scratch_dropout`; active only in ``train()`` mode."""
 
     def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -62,7 +64,7 @@ class Dropout(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(*) -> (*)``."""
-        return dropout(x, self.p, training=self.training, generator=self.generator)
+        return scratch_dropout(x, self.p, training=self.training, generator=self.generator)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

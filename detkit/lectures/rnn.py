@@ -2,8 +2,9 @@
 
 Shape glossary: ``T`` time steps, ``N`` batch, ``I`` input size, ``H`` hidden
 size, ``L`` layers. Weights use torch's layout so that ``torch.nn.RNNCell`` /
-``LSTMCell`` state dicts load into :class:`RNNCell` / :class:`LSTMCell`, and
-``torch.nn.RNN`` / ``LSTM`` ones (unidirectional, no dropout) into :class:`RNN` / :class:`LSTM`:
+``LSTMCell`` state dicts load into :class:`ScratchRNNCell` / :class:`ScratchLSTMCell`,
+and ``torch.nn.RNN`` / ``LSTM`` ones (unidirectional, no dropout) into
+:class:`ScratchRNN` / :class:`ScratchLSTM`:
 ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``, ``bias_hh (G*H,)``
 with ``G = 1`` for the RNN and ``G = 4`` for the LSTM, gate blocks in order ``i, f, g, o``.
 
@@ -28,9 +29,9 @@ from typing import Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from detkit.lectures.activations import relu, sigmoid, tanh
+from detkit.lectures.activations import scratch_relu, scratch_sigmoid, scratch_tanh
 
-__all__ = ["LSTM", "RNN", "LSTMCell", "RNNCell", "lstm_cell", "rnn_cell", "unroll"]
+__all__ = ["ScratchLSTM", "ScratchLSTMCell", "ScratchRNN", "ScratchRNNCell", "lstm_cell", "rnn_cell", "unroll"]
 
 State = TypeVar("State", Tensor, tuple[Tensor, Tensor])
 
@@ -56,7 +57,7 @@ def rnn_cell(
 ) -> Tensor:
     """One vanilla RNN step: ``x (N, I), h (N, H) -> h' (N, H)``."""
     z = _affine(x, h, w_ih, w_hh, b_ih, b_hh)
-    return tanh(z) if nonlinearity == "tanh" else relu(z)
+    return scratch_tanh(z) if nonlinearity == "tanh" else scratch_relu(z)
 
 
 def lstm_cell(
@@ -71,10 +72,11 @@ def lstm_cell(
     h, c = state
     gates = _affine(x, h, w_ih, w_hh, b_ih, b_hh)  # (N, 4H)
     i, f, g, o = gates.chunk(4, dim=1)  # (N, 4H) -> 4 x (N, H), torch's gate order
-    i, f, o = sigmoid(i), sigmoid(f), sigmoid(o)  # gates in (0, 1): how much to write, keep, reveal
-    g = tanh(g)  # candidate values in (-1, 1)
+    # Gates in (0, 1): how much to write, keep, reveal.
+    i, f, o = scratch_sigmoid(i), scratch_sigmoid(f), scratch_sigmoid(o)
+    g = scratch_tanh(g)  # candidate values in (-1, 1)
     c_next = f * c + i * g  # additive update: the gradient through c is only scaled by f
-    h_next = o * tanh(c_next)
+    h_next = o * scratch_tanh(c_next)
     return h_next, c_next
 
 
@@ -114,7 +116,7 @@ class _CellBase(nn.Module):
         return torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
 
 
-class RNNCell(_CellBase):
+class ScratchRNNCell(_CellBase):
     """Vanilla RNN cell, ``x (N, I), h (N, H) | None -> h' (N, H)`` (``h = 0`` if None)."""
 
     def __init__(
@@ -131,7 +133,7 @@ class RNNCell(_CellBase):
         return rnn_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
 
 
-class LSTMCell(_CellBase):
+class ScratchLSTMCell(_CellBase):
     """LSTM cell, ``x (N, I), (h, c) | None -> (h', c')``, each ``(N, H)`` (zeros if None)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
@@ -184,7 +186,7 @@ class _LayerBase(nn.Module):
         return torch.zeros(self.num_layers, xs.shape[1], self.hidden_size, dtype=xs.dtype, device=xs.device)
 
 
-class RNN(_LayerBase):
+class ScratchRNN(_LayerBase):
     """Multi-layer vanilla RNN; ``forward(xs, h0) -> (outputs, h_n)`` like ``torch.nn.RNN``.
 
     ``xs``: ``(T, N, I)`` (``(N, T, I)`` if ``batch_first``); ``h0``: ``(L, N, H)`` or None (zeros).
@@ -219,7 +221,7 @@ class RNN(_LayerBase):
         return out, torch.stack(finals)
 
 
-class LSTM(_LayerBase):
+class ScratchLSTM(_LayerBase):
     """Multi-layer LSTM; ``forward(xs, (h0, c0)) -> (outputs, (h_n, c_n))`` like ``torch.nn.LSTM``.
 
     ``xs``: ``(T, N, I)`` (``(N, T, I)`` if ``batch_first``); ``h0, c0``: ``(L, N, H)`` or None.

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "ConvTranspose2d",
+    "ScratchConvTranspose2d",
     "bed_of_nails",
-    "conv_transpose2d",
-    "max_unpool2d",
     "nearest_upsample",
+    "scratch_conv_transpose2d",
+    "scratch_max_unpool2d",
 ]
 
 IntPair = int | tuple[int, int]
@@ -72,7 +72,7 @@ def bed_of_nails(x: Tensor, stride: int = 2) -> Tensor:
     return out
 
 
-def max_unpool2d(
+def scratch_max_unpool2d(
     x: Tensor,
     indices: Tensor,
     kernel_size: IntPair,
@@ -102,7 +102,7 @@ def max_unpool2d(
     return flat.reshape(n, c, out_h, out_w)
 
 
-def conv_transpose2d(
+def scratch_conv_transpose2d(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
@@ -147,8 +147,8 @@ def conv_transpose2d(
     return out
 
 
-class ConvTranspose2d(nn.Module):
-    """Module form of :func:`conv_transpose2d`, state-dict compatible with ``torch.nn.ConvTranspose2d`` (groups=1).
+class ScratchConvTranspose2d(nn.Module):
+    """Module form of :func:`scratch_conv_transpose2d`; loads ``torch.nn.ConvTranspose2d`` state dicts (groups=1).
 
     ``weight``: ``(in_channels, out_channels, kh, kw)``; ``bias``: ``(out_channels,)``;
     initialised like torch, uniform in ``±1/sqrt(out_channels * kh * kw)`` (torch's fan
@@ -176,6 +176,6 @@ class ConvTranspose2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
-        return conv_transpose2d(
+        return scratch_conv_transpose2d(
             x, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.dilation
         )

@@ -8,20 +8,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkit.lectures.activations import (
-    ELU,
-    LeakyReLU,
     Maxout,
-    PReLU,
-    ReLU,
-    Sigmoid,
-    Tanh,
-    elu,
-    leaky_relu,
+    ScratchELU,
+    ScratchLeakyReLU,
+    ScratchPReLU,
+    ScratchReLU,
+    ScratchSigmoid,
+    ScratchTanh,
     maxout,
-    prelu,
-    relu,
-    sigmoid,
-    tanh,
+    scratch_elu,
+    scratch_leaky_relu,
+    scratch_prelu,
+    scratch_relu,
+    scratch_sigmoid,
+    scratch_tanh,
 )
 
 
@@ -35,11 +35,11 @@ def _one_thread():
 
 
 ELEMENTWISE = [
-    pytest.param(sigmoid, torch.sigmoid, id="sigmoid"),
-    pytest.param(tanh, torch.tanh, id="tanh"),
-    pytest.param(relu, torch.relu, id="relu"),
-    pytest.param(lambda x: leaky_relu(x, 0.1), lambda x: F.leaky_relu(x, 0.1), id="leaky_relu"),
-    pytest.param(lambda x: elu(x, 1.3), lambda x: F.elu(x, alpha=1.3), id="elu"),
+    pytest.param(scratch_sigmoid, torch.sigmoid, id="sigmoid"),
+    pytest.param(scratch_tanh, torch.tanh, id="tanh"),
+    pytest.param(scratch_relu, torch.relu, id="relu"),
+    pytest.param(lambda x: scratch_leaky_relu(x, 0.1), lambda x: F.leaky_relu(x, 0.1), id="leaky_relu"),
+    pytest.param(lambda x: scratch_elu(x, 1.3), lambda x: F.elu(x, alpha=1.3), id="elu"),
 ]
 
 
@@ -71,11 +71,11 @@ def test_elementwise_gradcheck(ours, theirs):
 def test_modules_match_torch_modules():
     x = away_from_kink(5, 6)
     pairs = [
-        (Sigmoid(), nn.Sigmoid()),
-        (Tanh(), nn.Tanh()),
-        (ReLU(), nn.ReLU()),
-        (LeakyReLU(0.2), nn.LeakyReLU(0.2)),
-        (ELU(0.7), nn.ELU(0.7)),
+        (ScratchSigmoid(), nn.Sigmoid()),
+        (ScratchTanh(), nn.Tanh()),
+        (ScratchReLU(), nn.ReLU()),
+        (ScratchLeakyReLU(0.2), nn.LeakyReLU(0.2)),
+        (ScratchELU(0.7), nn.ELU(0.7)),
     ]
     for ours, theirs in pairs:
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-15)
@@ -83,7 +83,7 @@ def test_modules_match_torch_modules():
 
 @pytest.mark.parametrize("num_parameters", [1, 3])
 def test_prelu_matches_torch_outputs_and_gradients(num_parameters):
-    ours = PReLU(num_parameters).double()
+    ours = ScratchPReLU(num_parameters).double()
     theirs = nn.PReLU(num_parameters).double()
     with torch.no_grad():
         theirs.weight.copy_(torch.tensor([0.1, 0.25, -0.3][:num_parameters], dtype=torch.float64))
@@ -102,10 +102,10 @@ def test_prelu_matches_torch_outputs_and_gradients(num_parameters):
 def test_prelu_slope_is_learnable_and_gradchecks():
     x = away_from_kink(3, 2, 4).requires_grad_()
     w = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(prelu, (x, w))
-    assert PReLU(2).weight.requires_grad
+    assert torch.autograd.gradcheck(scratch_prelu, (x, w))
+    assert ScratchPReLU(2).weight.requires_grad
     with pytest.raises(ValueError, match="slopes"):
-        prelu(torch.zeros(2, 3), torch.ones(2))
+        scratch_prelu(torch.zeros(2, 3), torch.ones(2))
 
 
 def reference_maxout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,11 @@ from torch import nn
 from detkit.errors import ConfigError
 from detkit.lectures.optim import (
     OPTIMIZERS,
-    SGD,
     AdaGrad,
-    Adam,
     Nesterov,
     RMSProp,
+    ScratchAdam,
+    ScratchSGD,
     SGDMomentum,
     build_optimizer,
     lbfgs_minimize,
@@ -166,7 +166,7 @@ def notes_adam(lr: float, beta1: float, beta2: float, eps: float) -> list[torch.
         (lambda p: SGDMomentum(p, lr=0.05, momentum=0.9), lambda: notes_momentum(0.05, 0.9, nesterov=False)),
         (lambda p: Nesterov(p, lr=0.05, momentum=0.9), lambda: notes_momentum(0.05, 0.9, nesterov=True)),
         (lambda p: RMSProp(p, lr=1e-2, alpha=0.99, eps=1e-8), lambda: notes_rmsprop(1e-2, 0.99, 1e-8)),
-        (lambda p: Adam(p, lr=1e-2, betas=(0.9, 0.999), eps=1e-8), lambda: notes_adam(1e-2, 0.9, 0.999, 1e-8)),
+        (lambda p: ScratchAdam(p, lr=1e-2, betas=(0.9, 0.999), eps=1e-8), lambda: notes_adam(1e-2, 0.9, 0.999, 1e-8)),
     ],
     ids=["momentum", "nesterov", "rmsprop", "adam"],
 )
@@ -178,16 +178,16 @@ def test_trajectory_matches_course_notes_form_with_constant_lr(ours, reference):
 def test_adam_first_step_is_lr_times_gradient_sign():
     # Bias correction: m_hat = g and v_hat = g^2 after one step, so the step is lr * g / |g|.
     p = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
-    opt = Adam([p], lr=0.1, eps=0.0)
+    opt = ScratchAdam([p], lr=0.1, eps=0.0)
     (p * torch.tensor([5.0, -0.01, 2.0], dtype=torch.float64)).sum().backward()
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([2.9, -1.9, 0.4], dtype=torch.float64))
 
 
 def test_weight_decay_equals_l2_penalty_in_the_loss():
-    plain = mlp_trajectory(lambda params: SGD(params, lr=0.1, weight_decay=0.05))
+    plain = mlp_trajectory(lambda params: ScratchSGD(params, lr=0.1, weight_decay=0.05))
     model, loss_fn = make_mlp()
-    opt = SGD(model.parameters(), lr=0.1)
+    opt = ScratchSGD(model.parameters(), lr=0.1)
     for target in plain:
         opt.zero_grad()
         (loss_fn(model) + l2_penalty(model.parameters(), 0.05)).backward()
@@ -196,13 +196,13 @@ def test_weight_decay_equals_l2_penalty_in_the_loss():
 
 
 def test_state_dict_round_trip_continues_the_trajectory():
-    straight = rosenbrock_trajectory(lambda params: Adam(params, lr=1e-2))
+    straight = rosenbrock_trajectory(lambda params: ScratchAdam(params, lr=1e-2))
     p = torch.tensor([-1.2, 1.0], dtype=torch.float64, requires_grad=True)
-    opt = Adam([p], lr=1e-2)
+    opt = ScratchAdam([p], lr=1e-2)
     for step in range(STEPS):
         if step == STEPS // 2:
             state = opt.state_dict()
-            opt = Adam([p], lr=1.0)
+            opt = ScratchAdam([p], lr=1.0)
             opt.load_state_dict(state)
         opt.zero_grad()
         rosenbrock(p).backward()
@@ -232,15 +232,15 @@ def test_registry_and_errors():
     for name, cls in OPTIMIZERS.items():
         assert isinstance(build_optimizer(name, p, lr=0.1), cls)
         assert isinstance(build_optimizer(name, p, lr=0.1), torch.optim.Optimizer)
-    assert isinstance(build_optimizer("Adam", p), Adam)
+    assert isinstance(build_optimizer("Adam", p), ScratchAdam)
     with pytest.raises(ConfigError, match="adagrad, adam, momentum, nesterov, rmsprop, sgd"):
         build_optimizer("adamax", p)
     with pytest.raises(ValueError, match="lr"):
-        SGD(p, lr=-1.0)
+        ScratchSGD(p, lr=-1.0)
     with pytest.raises(ValueError, match="betas"):
-        Adam(p, betas=(0.9, 1.0))
+        ScratchAdam(p, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="Nesterov"):
-        SGD(p, lr=0.1, nesterov=True)
+        ScratchSGD(p, lr=0.1, nesterov=True)
     assert isinstance(AdaGrad(p), torch.optim.Optimizer)
 
 

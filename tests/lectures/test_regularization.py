@@ -14,7 +14,7 @@ from detkit.lectures.ensembles import (
     snapshot_models,
     train_snapshot_ensemble,
 )
-from detkit.lectures.regularization import DropConnectLinear, Dropout, dropout, l2_penalty
+from detkit.lectures.regularization import DropConnectLinear, ScratchDropout, l2_penalty, scratch_dropout
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def _one_thread():
 def test_dropout_mask_rate_scaling_and_expectation(p):
     n = 200_000
     x = torch.full((n,), 3.0, dtype=torch.float64, requires_grad=True)
-    y = dropout(x, p, generator=torch.Generator().manual_seed(0))
+    y = scratch_dropout(x, p, generator=torch.Generator().manual_seed(0))
     dropped = (y == 0).double().mean().item()
     tol = 5 * (p * (1 - p) / n) ** 0.5  # 5 standard errors of a Bernoulli rate
     assert dropped == pytest.approx(p, abs=tol)
@@ -43,16 +43,16 @@ def test_dropout_mask_rate_scaling_and_expectation(p):
 
 def test_dropout_is_identity_at_test_time_and_edge_probabilities():
     x = torch.randn(4, 5)
-    layer = Dropout(0.5)
+    layer = ScratchDropout(0.5)
     layer.eval()
     assert torch.equal(layer(x), x)
     layer.train()
     assert not torch.equal(layer(x), x)
-    assert torch.equal(dropout(x, 0.0), x)
-    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
-    assert torch.equal(dropout(x, 0.5, training=False), x)
+    assert torch.equal(scratch_dropout(x, 0.0), x)
+    assert torch.equal(scratch_dropout(x, 1.0), torch.zeros_like(x))
+    assert torch.equal(scratch_dropout(x, 0.5, training=False), x)
     with pytest.raises(ValueError, match="drop probability"):
-        Dropout(1.5)
+        ScratchDropout(1.5)
 
 
 def test_dropconnect_drops_weights_with_inverted_scaling():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.lectures.rnn import LSTM, RNN, LSTMCell, RNNCell, lstm_cell, unroll
+from detkit.lectures.rnn import ScratchLSTM, ScratchLSTMCell, ScratchRNN, ScratchRNNCell, lstm_cell, unroll
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +44,7 @@ def leaves(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tenso
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_rnn_cell_matches_torch(nonlinearity, bias):
-    ours, theirs = loaded_pair(RNNCell, nn.RNNCell, 4, 3, bias=bias, nonlinearity=nonlinearity)
+    ours, theirs = loaded_pair(ScratchRNNCell, nn.RNNCell, 4, 3, bias=bias, nonlinearity=nonlinearity)
     (x1, h1), (x2, h2) = leaves(torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64))
     out1, out2 = ours(x1, h1), theirs(x2, h2)
     torch.testing.assert_close(out1, out2, rtol=0, atol=ATOL)
@@ -56,7 +56,7 @@ def test_rnn_cell_matches_torch(nonlinearity, bias):
 
 
 def test_lstm_cell_matches_torch():
-    ours, theirs = loaded_pair(LSTMCell, nn.LSTMCell, 4, 3)
+    ours, theirs = loaded_pair(ScratchLSTMCell, nn.LSTMCell, 4, 3)
     tensors = [torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64),
                torch.randn(5, 3, dtype=torch.float64)]
     (x1, h1, c1), (x2, h2, c2) = leaves(*tensors)
@@ -81,7 +81,7 @@ def test_lstm_cell_gradchecks():
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_rnn_layer_matches_torch(batch_first, num_layers):
-    ours, theirs = loaded_pair(RNN, nn.RNN, 4, 3, num_layers=num_layers, batch_first=batch_first)
+    ours, theirs = loaded_pair(ScratchRNN, nn.RNN, 4, 3, num_layers=num_layers, batch_first=batch_first)
     xs = torch.randn(2, 6, 4, dtype=torch.float64) if batch_first else torch.randn(6, 2, 4, dtype=torch.float64)
     (x1, h1), (x2, h2) = leaves(xs, torch.randn(num_layers, 2, 3, dtype=torch.float64))
     (out1, hn1), (out2, hn2) = ours(x1, h1), theirs(x2, h2)
@@ -96,7 +96,7 @@ def test_rnn_layer_matches_torch(batch_first, num_layers):
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_lstm_layer_matches_torch(batch_first, num_layers):
-    ours, theirs = loaded_pair(LSTM, nn.LSTM, 4, 3, num_layers=num_layers, batch_first=batch_first)
+    ours, theirs = loaded_pair(ScratchLSTM, nn.LSTM, 4, 3, num_layers=num_layers, batch_first=batch_first)
     xs = torch.randn(2, 6, 4, dtype=torch.float64) if batch_first else torch.randn(6, 2, 4, dtype=torch.float64)
     state = [torch.randn(num_layers, 2, 3, dtype=torch.float64) for _ in range(2)]
     (x1, h1, c1), (x2, h2, c2) = leaves(xs, *state)
@@ -112,7 +112,7 @@ def test_lstm_layer_matches_torch(batch_first, num_layers):
 
 
 def test_unroll_equals_a_hand_loop_and_rejects_empty_sequences():
-    cell = RNNCell(3, 2).double()
+    cell = ScratchRNNCell(3, 2).double()
     xs = torch.randn(4, 5, 3, dtype=torch.float64)
     h = torch.zeros(5, 2, dtype=torch.float64)
     outputs, final = unroll(cell, xs, h)

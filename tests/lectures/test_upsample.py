@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.lectures.upsample import ConvTranspose2d, bed_of_nails, conv_transpose2d, max_unpool2d, nearest_upsample
+from detkit.lectures.upsample import (
+    ScratchConvTranspose2d,
+    bed_of_nails,
+    nearest_upsample,
+    scratch_conv_transpose2d,
+    scratch_max_unpool2d,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -85,19 +91,19 @@ def test_max_unpool_matches_torch(shape, kernel, stride, padding):
     pooled, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
     size = shape[-2:]
     same_outputs_and_grads(
-        lambda p: max_unpool2d(p, indices, kernel, stride, padding, output_size=size),
+        lambda p: scratch_max_unpool2d(p, indices, kernel, stride, padding, output_size=size),
         lambda p: F.max_unpool2d(p, indices, kernel, stride, padding, output_size=size),
         pooled,
     )
     module = nn.MaxUnpool2d(kernel, stride, padding)
-    torch.testing.assert_close(max_unpool2d(pooled, indices, kernel, stride, padding), module(pooled, indices))
+    torch.testing.assert_close(scratch_max_unpool2d(pooled, indices, kernel, stride, padding), module(pooled, indices))
 
 
 def test_max_unpool_puts_maxima_back_in_place():
     x = torch.tensor([[[[1.0, 5.0, 2.0, 0.0], [3.0, 4.0, 8.0, 1.0]]]])
     pooled, indices = F.max_pool2d(x, 2, return_indices=True)
     expected = torch.tensor([[[[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 8.0, 0.0]]]])
-    assert torch.equal(max_unpool2d(pooled, indices, 2), expected)
+    assert torch.equal(scratch_max_unpool2d(pooled, indices, 2), expected)
 
 
 CONV_T_CASES = [
@@ -120,7 +126,7 @@ def test_conv_transpose_matches_torch(stride, padding, output_padding, dilation,
     args = (stride, padding, output_padding)
 
     def ours(x, w, b):
-        return conv_transpose2d(x, w, b, *args, dilation=dilation)
+        return scratch_conv_transpose2d(x, w, b, *args, dilation=dilation)
 
     def theirs(x, w, b):
         return F.conv_transpose2d(x, w, b, *args, dilation=dilation)
@@ -139,7 +145,7 @@ def test_conv_transpose_is_the_adjoint_of_conv(stride, padding, dilation):
     h_t = (conv_y.shape[2] - 1) * stride - 2 * padding + dilation * 2 + 1
     w_t = (conv_y.shape[3] - 1) * stride - 2 * padding + dilation * 2 + 1
     op = (11 - h_t, 10 - w_t)
-    x_t = conv_transpose2d(x, w, stride=stride, padding=padding, output_padding=op, dilation=dilation)
+    x_t = scratch_conv_transpose2d(x, w, stride=stride, padding=padding, output_padding=op, dilation=dilation)
     assert x_t.shape == y.shape
     torch.testing.assert_close((conv_y * x).sum(), (y * x_t).sum())
 
@@ -160,18 +166,18 @@ def scatter_reference(x: torch.Tensor, w: torch.Tensor, stride: int, padding: in
 
 def test_conv_transpose_matches_the_scatter_picture_and_gradchecks():
     x, w, b = rand(1, 2, 3, 3), rand(2, 3, 3, 3), rand(3)
-    torch.testing.assert_close(conv_transpose2d(x, w, stride=2, padding=1), scatter_reference(x, w, 2, 1))
+    torch.testing.assert_close(scratch_conv_transpose2d(x, w, stride=2, padding=1), scatter_reference(x, w, 2, 1))
     inputs = tuple(t.clone().requires_grad_() for t in (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w, b: conv_transpose2d(x, w, b, stride=2, padding=1), inputs)
+    assert torch.autograd.gradcheck(lambda x, w, b: scratch_conv_transpose2d(x, w, b, stride=2, padding=1), inputs)
 
 
 def test_conv_transpose_module_loads_torch_state_dict():
     torch.manual_seed(0)
     theirs = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1).double()
-    ours = ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1).double()
+    ours = ScratchConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1).double()
     ours.load_state_dict(theirs.state_dict())
     x = rand(2, 3, 5, 5)
     torch.testing.assert_close(ours(x), theirs(x))
     assert ours(x).shape == (2, 4, 10, 10)
     with pytest.raises(ValueError, match="output_padding"):
-        conv_transpose2d(x, ours.weight, stride=2, output_padding=2)
+        scratch_conv_transpose2d(x, ours.weight, stride=2, output_padding=2)
