@@ -9,14 +9,14 @@ from __future__ import annotations
 from detkit import backbones, importers
 from detkit.data import register_datasets
 from detkit.detectors import build_rcnn, build_two_stage
-from detkit.plugins import ComponentRegistry, hookimpl
+from detkit.hookspecs import Registrar, hookimpl
 from detkit.stages.rcnn_head import RCNNHead
 from detkit.stages.region_features import MultiScaleRoIAlign, MultiScaleRoIPool, WarpedCrops
 from detkit.stages.roi_heads import FastRCNNHead
 
 
 @hookimpl
-def detkit_add_components(registry: ComponentRegistry) -> None:
+def detkit_add_components(registry: Registrar) -> None:
     for depth in (18, 34, 50, 101, 152):
         registry.register("backbone", f"resnet{depth}", getattr(backbones.resnet, f"resnet{depth}"))
     registry.register("backbone", "lenet5", backbones.LeNet5)

@@ -22,9 +22,8 @@ from typing import Any
 
 import yaml
 
-from detkit.errors import ConfigError
+from detkit.errors import ConfigError, did_you_mean
 from detkit.io import write_text
-from detkit.plugins import did_you_mean
 
 #: Sections whose keys belong to a registered factory (validated at build time).
 COMPONENT_KEYS: frozenset[str] = frozenset(

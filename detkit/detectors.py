@@ -1,44 +1,92 @@
 """Detectors as stage compositions, and the one adapter from config to constructors.
 
-:func:`build_detector` is the only place that reads a config to build a model;
-every stage takes typed keyword arguments.
+Every detector is a :class:`Detector`: :class:`TwoStageDetector` (proposals, then
+RoI heads: R-CNN to Mask R-CNN) or :class:`DenseDetector` (a dense head on
+features: SSD, YOLO, sliding windows). The builders here (and the detector
+factories plugins register, which call :func:`build_dense` and
+:func:`build_backbone_and_neck`) are the only places that read a config to build
+a model; every stage takes typed keyword arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.errors import ConfigError
-from detkit.plugins import ComponentRegistry
-from detkit.stages.base import Backbone, DenseHead, Losses, Neck, PostProcess, Preprocess, Proposer, RoIHead
-from detkit.stages.postprocess import DetectionPostProcess
-from detkit.stages.preprocess import ResizeNormalize
-from detkit.structures import Detections, FeatureMaps, Targets
+from detkit.registry import ComponentRegistry
+from detkit.stages import DetectionPostProcess, ResizeNormalize
+from detkit.stages.base import (
+    Backbone,
+    DenseHead,
+    Losses,
+    Neck,
+    PostProcess,
+    Preprocess,
+    Proposer,
+    RoIHead,
+)
+from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets, validate_targets
 
 
-class TwoStageDetector(nn.Module):
-    """Proposals, then per-region classification: R-CNN, Fast R-CNN, Faster R-CNN, Mask R-CNN.
+class Detector(nn.Module):
+    """What every detector shares: preprocess, backbone [-> neck], post-process, and the forward contract.
 
     ``forward(images, targets=None) -> (list[Detections], losses)``
 
-    At inference the post-processing runs in two halves with the masks between
-    them: ``postprocess.select`` filters the raw detections (resized pixels),
-    ``roi_head.predict_masks`` predicts box-relative masks for those final boxes (a
-    no-op without a mask head), ``postprocess.rescale`` maps boxes to the original
-    images and pastes the masks at full resolution.
-
     Args (of forward):
         images: N tensors ``(3, H, W)``, float RGB in ``[0, 1]``, any sizes.
-        targets: ground truth in the images' pixels; required in training.
+        targets: ground truth in the images' pixels; required in training, checked
+            on the way in (:func:`~detkit.structures.validate_targets`).
 
     Returns:
-        Detections in the input images' pixels (empty in training; with
-        ``masks (D, H, W)`` probabilities when :attr:`has_masks`) and the losses
-        (empty at inference).
+        One :class:`~detkit.structures.Detections` per image in the input images'
+        pixels (empty in training) and the losses (empty at inference).
+
+    Subclasses add the stages between features and post-processing and write
+    ``forward`` around :meth:`_prepare`, :meth:`extract_features` and :meth:`_finish`.
+    """
+
+    def __init__(
+        self, *, preprocess: Preprocess, backbone: Backbone | None, neck: Neck | None, postprocess: PostProcess
+    ) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.neck = neck
+        self.postprocess = postprocess
+
+    def extract_features(self, tensor: Tensor) -> FeatureMaps | None:
+        """Backbone (then neck) features of a padded batch ``(N, 3, Hp, Wp)``; ``None`` without a backbone."""
+        if self.backbone is None:
+            return None
+        features = self.backbone(tensor)
+        return self.neck(features) if self.neck is not None else features
+
+    def _prepare(self, images: list[Tensor], targets: list[Targets] | None) -> tuple[ImageBatch, list[Targets] | None]:
+        """Check the inputs, then preprocess them."""
+        if self.training and targets is None:
+            raise ValueError("a detector in training mode needs targets")
+        if targets is not None:
+            if len(targets) != len(images):
+                raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+            validate_targets(targets)
+        return self.preprocess(images, targets)
+
+
+class TwoStageDetector(Detector):
+    """Proposals, then per-region classification: R-CNN, Fast R-CNN, Faster R-CNN, Mask R-CNN.
+
+    ``forward`` as :class:`Detector`'s. At inference the post-processing runs in two
+    halves with the masks between them: ``postprocess.select`` filters the raw
+    detections (resized pixels), ``roi_head.predict_masks`` predicts box-relative
+    masks for those final boxes (a no-op without a mask head),
+    ``postprocess.rescale`` maps boxes to the original images and pastes the masks at
+    full resolution (``masks (D, H, W)`` probabilities when :attr:`has_masks`).
 
     Without a backbone (R-CNN) no image-level features exist: the proposer reads
     pixels and the RoI head runs its own network on crops.
@@ -57,20 +105,10 @@ class TwoStageDetector(nn.Module):
         roi_head: RoIHead,
         postprocess: PostProcess,
     ) -> None:
-        super().__init__()
-        self.preprocess = preprocess
-        self.backbone = backbone
-        self.neck = neck
+        super().__init__(preprocess=preprocess, backbone=backbone, neck=neck, postprocess=postprocess)
         self.proposer = proposer
         self.roi_head = roi_head
-        self.postprocess = postprocess
         self.has_masks = roi_head.has_masks
-
-    def extract_features(self, tensor: Tensor) -> FeatureMaps | None:
-        if self.backbone is None:
-            return None
-        features = self.backbone(tensor)
-        return self.neck(features) if self.neck is not None else features
 
     def finish_training(
         self, batches: Iterable[Any], *, device: torch.device, progress: bool = False
@@ -85,9 +123,7 @@ class TwoStageDetector(nn.Module):
     def forward(
         self, images: list[Tensor], targets: list[Targets] | None = None
     ) -> tuple[list[Detections], Losses]:
-        if self.training and targets is None:
-            raise ValueError("a detector in training mode needs targets")
-        batch, targets = self.preprocess(images, targets)
+        batch, targets = self._prepare(images, targets)
         features = self.extract_features(batch.tensor)
         proposals, proposal_losses = self.proposer(
             batch, features if self.proposer.needs_features else None, targets
@@ -101,23 +137,20 @@ class TwoStageDetector(nn.Module):
         return self.postprocess.rescale(detections, batch), losses
 
 
-class DenseDetector(nn.Module):
-    """The parts of a detector without proposals: preprocess, backbone [-> neck], dense head, post-process.
+class DenseDetector(Detector):
+    """No proposals: preprocess -> backbone [-> neck] -> dense head -> post-process.
 
-    The base of the single-stage detectors (SSD, YOLO; plugin ``detkit_single_shot``)
-    and of the sliding-window detector (plugin ``detkit_sliding_window``); each
-    subclass writes its ``forward`` around :meth:`extract_features` and its dense head.
+    Single-stage detectors (SSD, YOLO; plugin ``detkit_single_shot``) and the
+    sliding-window detector (plugin ``detkit_sliding_window``) are this class with
+    different heads and preprocessing. ``forward`` as :class:`Detector`'s.
 
-    ``forward(images, targets=None) -> (list[Detections], losses)``
-
-    Args (of forward):
-        images: N tensors ``(3, H, W)``, float RGB in ``[0, 1]``, any sizes.
-        targets: ground truth in the images' pixels; required in training.
-
-    Returns:
-        Detections in the input images' pixels (empty in training) and the dense
-        head's losses (empty at inference).
+    When the head asks for an image pyramid (:meth:`DenseHead.image_scales
+    <detkit.stages.DenseHead.image_scales>` other than ``[1.0]``), the backbone runs
+    once per scale on the resized batch and the head receives every level in one
+    :class:`~detkit.structures.FeatureMaps` (:meth:`~detkit.structures.FeatureMaps.pyramid`).
     """
+
+    backbone: Backbone
 
     def __init__(
         self,
@@ -128,17 +161,44 @@ class DenseDetector(nn.Module):
         dense_head: DenseHead,
         postprocess: PostProcess,
     ) -> None:
-        super().__init__()
-        self.preprocess = preprocess
-        self.backbone = backbone
-        self.neck = neck
+        super().__init__(preprocess=preprocess, backbone=backbone, neck=neck, postprocess=postprocess)
         self.dense_head = dense_head
-        self.postprocess = postprocess
+
+    def forward(
+        self, images: list[Tensor], targets: list[Targets] | None = None
+    ) -> tuple[list[Detections], Losses]:
+        batch, targets = self._prepare(images, targets)
+        raw, losses = self.dense_head(batch, self.extract_features(batch.tensor), targets)
+        return (raw if self.training else self.postprocess(raw, batch)), losses
 
     def extract_features(self, tensor: Tensor) -> FeatureMaps:
-        """Backbone (then neck) features of a padded batch ``(N, 3, Hp, Wp)``."""
+        """What the head reads: the features of ``(N, 3, Hp, Wp)`` at each of its image scales.
+
+        Plain backbone (then neck) features when the head's scales are ``[1.0]``.
+        """
+        scales = self.dense_head.image_scales()
+        if scales == [1.0]:
+            return self._trunk(tensor)
+        levels, factors = [], []
+        for scale in scales:
+            resized, factor = _resize_batch(tensor, scale)
+            levels.append(self._trunk(resized))
+            factors.append(factor)
+        return FeatureMaps.pyramid(levels, factors)
+
+    def _trunk(self, tensor: Tensor) -> FeatureMaps:
         features = self.backbone(tensor)
         return self.neck(features) if self.neck is not None else features
+
+
+def _resize_batch(tensor: Tensor, scale: float) -> tuple[Tensor, tuple[float, float]]:
+    """``(N, 3, Hp, Wp)`` resized by ``scale`` (sides rounded), and the exact ``(sy, sx)`` it got."""
+    height, width = tensor.shape[-2:]
+    scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if (scaled_h, scaled_w) != (height, width):
+        # (N, 3, Hp, Wp) -> (N, 3, Hp * s, Wp * s)
+        tensor = F.interpolate(tensor, size=(scaled_h, scaled_w), mode="bilinear", align_corners=False)
+    return tensor, (scaled_h / height, scaled_w / width)
 
 
 def build_backbone_and_neck(model: Mapping[str, Any], registry: ComponentRegistry) -> tuple[Backbone, Neck | None]:
@@ -162,7 +222,12 @@ def _channels(module: Backbone | Neck, key: str) -> int:
     return channels.pop()
 
 
-def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
+def build_preprocess(model: Mapping[str, Any], *, fixed_size: Sequence[int] | None = None) -> ResizeNormalize:
+    """The preprocessing of ``model.preprocess``; ``fixed_size`` resizes every image to exactly that size."""
+    return ResizeNormalize(**model["preprocess"], fixed_size=fixed_size)
+
+
+def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> TwoStageDetector:
     """Build a :class:`TwoStageDetector` from the ``model`` config section.
 
     ``model.mask_head`` (optional) is built with ``in_channels`` and ``num_classes``
@@ -182,7 +247,7 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
         region_extractor=extractor, in_channels=channels, num_classes=num_classes, **mask_kwargs,
     )
     return TwoStageDetector(
-        preprocess=ResizeNormalize(**model["preprocess"]),
+        preprocess=build_preprocess(model),
         backbone=backbone,
         neck=neck,
         proposer=proposer,
@@ -191,7 +256,7 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
     )
 
 
-def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
+def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> TwoStageDetector:
     """Build R-CNN (``model.type: rcnn``): a :class:`TwoStageDetector` without image-level features.
 
     ``model.backbone`` is the CNN run on every warped crop; it is handed to the RoI
@@ -213,11 +278,44 @@ def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_cla
         region_extractor=extractor, network=network, num_classes=num_classes,
     )
     return TwoStageDetector(
-        preprocess=ResizeNormalize(**model["preprocess"]),
+        preprocess=build_preprocess(model),
         backbone=None,
         neck=None,
         proposer=proposer,
         roi_head=roi_head,
+        postprocess=DetectionPostProcess(**model["postprocess"]),
+    )
+
+
+def build_dense(
+    model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int, preprocess: Preprocess
+) -> DenseDetector:
+    """Build a :class:`DenseDetector` from the ``model`` config section, with the given preprocessing.
+
+    The helper of the dense detector types (``single_stage``, ``sliding_window``):
+    ``model.backbone``, the optional ``model.neck`` and ``model.dense_head``, built
+    with ``num_classes`` and, for the maps it reads, ``in_channels`` and
+    ``in_strides`` (lists, finest first) and ``in_features`` (their names), each only
+    if the head's factory takes it; the post-processing of ``model.postprocess``.
+    ``model.proposer``, ``model.region_extractor`` and ``model.roi_head`` are not used.
+    """
+    if not model.get("dense_head"):
+        raise ConfigError(
+            f"model.dense_head: model.type {model.get('type')!r} needs a dense head "
+            "(e.g. {name: ssd}, {name: yolo_grid} or {name: overfeat})"
+        )
+    backbone, neck = build_backbone_and_neck(model, registry)
+    source = neck or backbone
+    dense_head = registry.build(
+        "dense_head", model["dense_head"], key="model.dense_head", num_classes=num_classes,
+        in_channels=list(source.out_channels.values()), in_strides=list(source.out_strides.values()),
+        in_features=list(source.out_channels),
+    )
+    return DenseDetector(
+        preprocess=preprocess,
+        backbone=backbone,
+        neck=neck,
+        dense_head=dense_head,
         postprocess=DetectionPostProcess(**model["postprocess"]),
     )
 
@@ -227,3 +325,16 @@ def build_detector(config: Mapping[str, Any], registry: ComponentRegistry, *, nu
     model = config["model"]
     builder = registry.get("detector", str(model.get("type", "two_stage"))).factory
     return builder(model, registry, num_classes=num_classes)
+
+
+__all__ = [
+    "DenseDetector",
+    "Detector",
+    "TwoStageDetector",
+    "build_backbone_and_neck",
+    "build_dense",
+    "build_detector",
+    "build_preprocess",
+    "build_rcnn",
+    "build_two_stage",
+]

@@ -8,8 +8,9 @@ at fault and say what to do about it.
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 #: Exit status of a run stopped by a user error.
 EXIT_USER_ERROR = 2
@@ -33,6 +34,12 @@ class DataError(DetkitError):
 
 class CheckpointError(DetkitError):
     """A checkpoint or weight file cannot be read or does not fit the model."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A `` (did you mean 'x'?)`` suffix for an unknown name, or ``""``; for error messages."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def run_tool(main: Callable[[], int], prog: str) -> int:

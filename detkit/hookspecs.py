@@ -1,33 +1,62 @@
-"""The hooks a detkit plugin can implement.
+"""The hooks a detkit plugin can implement, and the markers that declare them.
 
 detkit uses pluggy with the project name ``detkit``. A plugin is a module (or any
-object) with functions decorated by :data:`detkit.hookimpl` whose names match the
-specs below. First-party plugins in ``plugins/`` use exactly this mechanism.
+object) with functions decorated by :data:`hookimpl` (also importable as
+``detkit.hookimpl``) whose names match the specs below. First-party plugins in
+``plugins/`` use exactly this mechanism.
 
 Plugins reach detkit through:
 
-* the explicit list of built-ins in :data:`detkit.plugins.BUILTIN_PLUGINS`;
+* the explicit list of built-ins in ``detkit.plugins.BUILTIN_PLUGINS``;
 * the ``detkit`` entry-point group of installed distributions
   (``DETKIT_DISABLE_PLUGIN_AUTOLOAD=1`` switches this off);
 * ``-p module.name`` on the command line or ``plugins: [module.name]`` in a config.
 
 ``-p no:NAME`` blocks a plugin by name, whatever its origin.
+
+This module imports nothing else from detkit, so a plugin can import it (and type
+its hooks with :class:`Registrar`) without pulling in the toolkit.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import pluggy
 
-if TYPE_CHECKING:
-    from detkit.plugins import ComponentRegistry
-
 hookspec = pluggy.HookspecMarker("detkit")
+hookimpl = pluggy.HookimplMarker("detkit")
+
+
+class Registrar(Protocol):
+    """What :func:`detkit_add_components` receives: registration on the shared component registry.
+
+    detkit passes a ``detkit.registry.PluginRegistrar``, which records the calling
+    plugin as the origin of every component it registers.
+    """
+
+    def register(self, kind: str, name: str, factory: Callable[..., Any]) -> None:
+        """Register ``factory`` as component ``name`` of ``kind``.
+
+        :param kind: one of ``detkit.registry.COMPONENT_KINDS`` (``backbone``, ``neck``,
+            ``proposer``, ``region_extractor``, ``roi_head``, ``mask_head``, ``dense_head``,
+            ``preprocess``, ``postprocess``, ``detector``, ``dataset``, ``importer``).
+        :param name: the name configs select it by (``{name: NAME, ...}``).
+        :param factory: a callable (usually a class) whose keyword arguments are the
+            component's config schema.
+        :raises detkit.PluginError: an unknown kind, or ``(kind, name)`` already
+            registered by another plugin (the message names both plugins).
+        """
+        ...
+
+    def names(self, kind: str) -> list[str]:
+        """The names registered so far under ``kind``, sorted."""
+        ...
 
 
 @hookspec
-def detkit_add_components(registry: ComponentRegistry) -> None:
+def detkit_add_components(registry: Registrar) -> None:
     """Register named component factories.
 
     Called once per plugin when the plugin manager loads. A factory is any callable
@@ -35,9 +64,8 @@ def detkit_add_components(registry: ComponentRegistry) -> None:
     section ``{name: NAME, key: value, ...}`` builds ``factory(key=value, ...)``, and
     an unknown key is reported against that signature.
 
-    :param registry: the shared :class:`~detkit.plugins.ComponentRegistry`; call
-        ``registry.register(kind, name, factory)`` for each component. Kinds are
-        listed in :data:`detkit.plugins.COMPONENT_KINDS`.
+    :param registry: a :class:`Registrar`; call ``registry.register(kind, name, factory)``
+        for each component.
 
     Registering a ``(kind, name)`` pair that another plugin registered is an error
     naming both plugins.
@@ -60,3 +88,6 @@ def detkit_configure(config: dict) -> None:
     Use in plugins: validate cross-key constraints of your components (for example
     that a head's anchors match a proposer's).
     """
+
+
+__all__ = ["Registrar", "detkit_add_components", "detkit_configure", "hookimpl", "hookspec"]

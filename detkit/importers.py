@@ -136,3 +136,13 @@ def maskrcnn_resnet50_fpn() -> TorchvisionImporter:
         drop=boxes.drop,
         drop_background=[r"^roi_head\.mask_head\.predictor\."],
     )
+
+
+__all__ = [
+    "COCO_CATEGORIES",
+    "CONFIG_DIR",
+    "TorchvisionImporter",
+    "fasterrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn",
+    "torchvision_coco_classes",
+]

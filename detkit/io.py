@@ -51,3 +51,6 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
     atomic_write(path, write)
+
+
+__all__ = ["atomic_path", "atomic_write", "write_json", "write_text"]

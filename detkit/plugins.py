@@ -1,4 +1,4 @@
-"""The plugin manager and the component registry.
+"""The plugin manager: finding, loading and registering plugins.
 
 Plugins are loaded in this order, each at most once:
 
@@ -8,17 +8,19 @@ Plugins are loaded in this order, each at most once:
 3. modules named with ``-p module`` or in the config's ``plugins:`` list.
 
 ``-p no:NAME`` (``blocked=["NAME"]``) skips a plugin of any origin. Every plugin's
-:func:`~detkit.hookspecs.detkit_add_components` is then called with a view of the
-:class:`ComponentRegistry` that records which plugin registered what.
+:func:`~detkit.hookspecs.detkit_add_components` is then called with a
+:class:`~detkit.registry.PluginRegistrar`: a view of the shared
+:class:`~detkit.registry.ComponentRegistry` that records which plugin registered what.
+
+``ComponentRegistry``, ``COMPONENT_KINDS``, ``did_you_mean`` and ``hookimpl`` are
+re-exported here for callers that load plugins and look components up in one place.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
@@ -27,9 +29,12 @@ from typing import Any
 import pluggy
 
 from detkit import hookspecs
-from detkit.errors import ConfigError, PluginError
+from detkit.errors import PluginError, did_you_mean
+from detkit.hookspecs import hookimpl
+from detkit.registry import COMPONENT_KINDS, Component, ComponentRegistry, PluginRegistrar
 
-hookimpl = pluggy.HookimplMarker("detkit")
+ENTRY_POINT_GROUP = "detkit"
+DISABLE_AUTOLOAD_ENV = "DETKIT_DISABLE_PLUGIN_AUTOLOAD"
 
 #: Plugins that ship with detkit, loaded first, in this order (like pytest's default_plugins).
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -40,150 +45,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "detkit_selective_search",
     "detkit_sliding_window",
 )
-
-#: Component kinds a plugin may register.
-COMPONENT_KINDS: tuple[str, ...] = (
-    "backbone",
-    "neck",
-    "proposer",
-    "region_extractor",
-    "roi_head",
-    "mask_head",
-    "dense_head",
-    "preprocess",
-    "postprocess",
-    "detector",
-    "dataset",
-    "importer",
-)
-
-ENTRY_POINT_GROUP = "detkit"
-DISABLE_AUTOLOAD_ENV = "DETKIT_DISABLE_PLUGIN_AUTOLOAD"
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A `` (did you mean 'x'?)`` suffix for an unknown name, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-@dataclass(frozen=True)
-class Component:
-    """A registered factory: what builds it and which plugin registered it."""
-
-    kind: str
-    name: str
-    factory: Callable[..., Any]
-    plugin: str
-
-    def parameters(self) -> dict[str, inspect.Parameter]:
-        """The factory's keyword parameters (its config schema)."""
-        params = inspect.signature(self.factory).parameters
-        return {
-            k: p
-            for k, p in params.items()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self"
-        }
-
-    def accepts_any_keyword(self) -> bool:
-        params = inspect.signature(self.factory).parameters.values()
-        return any(p.kind is p.VAR_KEYWORD for p in params)
-
-
-class ComponentRegistry:
-    """Named component factories by kind."""
-
-    def __init__(self) -> None:
-        self._components: dict[str, dict[str, Component]] = {k: {} for k in COMPONENT_KINDS}
-
-    # -- registration -------------------------------------------------------------
-    def register(
-        self, kind: str, name: str, factory: Callable[..., Any], *, plugin: str = "<direct>"
-    ) -> None:
-        """Register ``factory`` as component ``name`` of ``kind``."""
-        if kind not in self._components:
-            raise PluginError(
-                f"plugin {plugin!r} registers {name!r} under unknown kind {kind!r}"
-                f"{did_you_mean(kind, COMPONENT_KINDS)}; kinds are: {', '.join(COMPONENT_KINDS)}"
-            )
-        existing = self._components[kind].get(name)
-        if existing is not None:
-            raise PluginError(
-                f"{kind} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
-                f"{plugin!r}; rename one of them or block one with -p no:NAME"
-            )
-        self._components[kind][name] = Component(kind, name, factory, plugin)
-
-    def scoped(self, plugin: str) -> _ScopedRegistry:
-        """A view whose :meth:`register` records ``plugin`` as the origin."""
-        return _ScopedRegistry(self, plugin)
-
-    # -- lookup ------------------------------------------------------------------
-    def names(self, kind: str) -> list[str]:
-        return sorted(self._components[kind])
-
-    def components(self) -> list[Component]:
-        return [c for kind in COMPONENT_KINDS for c in self._components[kind].values()]
-
-    def get(self, kind: str, name: str) -> Component:
-        known = self._components.get(kind)
-        if known is None:
-            raise PluginError(f"unknown component kind {kind!r}{did_you_mean(kind, COMPONENT_KINDS)}")
-        if name not in known:
-            listing = ", ".join(sorted(known)) or "(none registered)"
-            raise PluginError(
-                f"unknown {kind} {name!r}{did_you_mean(name, known)}; known {kind}s: {listing}. "
-                "`detkit plugins` lists every component and the plugin that provides it"
-            )
-        return known[name]
-
-    def build(self, kind: str, spec: Mapping[str, Any], *, key: str = "", **extra: Any) -> Any:
-        """Build a component from a config section ``{name: NAME, **kwargs}``.
-
-        Args:
-            kind: component kind.
-            spec: the config section; ``name`` selects the factory, the other keys
-                are its keyword arguments.
-            key: dotted config key of the section, for error messages.
-            extra: arguments the caller supplies (e.g. ``in_channels``); config keys win
-                over nothing: a key given both ways is an error.
-        """
-        where = f"config key {key!r}" if key else f"{kind} config"
-        if "name" not in spec:
-            raise ConfigError(f"{where} needs a 'name' (one of: {', '.join(self.names(kind))})")
-        component = self.get(kind, str(spec["name"]))
-        kwargs = {k: v for k, v in spec.items() if k != "name"}
-        params = component.parameters()
-        if not component.accepts_any_keyword():
-            for k in kwargs:
-                if k not in params:
-                    raise ConfigError(
-                        f"{where}: unknown key {k!r} for {kind} {component.name!r}"
-                        f"{did_you_mean(k, params)}; it accepts: {', '.join(sorted(params)) or 'nothing'}"
-                    )
-        for k, v in extra.items():
-            if k in kwargs:
-                raise ConfigError(f"{where}: {k!r} is set by detkit and cannot be configured")
-            if k in params or component.accepts_any_keyword():
-                kwargs[k] = v
-        try:
-            return component.factory(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: cannot build {kind} {component.name!r}: {exc}") from exc
-
-
-class _ScopedRegistry:
-    """What a plugin's hook receives: registration tagged with the plugin name."""
-
-    def __init__(self, registry: ComponentRegistry, plugin: str) -> None:
-        self._registry = registry
-        self._plugin = plugin
-
-    def register(self, kind: str, name: str, factory: Callable[..., Any]) -> None:
-        self._registry.register(kind, name, factory, plugin=self._plugin)
-
-    def names(self, kind: str) -> list[str]:
-        return self._registry.names(kind)
 
 
 @dataclass(frozen=True)
@@ -300,7 +161,8 @@ def load_plugins(
     registry = ComponentRegistry()
     for impl in pm.hook.detkit_add_components.get_hookimpls():
         try:
-            impl.function(registry=registry.scoped(impl.plugin_name))
+            registrar: PluginRegistrar = registry.scoped(impl.plugin_name)
+            impl.function(registry=registrar)
         except PluginError:
             raise
         except Exception as exc:

@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-T = TypeVar("T", bound="_Instances")
+from detkit.errors import DataError
+
+T = TypeVar("T", bound="Instances")
 
 
 def _empty_boxes(device: torch.device | str | None = None) -> Tensor:
@@ -81,13 +83,24 @@ class ImageBatch:
 class FeatureMaps:
     """Image-level features by name, finest first.
 
+    An image pyramid (the backbone run on copies of the batch resized by a few
+    factors, as OverFeat does) is one ``FeatureMaps`` too: :meth:`pyramid` names map
+    ``c4`` of pyramid level ``i`` ``"c4@i"`` and records the factor of its copy in
+    :attr:`image_scales`; :meth:`levels` lists the levels of one map.
+
     Attributes:
         maps: name -> ``(N, C, Hi, Wi)``.
-        strides: name -> stride in input pixels of the padded batch.
+        strides: name -> stride in input pixels of the (possibly resized) padded
+            batch the map was computed on.
+        image_scales: name -> ``(sy, sx)``, the factor from the batch's pixels to the
+            pixels of the resized copy the map was computed on; maps not listed were
+            computed on the batch itself, ``(1, 1)``. A position ``(x, y)`` on that
+            copy is ``(x / sx, y / sy)`` in the batch.
     """
 
     maps: dict[str, Tensor]
     strides: dict[str, int]
+    image_scales: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.maps[name]
@@ -96,7 +109,38 @@ class FeatureMaps:
         return list(self.maps)
 
     def to(self, device: torch.device | str) -> FeatureMaps:
-        return FeatureMaps({k: v.to(device) for k, v in self.maps.items()}, dict(self.strides))
+        return FeatureMaps(
+            {k: v.to(device) for k, v in self.maps.items()}, dict(self.strides), dict(self.image_scales)
+        )
+
+    def image_scale(self, name: str) -> tuple[float, float]:
+        """``(sy, sx)`` of map ``name`` (see :attr:`image_scales`)."""
+        return self.image_scales.get(name, (1.0, 1.0))
+
+    def levels(self, name: str) -> list[str]:
+        """The maps holding feature ``name``: ``[name]``, or ``name@0, name@1, ...`` of a pyramid."""
+        if name in self.maps:
+            return [name]
+        return [k for k in self.maps if k.rpartition("@")[0] == name]
+
+    @classmethod
+    def pyramid(cls, per_level: Sequence[FeatureMaps], scales: Sequence[tuple[float, float]]) -> FeatureMaps:
+        """Merge the features of resized copies of one batch into one container.
+
+        Args:
+            per_level: the features of each copy (same names in each).
+            scales: ``(sy, sx)`` of each copy relative to the batch.
+
+        Returns:
+            Maps ``"{name}@{i}"`` for every map ``name`` of copy ``i``, with strides
+            and :attr:`image_scales`.
+        """
+        maps, strides, image_scales = {}, {}, {}
+        for i, (features, scale) in enumerate(zip(per_level, scales, strict=True)):
+            for name, value in features.maps.items():
+                key = f"{name}@{i}"
+                maps[key], strides[key], image_scales[key] = value, features.strides[name], scale
+        return cls(maps, strides, image_scales)
 
 
 @dataclass
@@ -120,19 +164,24 @@ class RegionFeatures:
         return tuple(self.features.split(self.num_per_image))
 
 
-class _Instances:
+class Instances:
     """Per-instance container: every tensor field has the same first dimension.
 
-    Optional fields may be ``None``; they stay ``None`` through indexing and
-    concatenation (concatenating a container that has the field with one that does
-    not is an error).
+    Subclass it as a dataclass of tensor fields to give a new per-instance record a
+    type (as :class:`Targets`, :class:`Detections` and :class:`SampledProposals` do).
+
+    The first field is required and sets the length; the others must have as many
+    rows (checked on construction). Optional fields may be ``None``; they stay
+    ``None`` through indexing and concatenation (concatenating a container that has
+    the field with one that does not is an error).
     """
 
     def _tensor_fields(self) -> dict[str, Tensor | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return int(self.boxes.shape[0])  # type: ignore[attr-defined]
+        first = fields(self)[0].name  # type: ignore[arg-type]
+        return int(getattr(self, first).shape[0])
 
     def __getitem__(self: T, index: Any) -> T:
         if isinstance(index, int):
@@ -146,11 +195,10 @@ class _Instances:
 
     def __post_init__(self) -> None:
         n = len(self)
+        first = fields(self)[0].name  # type: ignore[arg-type]
         for name, value in self._tensor_fields().items():
             if value is not None and value.shape[0] != n:
-                raise ValueError(
-                    f"{type(self).__name__}.{name} has {value.shape[0]} rows but boxes has {n}"
-                )
+                raise ValueError(f"{type(self).__name__}.{name} has {value.shape[0]} rows but {first} has {n}")
 
     @classmethod
     def cat(cls: type[T], items: Sequence[T]) -> T:
@@ -173,7 +221,7 @@ class _Instances:
 
 
 @dataclass
-class Targets(_Instances):
+class Targets(Instances):
     """Ground truth of one image.
 
     Attributes:
@@ -196,7 +244,7 @@ class Targets(_Instances):
 
 
 @dataclass
-class Proposals(_Instances):
+class Proposals(Instances):
     """Candidate regions of one image.
 
     Attributes:
@@ -209,7 +257,7 @@ class Proposals(_Instances):
 
 
 @dataclass
-class Detections(_Instances):
+class Detections(Instances):
     """Final (or raw) detections of one image.
 
     Attributes:
@@ -223,6 +271,61 @@ class Detections(_Instances):
     scores: Tensor = field(default_factory=lambda: torch.zeros((0,)))
     labels: Tensor = field(default_factory=lambda: torch.zeros((0,), dtype=torch.int64))
     masks: Tensor | None = None
+
+
+@dataclass
+class SampledProposals(Instances):
+    """Proposals of one image chosen to train a RoI head, each with its matched object.
+
+    Returned by proposal sampling (:func:`detkit.stages.sample_proposals`) and
+    consumed by the box heads and, through :meth:`MaskHead.loss
+    <detkit.stages.MaskHead.loss>`, by mask heads. Names follow origin: ``proposal_``
+    for the region, ``gt_`` for what it was matched to.
+
+    Attributes:
+        proposal_boxes: ``(R, 4)`` xyxy float32, in the batch's resized pixels.
+        gt_labels: ``(R,)`` int64: the matched object's class in ``0..K-1``, or
+            :attr:`BACKGROUND` (-1) for a background sample; a classifier with
+            background at index 0 trains on ``gt_labels + 1``.
+        gt_boxes: ``(R, 4)`` the matched object's box (zeros for background).
+        gt_index: ``(R,)`` int64 index of the matched object among the image's
+            non-crowd targets (``Targets.without_crowd()``; 0 for background).
+    """
+
+    BACKGROUND = -1
+
+    proposal_boxes: Tensor = field(default_factory=_empty_boxes)
+    gt_labels: Tensor = field(default_factory=lambda: torch.zeros((0,), dtype=torch.int64))
+    gt_boxes: Tensor = field(default_factory=_empty_boxes)
+    gt_index: Tensor = field(default_factory=lambda: torch.zeros((0,), dtype=torch.int64))
+
+    def positive(self) -> SampledProposals:
+        """The samples matched to an object."""
+        return self[self.gt_labels >= 0]
+
+
+def validate_targets(targets: Sequence[Targets]) -> None:
+    """Check ground truth where it enters a detector: finite boxes of positive width and height.
+
+    Degenerate boxes (``x2 <= x1`` or ``y2 <= y1``) would reach the losses as
+    infinite or NaN box-regression targets; detkit's loaders drop them, but a
+    dataset plugin or a Python caller can pass them.
+
+    Raises:
+        DataError: naming the image index, the box index and its coordinates.
+    """
+    for i, t in enumerate(targets):
+        boxes = t.boxes
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise DataError(f"targets of image {i}: boxes must have shape (G, 4), got {tuple(boxes.shape)}")
+        bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if bool(bad.any()):
+            j = int(torch.where(bad)[0][0])
+            coords = [round(float(v), 2) for v in boxes[j]]
+            raise DataError(
+                f"targets of image {i}: box {j} {coords} is degenerate (x2 <= x1, y2 <= y1 or not finite; "
+                f"{int(bad.sum())} such box(es) in this image); drop such boxes or fix their annotations"
+            )
 
 
 # --------------------------------------------------------------------------- interop
@@ -297,3 +400,21 @@ def detections_to_coco(
             rec["segmentation"] = rles[i]
         records.append(rec)
     return records
+
+
+__all__ = [
+    "Detections",
+    "FeatureMaps",
+    "ImageBatch",
+    "Instances",
+    "Proposals",
+    "RegionFeatures",
+    "SampledProposals",
+    "Targets",
+    "detections_from_torchvision",
+    "detections_to_coco",
+    "detections_to_torchvision",
+    "targets_to_torchvision",
+    "validate_targets",
+    "xyxy_to_xywh",
+]

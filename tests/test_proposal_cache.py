@@ -3,8 +3,7 @@
 import dataclasses
 
 import numpy as np
-
-from detkit.proposal_cache import ProposalCache, batch_image_key, image_key, settings_key
+from detkit_selective_search.cache import ProposalCache, batch_image_key, image_key, settings_key
 
 
 def _image(seed: int = 0) -> np.ndarray:

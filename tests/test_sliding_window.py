@@ -6,7 +6,6 @@ import pytest
 import torch
 from detkit_sliding_window import (
     OverFeatHead,
-    SlidingWindowDetector,
     SlidingWindowProposer,
     build_sliding_window,
     label_windows,
@@ -15,6 +14,7 @@ from detkit_sliding_window import (
 
 from detkit.cli import main
 from detkit.config import load_config
+from detkit.detectors import DenseDetector
 from detkit.engine.build import model_from_config, plugins_for
 from detkit.importers import CONFIG_DIR
 from detkit.ops import Matcher
@@ -126,7 +126,7 @@ def test_proposer_rejects_bad_arguments() -> None:
 
 
 def _head(**kwargs) -> OverFeatHead:
-    args = dict(in_channels={"c3": 6}, in_strides={"c3": 8}, num_classes=3, window_size=24, fc_channels=[10, 7])
+    args = dict(in_channels=[6], in_strides=[8], in_features=["c3"], num_classes=3, window_size=24, fc_channels=[10, 7])
     args.update(kwargs)
     return OverFeatHead(**args)
 
@@ -170,9 +170,13 @@ def test_pyramid_windows_are_window_size_over_scale(scale) -> None:
     config = load_config(CONFIG_DIR / "shapes_sliding_window.yaml")
     model = build_sliding_window(config["model"], load_plugins().registry, num_classes=4).eval()
     tensor = torch.zeros(1, 3, 128, 128)
-    with torch.no_grad():
-        logits, _, windows = model._predict_scale(tensor, scale)
     head = model.dense_head
+    head.scales = [scale]
+    with torch.no_grad():
+        features = model.extract_features(tensor)
+        logits, _, windows = head.predict(features)
+    assert features.names() == (["c3"] if scale == 1.0 else ["c3@0"])
+    assert features.image_scale(features.names()[0]) == (scale, scale)
     side = windows[:, 2] - windows[:, 0]
     torch.testing.assert_close(side, torch.full_like(side, head.window_size / scale))
     assert logits.shape[1] == windows.shape[0] > 0
@@ -223,7 +227,7 @@ def test_losses_finite_with_and_without_objects() -> None:
     images = _batch((64, 64), (56, 64))
     targets = [Targets(boxes=torch.tensor([[4.0, 4.0, 28.0, 30.0]]), labels=torch.tensor([1])), Targets()]
     detections, losses = head(images, features, targets)
-    assert detections == [] and set(losses) == {"loss_overfeat_cls", "loss_overfeat_box"}
+    assert [len(d) for d in detections] == [0, 0] and set(losses) == {"loss_overfeat_cls", "loss_overfeat_box"}
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_overfeat_box"] > 0
     sum(losses.values()).backward()
     _, losses = head(images, features, [Targets(), Targets()])
@@ -264,12 +268,12 @@ def test_detector_from_config_trains_and_predicts(recipe) -> None:
     plugins = plugins_for(config)
     plugins.hook.detkit_configure(config=config)
     model = model_from_config(config, plugins, class_names=CLASSES)
-    assert isinstance(model, SlidingWindowDetector)
+    assert isinstance(model, DenseDetector)
     images = [torch.rand(3, 96, 128), torch.rand(3, 128, 112)]
     model.train()
     targets = [Targets(boxes=torch.tensor([[10.0, 20.0, 50.0, 60.0]]), labels=torch.tensor([1])), Targets()]
     detections, losses = model(images, targets)
-    assert detections == [] and all(torch.isfinite(v) for v in losses.values())
+    assert [len(d) for d in detections] == [0, 0] and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     model.eval()
     with torch.no_grad():

@@ -60,9 +60,9 @@ from detkit.classify.data import (
     stratified_split,
 )
 from detkit.config import Schema, load_config, merge, save_config
-from detkit.errors import CheckpointError, ConfigError
+from detkit.errors import CheckpointError, ConfigError, did_you_mean
 from detkit.io import atomic_path, write_json
-from detkit.plugins import Plugins, did_you_mean
+from detkit.plugins import Plugins
 
 __all__ = [
     "AUGMENTATIONS",

@@ -33,8 +33,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from detkit.errors import ConfigError, DetkitError
-from detkit.plugins import did_you_mean
+from detkit.errors import ConfigError, DetkitError, did_you_mean
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")

@@ -1,8 +1,16 @@
-"""Stage contracts and the stages shared by every detector family."""
+"""Stage contracts and the stages shared by every detector family.
+
+The contracts (:mod:`detkit.stages.base`) say what each stage takes and returns;
+the shared stages here are the ones every detector reuses: one preprocessing
+(:class:`ResizeNormalize`), one post-processing (:class:`DetectionPostProcess`),
+region pooling, the Fast R-CNN box head and proposal sampling. Plugins import
+them from this package.
+"""
 
 from detkit.stages.base import (
     Backbone,
     DenseHead,
+    Losses,
     MaskHead,
     Neck,
     PostProcess,
@@ -10,16 +18,33 @@ from detkit.stages.base import (
     Proposer,
     RegionExtractor,
     RoIHead,
+    no_detections,
 )
+from detkit.stages.postprocess import DetectionPostProcess, paste_masks
+from detkit.stages.preprocess import ResizeNormalize
+from detkit.stages.region_features import MultiScaleRoIAlign, MultiScaleRoIPool, WarpedCrops
+from detkit.stages.roi_heads import BoxPredictor, FastRCNNHead, TwoFCHead, sample_proposals
 
 __all__ = [
     "Backbone",
+    "BoxPredictor",
     "DenseHead",
+    "DetectionPostProcess",
+    "FastRCNNHead",
+    "Losses",
     "MaskHead",
+    "MultiScaleRoIAlign",
+    "MultiScaleRoIPool",
     "Neck",
     "PostProcess",
     "Preprocess",
     "Proposer",
     "RegionExtractor",
+    "ResizeNormalize",
     "RoIHead",
+    "TwoFCHead",
+    "WarpedCrops",
+    "no_detections",
+    "paste_masks",
+    "sample_proposals",
 ]

@@ -8,11 +8,13 @@ A detector is a composition of stages (see docs/ARCHITECTURE.md)::
 Only the typed containers of :mod:`detkit.structures` cross these boundaries.
 
 Stages that learn (:class:`Proposer`, :class:`RoIHead`, :class:`DenseHead`) return
-``(output, losses)``: ``losses`` is a ``dict[str, Tensor]`` of scalar losses, empty
+``(output, losses)``: ``losses`` is a :data:`Losses` dict of scalar losses, empty
 at inference, keys ``loss_<stage>_<term>``. The return type never changes with
-``self.training``. Stages that only transform (:class:`Preprocess`,
-:class:`Backbone`, :class:`Neck`, :class:`RegionExtractor`, :class:`PostProcess`)
-return their output alone.
+``self.training``, and neither does its length: a head returns one
+:class:`Detections` per image, in training too, where they are empty
+(:func:`no_detections`) because only the losses are wanted. Stages that only
+transform (:class:`Preprocess`, :class:`Backbone`, :class:`Neck`,
+:class:`RegionExtractor`, :class:`PostProcess`) return their output alone.
 """
 
 from __future__ import annotations
@@ -23,9 +25,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, RegionFeatures, Targets
+from detkit.structures import (
+    Detections,
+    FeatureMaps,
+    ImageBatch,
+    Proposals,
+    RegionFeatures,
+    SampledProposals,
+    Targets,
+)
 
+#: Scalar losses by name, ``loss_<stage>_<term>``; empty at inference.
 Losses = dict[str, Tensor]
+
+
+def no_detections(images: ImageBatch) -> list[Detections]:
+    """What a head returns in training: one empty :class:`Detections` per image, on the batch's device."""
+    device = images.tensor.device
+    return [Detections().to(device) for _ in range(len(images))]
 
 
 class Preprocess(nn.Module):
@@ -122,10 +139,10 @@ class RoIHead(nn.Module):
 
     ``forward(images, features, proposals, targets=None) -> (list[Detections], losses)``
 
-    In training the head matches proposals to ``targets``, samples them, pools
-    their features with its :class:`RegionExtractor` and returns its losses (with a
-    :class:`MaskHead`, the mask loss of the positive proposals too); the
-    detections it returns then are empty. At inference it returns *raw*
+    In training the head matches proposals to ``targets``, samples them
+    (:func:`~detkit.stages.sample_proposals`), pools their features with its
+    :class:`RegionExtractor` and returns its losses (with a :class:`MaskHead`, the
+    mask loss of the positive samples too) and :func:`no_detections`. At inference it returns *raw*
     detections: every (proposal, class) pair with its class-specific box and
     probability, to be filtered by :class:`PostProcess`.
 
@@ -178,10 +195,12 @@ class MaskHead(nn.Module):
     ``forward(images, features, boxes) -> Tensor[R, K, M, M]`` mask logits for
     ``boxes`` (per image ``(R_i, 4)`` in resized pixels; regions of image 0 first).
 
-    ``loss(logits, boxes, gt_index, targets) -> Tensor`` (scalar): ``boxes`` are the
-    positive proposals of each image, ``gt_index`` the index ``(R_i,)`` of each one's
-    matched object in ``targets[i]`` (crowd objects removed); only the channel of the
-    object's class is trained. Zero, and still differentiable, without positives.
+    ``loss(logits, positives, targets) -> Tensor`` (scalar): ``logits`` are the head's
+    output for ``[p.proposal_boxes for p in positives]``, the positive
+    :class:`~detkit.structures.SampledProposals` of each image; each one's
+    ``gt_index`` points at its object in ``targets[i].without_crowd()`` and its
+    ``gt_labels`` names the class whose channel is trained. Zero, and still
+    differentiable, without positives.
 
     ``predict(logits, labels) -> Tensor[R, M, M]``: probabilities of each region's
     class ``labels (R,)``, box-relative (the post-processing pastes them).
@@ -195,7 +214,7 @@ class MaskHead(nn.Module):
     def forward(self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def loss(self, logits: Tensor, boxes: list[Tensor], gt_index: list[Tensor], targets: list[Targets]) -> Tensor:
+    def loss(self, logits: Tensor, positives: list[SampledProposals], targets: list[Targets]) -> Tensor:
         raise NotImplementedError
 
     def predict(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -206,13 +225,25 @@ class DenseHead(nn.Module):
     """Single-shot head: dense predictions on feature maps, no proposals.
 
     ``forward(images, features, targets=None) -> (list[Detections], losses)``; the
-    detections are raw, as for :class:`RoIHead`.
+    detections are raw, as for :class:`RoIHead` (:func:`no_detections` in training).
+
+    A head that slides over an image pyramid (OverFeat) says so with
+    :meth:`image_scales`: the detector then runs the backbone once per scale and
+    hands the head every level in one :class:`~detkit.structures.FeatureMaps`
+    (see :meth:`FeatureMaps.pyramid <detkit.structures.FeatureMaps.pyramid>`).
     """
 
     def forward(
         self, images: ImageBatch, features: FeatureMaps, targets: list[Targets] | None = None
     ) -> tuple[list[Detections], Losses]:
         raise NotImplementedError
+
+    def image_scales(self) -> list[float]:
+        """Factors the detector resizes the batch by before the backbone; ``[1.0]``: no pyramid.
+
+        Read on every forward, so a head may pick fewer scales in training than at inference.
+        """
+        return [1.0]
 
 
 class PostProcess(nn.Module):
@@ -256,5 +287,7 @@ __all__ = [
     "RegionExtractor",
     "RegionFeatures",
     "RoIHead",
+    "SampledProposals",
     "Targets",
+    "no_detections",
 ]

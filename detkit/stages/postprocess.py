@@ -61,7 +61,8 @@ class DetectionPostProcess(PostProcess):
         score_thresh: detections scoring at or below this are dropped.
         nms_thresh: IoU threshold of the class-wise NMS.
         detections_per_img: detections kept per image (highest scores).
-        min_box_size: boxes narrower or shorter than this (resized pixels) are dropped.
+        min_box_size: boxes narrower or shorter than this (resized pixels) are dropped;
+            0 keeps every box (as torchvision's SSD).
         pre_nms_top_k: cap on candidates entering NMS (NMS is quadratic); 0 for no cap.
     """
 
@@ -93,7 +94,8 @@ class DetectionPostProcess(PostProcess):
     def _select_per_image(self, dets: Detections, size: tuple[int, int]) -> Detections:
         dets = dets.replace(boxes=clip_boxes(dets.boxes, size))
         dets = dets[dets.scores > self.score_thresh]
-        dets = dets[remove_small_boxes(dets.boxes, self.min_box_size)]
+        if self.min_box_size > 0:
+            dets = dets[remove_small_boxes(dets.boxes, self.min_box_size)]
         if self.pre_nms_top_k and len(dets) > self.pre_nms_top_k:
             dets = dets[dets.scores.topk(self.pre_nms_top_k).indices]
         keep = batched_nms(dets.boxes, dets.scores, dets.labels, self.nms_thresh)

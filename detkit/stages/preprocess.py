@@ -1,7 +1,8 @@
-"""Normalize, resize (shorter side to ``min_size``, longer side at most ``max_size``), pad.
+"""Normalize, resize (shorter side to ``min_size``, longer side at most ``max_size``; or to a fixed size), pad.
 
-Resizing is bilinear with ``recompute_scale_factor``, exactly as torchvision's
-``GeneralizedRCNNTransform``, so that imported torchvision weights see the same pixels.
+Resizing is bilinear, exactly as torchvision's ``GeneralizedRCNNTransform`` (with
+``recompute_scale_factor`` when the aspect ratio is kept, to an explicit size with
+``fixed_size``, as its SSD), so that imported torchvision weights see the same pixels.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from detkit.structures import ImageBatch, Targets
 
 
 class ResizeNormalize(Preprocess):
-    """The standard R-CNN preprocessing.
+    """The preprocessing of every detector: normalize, resize, pad into one batch.
 
     Args:
         min_size: target shorter side; a list picks one at random per batch in
@@ -28,6 +29,9 @@ class ResizeNormalize(Preprocess):
         max_size: cap on the longer side.
         size_divisible: pad the batch to a multiple of this (the coarsest stride).
         pixel_mean, pixel_std: per-channel normalization of ``[0, 1]`` RGB input.
+        fixed_size: ``(height, width)``: resize every image to exactly this, the
+            aspect ratio not kept (SSD, YOLO); ``min_size`` and ``max_size`` are then
+            unused. ``None`` keeps the aspect ratio (the R-CNN family).
     """
 
     pixel_mean: Tensor
@@ -41,11 +45,13 @@ class ResizeNormalize(Preprocess):
         size_divisible: int = 32,
         pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
         pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        fixed_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.min_sizes = [int(min_size)] if isinstance(min_size, int) else [int(s) for s in min_size]
         self.max_size = max_size
-        self.size_divisible = size_divisible
+        self.size_divisible = max(1, int(size_divisible))
+        self.fixed_size = (int(fixed_size[0]), int(fixed_size[1])) if fixed_size is not None else None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
 
@@ -71,6 +77,8 @@ class ResizeNormalize(Preprocess):
         return min(min_size / min(height, width), self.max_size / max(height, width))
 
     def _resize(self, image: Tensor, min_size: int) -> Tensor:
+        if self.fixed_size is not None:
+            return F.interpolate(image[None], size=list(self.fixed_size), mode="bilinear", align_corners=False)[0]
         scale = self._scale(image.shape[-2], image.shape[-1], min_size)
         return F.interpolate(
             image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False

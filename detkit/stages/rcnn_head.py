@@ -39,37 +39,56 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_iou
-from detkit.stages.base import Backbone, Losses, RegionExtractor, RoIHead
+from detkit.stages.base import Backbone, Losses, RegionExtractor, RoIHead, no_detections
 from detkit.stages.roi_heads import sample_proposals
-from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, Targets
+from detkit.structures import Detections, FeatureMaps, ImageBatch, Instances, Proposals, SampledProposals, Targets
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RegionBank:
-    """Crop features gathered over a training set for the SVMs and box regressors.
+class BankedProposals(Instances):
+    """Crop features of proposals over a training set, with their best-matching objects.
 
     Attributes:
-        gt_features, gt_labels: ``(G, D)`` features of the objects' own boxes and their classes.
-        features: ``(R, D)`` features of the proposals.
+        proposal_boxes: ``(R, 4)`` the proposals.
+        features: ``(R, D)`` their crop features.
         class_iou: ``(R, K)`` each proposal's best IoU with an object of each class.
-        best_label, best_box: ``(R,)`` class and ``(R, 4)`` box of each proposal's best-matching object.
-        best_iou: ``(R,)`` that IoU (0 without objects).
-        boxes: ``(R, 4)`` the proposals.
+        gt_labels: ``(R,)`` class of its best-matching object (0 without objects).
+        gt_boxes: ``(R, 4)`` that object's box (zeros without objects).
+        gt_iou: ``(R,)`` that IoU (0 without objects).
     """
 
-    gt_features: list[Tensor] = field(default_factory=list)
-    gt_labels: list[Tensor] = field(default_factory=list)
-    features: list[Tensor] = field(default_factory=list)
-    class_iou: list[Tensor] = field(default_factory=list)
-    best_label: list[Tensor] = field(default_factory=list)
-    best_box: list[Tensor] = field(default_factory=list)
-    best_iou: list[Tensor] = field(default_factory=list)
-    boxes: list[Tensor] = field(default_factory=list)
+    proposal_boxes: Tensor
+    features: Tensor
+    class_iou: Tensor
+    gt_labels: Tensor
+    gt_boxes: Tensor
+    gt_iou: Tensor
 
-    def cat(self) -> dict[str, Tensor]:
-        return {k: torch.cat(v) for k, v in self.__dict__.items()}
+
+@dataclass
+class BankedObjects(Instances):
+    """Crop features of the objects' own boxes over a training set: the SVMs' positives.
+
+    Attributes:
+        features: ``(G, D)``.
+        labels: ``(G,)`` classes.
+    """
+
+    features: Tensor
+    labels: Tensor
+
+
+@dataclass
+class RegionBank:
+    """Crop features gathered batch by batch for the SVMs and box regressors; :meth:`cat` joins them."""
+
+    proposals: list[BankedProposals] = field(default_factory=list)
+    objects: list[BankedObjects] = field(default_factory=list)
+
+    def cat(self) -> tuple[BankedProposals, BankedObjects]:
+        return BankedProposals.cat(self.proposals), BankedObjects.cat(self.objects)
 
 
 class RCNNHead(RoIHead):
@@ -182,19 +201,18 @@ class RCNNHead(RoIHead):
         targets: list[Targets] | None = None,
     ) -> tuple[list[Detections], Losses]:
         if self.training and targets is not None:
-            return [Detections() for _ in proposals], self._fine_tuning_losses(images, proposals, targets)
-        boxes = [p.boxes for p in proposals]
-        feats = self.features(images, boxes)
-        return self._raw_detections(feats, boxes), {}
+            return no_detections(images), self._fine_tuning_losses(images, proposals, targets)
+        proposal_boxes = [p.boxes for p in proposals]
+        return self._raw_detections(self.features(images, proposal_boxes), proposal_boxes), {}
 
     def _fine_tuning_losses(self, images: ImageBatch, proposals: list[Proposals], targets: list[Targets]) -> Losses:
         """Softmax cross-entropy over K + 1 classes on a balanced sample of labelled proposals."""
-        boxes, labels, _, _ = sample_proposals(
+        sampled = sample_proposals(
             proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
         )
-        logits = self.cls_score(self.features(images, boxes))
-        target = torch.cat(labels)
-        loss = F.cross_entropy(logits, target) if target.numel() else logits.sum() * 0
+        pred_logits = self.cls_score(self.features(images, [s.proposal_boxes for s in sampled]))
+        gt_classes = SampledProposals.cat(sampled).gt_labels + 1  # background -1 -> 0
+        loss = F.cross_entropy(pred_logits, gt_classes) if gt_classes.numel() else pred_logits.sum() * 0
         return {"loss_rcnn_cls": loss}
 
     def _raw_detections(self, feats: Tensor, boxes: list[Tensor]) -> list[Detections]:
@@ -229,54 +247,60 @@ class RCNNHead(RoIHead):
     @torch.no_grad()
     def gather(self, images: ImageBatch, proposals: list[Proposals], targets: list[Targets], bank: RegionBank) -> None:
         """Add the features of the objects and of the top proposals of one batch to ``bank``."""
-        k = self.num_classes
         top = [p.boxes[: self.svm_max_proposals] for p in proposals]
         gts = [t.without_crowd() for t in targets]
-        prop_feats = self.features(images, top).float().cpu()
-        gt_feats = self.features(images, [g.boxes for g in gts]).float().cpu()
-        bank.features.append(prop_feats)
-        bank.gt_features.append(gt_feats)
-        for boxes, gt in zip(top, gts):
-            boxes, gt = boxes.float().cpu(), gt.to("cpu")
-            bank.boxes.append(boxes)
-            bank.gt_labels.append(gt.labels)
-            iou = box_iou(boxes, gt.boxes) if len(gt) else boxes.new_zeros((boxes.shape[0], 0))  # (P, G)
-            per_class = torch.zeros((boxes.shape[0], k))
-            if len(gt):
-                onehot = F.one_hot(gt.labels, k).bool()  # (G, K)
-                per_class = torch.where(onehot[None], iou[:, :, None], torch.zeros(())).amax(dim=1)
-                best_iou, best = iou.max(dim=1)
-                bank.best_label.append(gt.labels[best])
-                bank.best_box.append(gt.boxes[best])
-                bank.best_iou.append(best_iou)
-            else:
-                bank.best_label.append(torch.zeros(boxes.shape[0], dtype=torch.int64))
-                bank.best_box.append(torch.zeros_like(boxes))
-                bank.best_iou.append(torch.zeros(boxes.shape[0]))
-            bank.class_iou.append(per_class)
+        proposal_features = self.features(images, top).float().cpu().split([b.shape[0] for b in top])
+        object_features = self.features(images, [g.boxes for g in gts]).float().cpu().split([len(g) for g in gts])
+        for boxes, feats, gt, gt_feats in zip(top, proposal_features, gts, object_features):
+            gt = gt.to("cpu")
+            bank.proposals.append(self._match_to_objects(boxes.float().cpu(), feats, gt))
+            bank.objects.append(BankedObjects(features=gt_feats, labels=gt.labels))
+
+    def _match_to_objects(self, boxes: Tensor, feats: Tensor, gt: Targets) -> BankedProposals:
+        """Each proposal's best IoU per class and its best-matching object, for one image."""
+        num = boxes.shape[0]
+        if len(gt) == 0:
+            zeros = torch.zeros(num)
+            return BankedProposals(
+                proposal_boxes=boxes, features=feats, class_iou=torch.zeros((num, self.num_classes)),
+                gt_labels=torch.zeros(num, dtype=torch.int64), gt_boxes=torch.zeros_like(boxes), gt_iou=zeros,
+            )
+        iou = box_iou(boxes, gt.boxes)  # (P, G)
+        onehot = F.one_hot(gt.labels, self.num_classes).bool()  # (G, K)
+        # (P, G, 1) masked by (1, G, K) -> (P, K): the best IoU with an object of each class
+        class_iou = torch.where(onehot[None], iou[:, :, None], torch.zeros(())).amax(dim=1)
+        best_iou, best = iou.max(dim=1)
+        return BankedProposals(
+            proposal_boxes=boxes, features=feats, class_iou=class_iou,
+            gt_labels=gt.labels[best], gt_boxes=gt.boxes[best], gt_iou=best_iou,
+        )
 
     def fit(self, bank: RegionBank, *, progress: bool = False) -> dict[str, Any]:
         """Fit the SVMs and the box regressors on a gathered bank; returns a summary."""
-        data = bank.cat()
-        all_feats = torch.cat([data["features"], data["gt_features"]])
-        norm = all_feats.norm(dim=1).mean().clamp(min=1e-6)
+        proposals, objects = bank.cat()
+        norm = torch.cat([proposals.features, objects.features]).norm(dim=1).mean().clamp(min=1e-6)
         self.feature_scale.fill_(float(self.feature_norm / norm))
-        summary = {"svm": self.fit_svms(data, progress=progress), "bbox": self.fit_box_regressors(data)}
+        summary = {
+            "svm": self.fit_svms(proposals, objects, progress=progress),
+            "bbox": self.fit_box_regressors(proposals),
+        }
         self.fitted.fill_(True)
         return summary
 
-    def fit_svms(self, data: dict[str, Tensor], *, progress: bool = False) -> list[dict[str, int]]:
+    def fit_svms(
+        self, proposals: BankedProposals, objects: BankedObjects, *, progress: bool = False
+    ) -> list[dict[str, int]]:
         """One linear SVM per class, with hard-negative mining (see the module docstring)."""
         from sklearn.svm import LinearSVC
 
         scale = float(self.feature_scale)
-        feats = (data["features"] * scale).numpy()
-        gt_feats = (data["gt_features"] * scale).numpy()
+        feats = (proposals.features * scale).numpy()
+        gt_feats = (objects.features * scale).numpy()
         rng = np.random.default_rng(self.seed)
         summary = []
         for c in tqdm(range(self.num_classes), desc="svms", disable=not progress, leave=False):
-            positives = gt_feats[(data["gt_labels"] == c).numpy()]
-            pool = np.flatnonzero((data["class_iou"][:, c] < self.svm_neg_iou).numpy())
+            positives = gt_feats[(objects.labels == c).numpy()]
+            pool = np.flatnonzero((proposals.class_iou[:, c] < self.svm_neg_iou).numpy())
             if len(positives) == 0 or len(pool) == 0:
                 logger.warning("class %d: %d positives, %d negatives; its SVM is left at zero", c, len(positives),
                                len(pool))
@@ -300,13 +324,13 @@ class RCNNHead(RoIHead):
             summary.append({"positives": len(positives), "negatives": len(active), "rounds": rounds})
         return summary
 
-    def fit_box_regressors(self, data: dict[str, Tensor]) -> list[int]:
+    def fit_box_regressors(self, proposals: BankedProposals) -> list[int]:
         """Per class, ridge regression from features to box deltas; returns the samples per class."""
-        x = F.pad(data["features"] * self.feature_scale, (0, 1), value=1.0).double()
-        deltas = self.box_coder.encode(data["best_box"], data["boxes"]).double()
+        x = F.pad(proposals.features * self.feature_scale, (0, 1), value=1.0).double()
+        deltas = self.box_coder.encode(proposals.gt_boxes, proposals.proposal_boxes).double()
         counts = []
         for c in range(self.num_classes):
-            use = (data["best_label"] == c) & (data["best_iou"] >= self.bbox_iou_thresh)
+            use = (proposals.gt_labels == c) & (proposals.gt_iou >= self.bbox_iou_thresh)
             counts.append(int(use.sum()))
             if not use.any():
                 self.bbox_weight[c] = 0.0
@@ -333,6 +357,6 @@ def gather_and_fit(
             image_batch, targets = detector.preprocess(images, targets)
             proposals, _ = detector.proposer(image_batch, None, None)
             head.gather(image_batch, proposals, targets, bank)
-    if not bank.features:
+    if not bank.proposals:
         raise ValueError("no training images to fit the R-CNN SVMs on")
     return head.fit(bank, progress=progress)

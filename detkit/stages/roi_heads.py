@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_iou
-from detkit.stages.base import Losses, MaskHead, RegionExtractor, RoIHead
-from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, Targets
+from detkit.stages.base import Losses, MaskHead, RegionExtractor, RoIHead, no_detections
+from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, SampledProposals, Targets
 
 
 class TwoFCHead(nn.Module):
@@ -111,38 +111,54 @@ class FastRCNNHead(RoIHead):
         targets: list[Targets] | None = None,
     ) -> tuple[list[Detections], Losses]:
         if self.training and targets is not None:
-            boxes, labels, box_targets, gt_index = self._label_and_sample(proposals, targets)
-            logits, deltas = self._forward_box(images, features, boxes)
-            losses = self._losses(logits, deltas, labels, box_targets)
+            sampled = self._label_and_sample(proposals, targets)
+            losses = self._box_losses(images, features, sampled)
             if self.mask_head is not None:
-                losses["loss_roi_mask"] = self._forward_mask(images, features, boxes, labels, gt_index, targets)
-            return [Detections() for _ in proposals], losses
-        boxes = [p.boxes for p in proposals]
-        logits, deltas = self._forward_box(images, features, boxes)
-        return self._raw_detections(logits, deltas, boxes), {}
+                losses["loss_roi_mask"] = self._mask_loss(images, features, sampled, targets)
+            return no_detections(images), losses
+        proposal_boxes = [p.boxes for p in proposals]
+        pred_logits, pred_deltas = self._forward_box(images, features, proposal_boxes)
+        return self._raw_detections(pred_logits, pred_deltas, proposal_boxes), {}
+
+    def _label_and_sample(self, proposals: list[Proposals], targets: list[Targets]) -> list[SampledProposals]:
+        return sample_proposals(
+            proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
+        )
 
     def _forward_box(
         self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]
     ) -> tuple[Tensor, Tensor]:
+        """Class logits ``(R, K + 1)`` and per-class deltas ``(R, 4 (K + 1))`` of ``boxes`` (per image)."""
         regions = self.region_extractor(images, features, boxes)
         return self.predictor(self.box_head(regions.features))
 
-    def _forward_mask(
+    def _box_losses(
+        self, images: ImageBatch, features: FeatureMaps | None, sampled: list[SampledProposals]
+    ) -> Losses:
+        """Cross-entropy over K + 1 classes and smooth-L1 on the positives' ground-truth class deltas."""
+        pred_logits, pred_deltas = self._forward_box(images, features, [s.proposal_boxes for s in sampled])
+        samples = SampledProposals.cat(sampled)
+        gt_classes = samples.gt_labels + 1  # background -1 -> 0, class c -> c + 1
+        cls_loss = F.cross_entropy(pred_logits, gt_classes) if len(samples) else pred_logits.sum() * 0
+        pos = torch.where(gt_classes > 0)[0]
+        gt_deltas = self.box_coder.encode(samples.gt_boxes[pos], samples.proposal_boxes[pos])
+        # (R, 4 (K + 1)) -> (R, K + 1, 4); only the ground-truth class's deltas are trained
+        pred_deltas = pred_deltas.reshape(pred_deltas.shape[0], -1, 4)[pos, gt_classes[pos]]
+        box_loss = F.smooth_l1_loss(pred_deltas, gt_deltas, beta=self.smooth_l1_beta, reduction="sum")
+        return {"loss_roi_cls": cls_loss, "loss_roi_box": box_loss / max(len(samples), 1)}
+
+    def _mask_loss(
         self,
         images: ImageBatch,
         features: FeatureMaps | None,
-        boxes: list[Tensor],
-        labels: Tensor,
-        gt_index: list[Tensor],
+        sampled: list[SampledProposals],
         targets: list[Targets],
     ) -> Tensor:
-        """Mask loss of the positive sampled proposals (``labels`` ``(R,)``, 0 = background)."""
+        """The mask head's loss on the positive samples."""
         assert self.mask_head is not None
-        positive = [lab > 0 for lab in labels.split([b.shape[0] for b in boxes])]
-        pos_boxes = [b[p] for b, p in zip(boxes, positive)]
-        pos_index = [i[p] for i, p in zip(gt_index, positive)]
-        logits = self.mask_head(images, features, pos_boxes)
-        return self.mask_head.loss(logits, pos_boxes, pos_index, [t.without_crowd() for t in targets])
+        positives = [s.positive() for s in sampled]
+        pred_mask_logits = self.mask_head(images, features, [p.proposal_boxes for p in positives])
+        return self.mask_head.loss(pred_mask_logits, positives, targets)
 
     def predict_masks(
         self, images: ImageBatch, features: FeatureMaps | None, detections: list[Detections]
@@ -150,37 +166,21 @@ class FastRCNNHead(RoIHead):
         """Box-relative mask probabilities ``(D_i, M, M)`` of each detection's class (see :class:`RoIHead`)."""
         if self.mask_head is None:
             return detections
-        logits = self.mask_head(images, features, [d.boxes for d in detections])
-        labels = torch.cat([d.labels for d in detections]) if detections else logits.new_zeros((0,), dtype=torch.int64)
-        probs = self.mask_head.predict(logits, labels).split([len(d) for d in detections])
+        pred_mask_logits = self.mask_head(images, features, [d.boxes for d in detections])
+        labels = (
+            torch.cat([d.labels for d in detections])
+            if detections
+            else pred_mask_logits.new_zeros((0,), dtype=torch.int64)
+        )
+        probs = self.mask_head.predict(pred_mask_logits, labels).split([len(d) for d in detections])
         return [d.replace(masks=p) for d, p in zip(detections, probs)]
 
-    def _label_and_sample(
-        self, proposals: list[Proposals], targets: list[Targets]
-    ) -> tuple[list[Tensor], Tensor, Tensor, list[Tensor]]:
-        """Sample proposals and label them (see :func:`sample_proposals`); box targets encoded."""
-        boxes, labels, matched, gt_index = sample_proposals(
-            proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
-        )
-        box_targets = [self.box_coder.encode(m, b) for m, b in zip(matched, boxes)]
-        return boxes, torch.cat(labels), torch.cat(box_targets), gt_index
-
-    def _losses(self, logits: Tensor, deltas: Tensor, labels: Tensor, box_targets: Tensor) -> Losses:
-        cls_loss = F.cross_entropy(logits, labels) if labels.numel() else logits.sum() * 0
-        pos = torch.where(labels > 0)[0]
-        # (R, 4 (K + 1)) -> (R, K + 1, 4); only the ground-truth class's deltas are trained
-        deltas = deltas.reshape(deltas.shape[0], -1, 4)
-        box_loss = F.smooth_l1_loss(
-            deltas[pos, labels[pos]], box_targets[pos], beta=self.smooth_l1_beta, reduction="sum"
-        ) / max(labels.numel(), 1)
-        return {"loss_roi_cls": cls_loss, "loss_roi_box": box_loss}
-
-    def _raw_detections(self, logits: Tensor, deltas: Tensor, boxes: list[Tensor]) -> list[Detections]:
+    def _raw_detections(self, pred_logits: Tensor, pred_deltas: Tensor, boxes: list[Tensor]) -> list[Detections]:
         """Every (proposal, foreground class) pair: ``R_i * K`` detections per image."""
         num_per_image = [b.shape[0] for b in boxes]
-        scores = F.softmax(logits, dim=-1)
-        reference = torch.cat(boxes) if boxes else deltas.new_zeros((0, 4))
-        pred_boxes = self.box_coder.decode(deltas, reference)  # (R, K + 1, 4)
+        scores = F.softmax(pred_logits, dim=-1)
+        reference = torch.cat(boxes) if boxes else pred_deltas.new_zeros((0, 4))
+        pred_boxes = self.box_coder.decode(pred_deltas, reference)  # (R, K + 1, 4)
         result = []
         for boxes_i, scores_i in zip(pred_boxes.split(num_per_image), scores.split(num_per_image)):
             r = boxes_i.shape[0]
@@ -203,34 +203,44 @@ def sample_proposals(
     matcher: Matcher,
     sampler: BalancedSampler,
     add_gt_proposals: bool = True,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+) -> list[SampledProposals]:
     """Match proposals to the non-crowd objects, label them and sample a balanced subset.
 
-    Returns, per image: the sampled boxes ``(R_i, 4)``; their labels ``(R_i,)`` (class
-    + 1, 0 = background); their matched objects' boxes ``(R_i, 4)`` (meaningful for
-    positives only); the index of each one's matched object in ``targets[i]``
-    without its crowd objects.
+    Args:
+        proposals: per image, in resized pixels.
+        targets: ground truth in the same pixels; crowd objects are left out.
+        matcher: IoU thresholds (at least ``high``: the object's class; below
+            ``low``: background; between: never sampled).
+        sampler: how many samples per image, and the share of positives.
+        add_gt_proposals: add the objects' own boxes to the proposals first.
+
+    Returns:
+        The :class:`~detkit.structures.SampledProposals` of each image, positives first.
     """
-    sampled_boxes, sampled_labels, sampled_matched, sampled_index = [], [], [], []
-    for props, tgt in zip(proposals, targets):
-        gt = tgt.without_crowd()
-        boxes = props.boxes.detach()
+    sampled = []
+    for proposals_per_image, targets_per_image in zip(proposals, targets):
+        gt = targets_per_image.without_crowd()
+        proposal_boxes = proposals_per_image.boxes.detach()
         if add_gt_proposals:
-            boxes = torch.cat([boxes, gt.boxes.to(boxes.dtype)])
+            proposal_boxes = torch.cat([proposal_boxes, gt.boxes.to(proposal_boxes.dtype)])
         if len(gt) == 0:
-            labels = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
-            matched = torch.zeros_like(boxes)
-            matches = torch.zeros_like(labels)
+            matches = torch.full((proposal_boxes.shape[0],), Matcher.BELOW_LOW, device=proposal_boxes.device)
         else:
-            matches = matcher(box_iou(gt.boxes, boxes))
-            labels = gt.labels[matches.clamp(min=0)] + 1
-            labels[matches == Matcher.BELOW_LOW] = 0
-            labels[matches == Matcher.BETWEEN] = -1
-            matched = gt.boxes[matches.clamp(min=0)]
-        pos, neg = sampler(labels)
+            matches = matcher(box_iou(gt.boxes, proposal_boxes))  # (R,) object index, or BELOW_LOW / BETWEEN
+        gt_index = matches.clamp(min=0)
+        gt_labels = gt.labels[gt_index] if len(gt) else torch.zeros_like(gt_index)
+        gt_labels = torch.where(matches >= 0, gt_labels, SampledProposals.BACKGROUND)
+        # the sampler's labels: 1 object, 0 background, -1 never sampled
+        sampler_labels = torch.where(matches >= 0, 1, torch.where(matches == Matcher.BETWEEN, -1, 0))
+        pos, neg = sampler(sampler_labels)
         keep = torch.cat([pos, neg])
-        sampled_boxes.append(boxes[keep])
-        sampled_labels.append(labels[keep])
-        sampled_matched.append(matched[keep])
-        sampled_index.append(matches[keep].clamp(min=0))
-    return sampled_boxes, sampled_labels, sampled_matched, sampled_index
+        gt_boxes = gt.boxes[gt_index] if len(gt) else torch.zeros_like(proposal_boxes)
+        sampled.append(
+            SampledProposals(
+                proposal_boxes=proposal_boxes[keep],
+                gt_labels=gt_labels[keep],
+                gt_boxes=torch.where((matches >= 0)[keep, None], gt_boxes[keep], 0.0),
+                gt_index=torch.where(matches[keep] >= 0, gt_index[keep], 0),
+            )
+        )
+    return sampled

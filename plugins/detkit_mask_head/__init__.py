@@ -9,13 +9,13 @@ the RoI head runs it and the post-processing pastes its masks into the image.
 
 from __future__ import annotations
 
-import detkit
+from detkit.hookspecs import Registrar, hookimpl
 from detkit_mask_head.head import MaskRCNNHead, Upsample2x
 from detkit_mask_head.targets import mask_loss, mask_targets
 
 __all__ = ["MaskRCNNHead", "Upsample2x", "detkit_add_components", "mask_loss", "mask_targets"]
 
 
-@detkit.hookimpl
-def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
+@hookimpl
+def detkit_add_components(registry: Registrar) -> None:
     registry.register("mask_head", "mask_rcnn", MaskRCNNHead)

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit import ConfigError
-from detkit.stages import MaskHead
-from detkit.stages.region_features import MultiScaleRoIAlign
-from detkit.structures import FeatureMaps, ImageBatch, Targets
+from detkit.stages import MaskHead, MultiScaleRoIAlign
+from detkit.structures import FeatureMaps, ImageBatch, SampledProposals, Targets
 from detkit_mask_head.targets import mask_loss, mask_targets
 
 Upsample = Literal["transpose", "nearest", "bilinear"]
@@ -101,18 +100,23 @@ class MaskRCNNHead(MaskHead):
         x = self.upsample(x)  # (R, C', P, P) -> (R, C', M, M)
         return self.predictor(x)  # (R, C', M, M) -> (R, K, M, M)
 
-    def loss(self, logits: Tensor, boxes: list[Tensor], gt_index: list[Tensor], targets: list[Targets]) -> Tensor:
+    def loss(self, logits: Tensor, positives: list[SampledProposals], targets: list[Targets]) -> Tensor:
         """Binary cross-entropy against the matched masks cropped to the boxes (see :class:`MaskHead`)."""
-        gt_labels, gt_crops = [], []
-        for boxes_i, index_i, tgt in zip(boxes, gt_index, targets):
-            if tgt.masks is None:
+        gt_crops = []
+        for positives_per_image, targets_per_image in zip(positives, targets):
+            if targets_per_image.masks is None:
                 raise ConfigError(
                     "model.mask_head is set but the training targets have no masks; "
                     "load the dataset with masks (e.g. data.train.masks=true)"
                 )
-            gt_labels.append(tgt.labels[index_i])
-            gt_crops.append(mask_targets(tgt.masks, boxes_i, index_i, self.mask_size))
-        return mask_loss(logits, torch.cat(gt_labels), torch.cat(gt_crops))
+            gt_masks = targets_per_image.without_crowd().masks
+            assert gt_masks is not None
+            gt_crops.append(
+                mask_targets(gt_masks, positives_per_image.proposal_boxes, positives_per_image.gt_index, self.mask_size)
+            )
+        if not gt_crops:
+            return logits.sum() * 0
+        return mask_loss(logits, SampledProposals.cat(positives).gt_labels, torch.cat(gt_crops))
 
     def predict(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Probabilities ``(R, M, M)`` of each region's predicted class (``labels`` ``(R,)``)."""

@@ -7,7 +7,7 @@ predicts objectness and box deltas for every anchor, proposal selection
 
 from __future__ import annotations
 
-import detkit
+from detkit.hookspecs import Registrar, hookimpl
 from detkit_rpn.anchors import AnchorGenerator
 from detkit_rpn.head import RPNHead
 from detkit_rpn.rpn import RPN
@@ -15,6 +15,6 @@ from detkit_rpn.rpn import RPN
 __all__ = ["RPN", "AnchorGenerator", "RPNHead", "detkit_add_components"]
 
 
-@detkit.hookimpl
-def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
+@hookimpl
+def detkit_add_components(registry: Registrar) -> None:
     registry.register("proposer", "rpn", RPN)

@@ -7,7 +7,7 @@ the on-disk proposal cache (:func:`make_cache` opens the one of a config).
 
 from __future__ import annotations
 
-import detkit
+from detkit.hookspecs import Registrar, hookimpl
 from detkit_selective_search.proposer import SelectiveSearch, cached_selective_search, make_cache
 from detkit_selective_search.search import PRESETS, SearchConfig, make_config, selective_search
 
@@ -23,6 +23,6 @@ __all__ = [
 ]
 
 
-@detkit.hookimpl
-def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
+@hookimpl
+def detkit_add_components(registry: Registrar) -> None:
     registry.register("proposer", "selective_search", SelectiveSearch)

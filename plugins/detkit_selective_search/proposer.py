@@ -2,8 +2,8 @@
 
 Selective search reads raw pixels (no backbone features) and takes about a second
 per photo, so the proposer reads and writes the on-disk
-:class:`detkit.proposal_cache.ProposalCache`, keyed by each image's content at
-its resized size (:func:`detkit.proposal_cache.batch_image_key`) and by every
+:class:`detkit_selective_search.cache.ProposalCache`, keyed by each image's content at
+its resized size (:func:`detkit_selective_search.cache.batch_image_key`) and by every
 setting that changes the boxes: training epochs after the first read their
 proposals back, without converting the pixels.
 """
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detkit.proposal_cache import ProposalCache, batch_image_key, image_key
 from detkit.stages import Proposer
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
+from detkit_selective_search.cache import ProposalCache, batch_image_key, image_key
 from detkit_selective_search.search import SearchConfig, make_config, run_search
 
 CACHE_NAME = "selective_search"

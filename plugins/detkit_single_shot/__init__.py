@@ -9,15 +9,10 @@ and the importer ``ssd300_vgg16`` (``detkit import-torchvision ssd300_vgg16 IN O
 
 from __future__ import annotations
 
-import detkit
+from detkit.hookspecs import Registrar, hookimpl
 from detkit_single_shot.backbone import SSDVGG
 from detkit_single_shot.default_boxes import DefaultBoxes
-from detkit_single_shot.detector import (
-    FixedSizeResize,
-    SingleShotPostProcess,
-    SingleStageDetector,
-    build_single_stage,
-)
+from detkit_single_shot.detector import build_single_stage
 from detkit_single_shot.importer import ssd300_vgg16
 from detkit_single_shot.ssd import SSDHead, hard_negative_mask, match_default_boxes
 from detkit_single_shot.yolo import YoloGridHead, YoloV1Head
@@ -25,10 +20,7 @@ from detkit_single_shot.yolo import YoloGridHead, YoloV1Head
 __all__ = [
     "SSDVGG",
     "DefaultBoxes",
-    "FixedSizeResize",
     "SSDHead",
-    "SingleShotPostProcess",
-    "SingleStageDetector",
     "YoloGridHead",
     "YoloV1Head",
     "build_single_stage",
@@ -39,8 +31,8 @@ __all__ = [
 ]
 
 
-@detkit.hookimpl
-def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
+@hookimpl
+def detkit_add_components(registry: Registrar) -> None:
     registry.register("detector", "single_stage", build_single_stage)
     registry.register("dense_head", "ssd", SSDHead)
     registry.register("dense_head", "yolo_v1", YoloV1Head)

@@ -22,11 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import BoxCoder, Matcher, box_iou, clip_boxes
-from detkit.stages import DenseHead
+from detkit.stages import DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 from detkit_single_shot.default_boxes import DefaultBoxes
-
-Losses = dict[str, Tensor]
 
 #: SSD300's default boxes (torchvision's ``ssd300_vgg16``).
 SSD300_ASPECT_RATIOS: list[list[float]] = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
@@ -142,7 +140,7 @@ class SSDHead(DenseHead):
         if self.training:
             if targets is None:
                 raise ValueError("SSDHead needs targets in training")
-            return [], self._losses(pred_logits, pred_deltas, default_boxes, targets)
+            return no_detections(images), self._losses(pred_logits, pred_deltas, default_boxes, targets)
         return self._raw_detections(pred_logits, pred_deltas, default_boxes, images.image_sizes), {}
 
     @staticmethod

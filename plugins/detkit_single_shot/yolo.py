@@ -38,10 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import box_iou, clip_boxes, paired_box_iou
-from detkit.stages import DenseHead
+from detkit.stages import DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
-
-Losses = dict[str, Tensor]
 
 #: YOLOv3's COCO anchors (pixels at 416 px), strides 8, 16 and 32.
 YOLOV3_ANCHORS: list[list[list[float]]] = [
@@ -275,7 +273,8 @@ class YoloV1Head(DenseHead):
         if self.training:
             if targets is None:
                 raise ValueError("YoloV1Head needs targets in training")
-            return [], self._losses(pred_boxes, pred_confidence, pred_classes, targets, grid_image_size)
+            losses = self._losses(pred_boxes, pred_confidence, pred_classes, targets, grid_image_size)
+            return no_detections(images), losses
         return self._raw_detections(pred_boxes, pred_confidence, pred_classes, grid_image_size, images), {}
 
     def _predict(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -477,7 +476,7 @@ class YoloGridHead(DenseHead):
         if self.training:
             if targets is None:
                 raise ValueError("YoloGridHead needs targets in training")
-            return [], self._losses(pred, pred_boxes, targets, grid_sizes, strides)
+            return no_detections(images), self._losses(pred, pred_boxes, targets, grid_sizes, strides)
         return self._raw_detections(pred, pred_boxes, images.image_sizes), {}
 
     def _predict(self, maps: list[Tensor]) -> Tensor:

@@ -14,14 +14,13 @@ Registers:
 
 from __future__ import annotations
 
-import detkit
-from detkit_sliding_window.detector import SlidingWindowDetector, build_sliding_window
+from detkit.hookspecs import Registrar, hookimpl
+from detkit_sliding_window.detector import build_sliding_window
 from detkit_sliding_window.head import OverFeatHead, label_windows, window_boxes
 from detkit_sliding_window.proposer import SlidingWindowProposer, grid_positions
 
 __all__ = [
     "OverFeatHead",
-    "SlidingWindowDetector",
     "SlidingWindowProposer",
     "build_sliding_window",
     "detkit_add_components",
@@ -31,8 +30,8 @@ __all__ = [
 ]
 
 
-@detkit.hookimpl
-def detkit_add_components(registry: detkit.plugins.ComponentRegistry) -> None:
+@hookimpl
+def detkit_add_components(registry: Registrar) -> None:
     registry.register("proposer", "sliding_window", SlidingWindowProposer)
     registry.register("detector", "sliding_window", build_sliding_window)
     registry.register("dense_head", "overfeat", OverFeatHead)

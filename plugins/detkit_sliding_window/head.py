@@ -10,9 +10,10 @@ weights give one prediction per location, each exactly the classifier's output o
 that location's crop, and the overlapping windows share the backbone's computation.
 Every location predicts ``K + 1`` class scores (0 is background) and the four deltas
 (detkit's :class:`~detkit.ops.BoxCoder`) from its window to the object's box; the
-regressor is class-agnostic here. The image pyramid that gives several window sizes
-is the detector's (:mod:`detkit_sliding_window.detector`): it runs the backbone and
-:meth:`OverFeatHead.predict` once per scale.
+regressor is class-agnostic here. Several window sizes come from an image pyramid:
+the head asks for it with :meth:`OverFeatHead.image_scales`, the detector runs the
+backbone once per scale and hands every level over in one ``FeatureMaps``, and
+:meth:`OverFeatHead.predict` maps each level's windows back to the batch's pixels.
 
 Geometry (:meth:`OverFeatHead.windows`): the feature map has stride ``S`` and the
 window covers ``k = window_size / S`` cells. A cell ``j`` of a padded ResNet is centred
@@ -43,17 +44,16 @@ L locations of all scales, K classes (logits have K + 1), G objects.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_ioa, box_iou, clip_boxes
-from detkit.stages import DenseHead
+from detkit.stages import DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
-
-Losses = dict[str, Tensor]
 
 
 def window_boxes(map_size: tuple[int, int], *, stride: int, cells: int, device: torch.device | None = None) -> Tensor:
@@ -134,15 +134,15 @@ class OverFeatHead(DenseHead):
     ``1 x 1`` predictors: ``K + 1`` class logits and 4 box deltas per location.
 
     ``forward(images, features, targets=None) -> (list[Detections], losses)`` runs the
-    head at one scale (the windows in ``images``' pixels): at inference, raw detections
-    (at most ``topk_candidates`` per image); in training, empty detections and
-    ``loss_overfeat_cls``, ``loss_overfeat_box``. The sliding-window detector runs
-    :meth:`predict` once per pyramid scale and calls :meth:`loss` or
-    :meth:`detections` on the merged locations.
+    head on every pyramid level of its feature map (:meth:`predict`, windows in
+    ``images``' pixels), then, at inference, gives raw detections (at most
+    ``topk_candidates`` per image); in training, no detections and
+    ``loss_overfeat_cls``, ``loss_overfeat_box`` over the locations of all levels.
 
     Args:
-        in_channels: channels of every feature map (passed by the detector builder).
+        in_channels: channels of every feature map, finest first (passed by the detector builder).
         in_strides: stride of every feature map (passed by the detector builder).
+        in_features: name of every feature map (passed by the detector builder).
         num_classes: K, without background (passed by the detector builder).
         in_feature: the feature map the head reads; ``None`` takes the last (coarsest).
         window_size: window side in input pixels of the backbone; a multiple of the
@@ -165,8 +165,9 @@ class OverFeatHead(DenseHead):
     def __init__(
         self,
         *,
-        in_channels: Mapping[str, int],
-        in_strides: Mapping[str, int],
+        in_channels: Sequence[int],
+        in_strides: Sequence[int],
+        in_features: Sequence[str],
         num_classes: int,
         in_feature: str | None = None,
         window_size: int = 64,
@@ -183,13 +184,14 @@ class OverFeatHead(DenseHead):
         topk_candidates: int = 1000,
     ) -> None:
         super().__init__()
-        names = list(in_channels)
+        names = list(in_features)
         if not names:
             raise ValueError("the backbone gives no feature map")
         self.in_feature = names[-1] if in_feature is None else in_feature
-        if self.in_feature not in in_channels:
+        if self.in_feature not in names:
             raise ValueError(f"in_feature {in_feature!r} is not a feature map of the backbone; it gives {names}")
-        stride = int(in_strides[self.in_feature])
+        level = names.index(self.in_feature)
+        stride = int(in_strides[level])
         if int(window_size) <= 0 or int(window_size) % stride:
             raise ValueError(
                 f"window_size must be a positive multiple of the stride {stride} of {self.in_feature!r}, "
@@ -211,7 +213,7 @@ class OverFeatHead(DenseHead):
         self.window_size = int(window_size)
         self.scales = [float(s) for s in scales]
         self.train_scales = train_scales
-        widths = [int(in_channels[self.in_feature]), *(int(c) for c in fc_channels)]
+        widths = [int(in_channels[level]), *(int(c) for c in fc_channels)]
         layers: list[nn.Module] = [nn.Conv2d(widths[0], widths[1], kernel_size=self.cells), nn.ReLU(inplace=True)]
         for c_in, c_out in itertools.pairwise(widths[1:]):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=1), nn.ReLU(inplace=True)]
@@ -242,20 +244,37 @@ class OverFeatHead(DenseHead):
         if self.training:
             if targets is None:
                 raise ValueError("OverFeatHead needs targets in training")
-            return [], self.loss(pred_logits, pred_deltas, windows, targets, images.image_sizes)
+            return no_detections(images), self.loss(pred_logits, pred_deltas, windows, targets, images.image_sizes)
         return self.detections(pred_logits, pred_deltas, windows, images.image_sizes), {}
+
+    def image_scales(self) -> list[float]:
+        """The pyramid: every scale at inference; in training one at random with ``train_scales: random``."""
+        if self.training and self.train_scales == "random":
+            return [random.choice(self.scales)]
+        return list(self.scales)
 
     # ------------------------------------------------------------------ sub-steps
 
     def predict(self, features: FeatureMaps) -> tuple[Tensor, Tensor, Tensor]:
-        """Dense predictions of one scale.
+        """Dense predictions on every pyramid level of the head's feature map, merged.
 
         Returns:
-            ``logits (N, Ho*Wo, K+1)``, ``deltas (N, Ho*Wo, 4)`` and the windows
-            ``(Ho*Wo, 4)`` in input pixels of the backbone (no location when the map
-            is smaller than the window).
+            ``logits (N, L, K+1)``, ``deltas (N, L, 4)`` and the windows ``(L, 4)`` in
+            the pixels of the batch the pyramid was made from (a level's windows
+            divided by its :meth:`~detkit.structures.FeatureMaps.image_scale`).
         """
-        x = features[self.in_feature]  # (N, C, Hf, Wf)
+        per_level = []
+        for name in features.levels(self.in_feature):
+            logits, deltas, windows = self._predict_map(features[name])
+            scale_y, scale_x = features.image_scale(name)
+            per_level.append((logits, deltas, windows / windows.new_tensor([scale_x, scale_y, scale_x, scale_y])))
+        logits, deltas, windows = zip(*per_level)
+        return torch.cat(logits, dim=1), torch.cat(deltas, dim=1), torch.cat(windows, dim=0)
+
+    def _predict_map(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits ``(N, Ho*Wo, K+1)``, deltas ``(N, Ho*Wo, 4)`` and windows ``(Ho*Wo, 4)`` of one map
+        ``(N, C, Hf, Wf)``, in the pixels of the input it was computed on (no location when the map
+        is smaller than the window)."""
         n, _, height, width = x.shape
         if height < self.cells or width < self.cells:
             empty = x.new_zeros((n, 0, self.num_classes + 1))

@@ -17,7 +17,7 @@ from detkit.detectors import build_detector
 from detkit.importers import CONFIG_DIR
 from detkit.plugins import load_plugins
 from detkit.stages.postprocess import paste_masks
-from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
+from detkit.structures import FeatureMaps, ImageBatch, Proposals, SampledProposals, Targets
 
 # ----------------------------------------------------------------------------- slow references
 
@@ -193,7 +193,7 @@ def test_head_loss_without_positives_is_zero_and_differentiable():
     logits = head(batch, features, empty)
     assert logits.shape == (0, 3, 28, 28)
     targets = [Targets(masks=torch.zeros(0, 64, 64, dtype=torch.uint8))]
-    loss = head.loss(logits, empty, [torch.zeros(0, dtype=torch.int64)], targets)
+    loss = head.loss(logits, [SampledProposals()], targets)
     assert loss.item() == 0.0
     loss.backward()
 

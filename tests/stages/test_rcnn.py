@@ -13,7 +13,7 @@ from detkit.detectors import build_rcnn
 from detkit.errors import ConfigError
 from detkit.plugins import load_plugins
 from detkit.stages.base import Proposer
-from detkit.stages.rcnn_head import RCNNHead, RegionBank
+from detkit.stages.rcnn_head import BankedObjects, BankedProposals, RCNNHead, RegionBank
 from detkit.stages.region_features import MultiScaleRoIPool, WarpedCrops, context_boxes
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
 
@@ -68,29 +68,31 @@ def _head(num_classes: int = 2, **kwargs) -> RCNNHead:
     )
 
 
-def _svm_bank(rng: np.random.Generator, d: int = 16) -> dict[str, torch.Tensor]:
+def _svm_bank(rng: np.random.Generator, d: int = 16) -> tuple[BankedProposals, BankedObjects]:
     """Two classes along two directions; negatives around zero, a few of them near class 0."""
-    gt_labels = torch.tensor([0] * 20 + [1] * 20)
     gt = np.zeros((40, d), np.float32)
     gt[:20, 0] = 3.0
     gt[20:, 1] = 3.0
     feats = rng.normal(0, 0.3, (400, d)).astype(np.float32)
     feats[:10, 0] += 2.0  # hard negatives for class 0
-    return {
-        "gt_features": torch.from_numpy(gt + rng.normal(0, 0.3, gt.shape).astype(np.float32)),
-        "gt_labels": gt_labels,
-        "features": torch.from_numpy(feats),
-        "class_iou": torch.zeros(400, 2),
-    }
+    proposals = BankedProposals(
+        proposal_boxes=torch.zeros(400, 4), features=torch.from_numpy(feats), class_iou=torch.zeros(400, 2),
+        gt_labels=torch.zeros(400, dtype=torch.int64), gt_boxes=torch.zeros(400, 4), gt_iou=torch.zeros(400),
+    )
+    objects = BankedObjects(
+        features=torch.from_numpy(gt + rng.normal(0, 0.3, gt.shape).astype(np.float32)),
+        labels=torch.tensor([0] * 20 + [1] * 20),
+    )
+    return proposals, objects
 
 
 def test_svms_with_hard_negative_mining_separate_the_classes():
     head = _head(initial_negatives=20, hard_negative_rounds=5, svm_c=1.0)
-    data = _svm_bank(np.random.default_rng(0))
-    summary = head.fit_svms(data)
+    proposals, objects = _svm_bank(np.random.default_rng(0))
+    summary = head.fit_svms(proposals, objects)
     assert all(s["negatives"] > 20 for s in summary)  # mining added negatives beyond the random start
-    score = data["gt_features"] @ head.svm_weight.T + head.svm_bias
-    neg = data["features"] @ head.svm_weight.T + head.svm_bias
+    score = objects.features @ head.svm_weight.T + head.svm_bias
+    neg = proposals.features @ head.svm_weight.T + head.svm_bias
     assert (score[:20, 0] > 0).all() and (score[20:, 1] > 0).all()
     assert (neg[:, 0] < 0).float().mean() > 0.95 and (neg[:, 1] < 0).float().mean() > 0.95
     # every mined negative scored above -1 in an earlier round; none is left inside the margin of class 1
@@ -99,9 +101,8 @@ def test_svms_with_hard_negative_mining_separate_the_classes():
 
 def test_a_class_without_positives_keeps_a_zero_svm():
     head = _head()
-    data = _svm_bank(np.random.default_rng(1))
-    data["gt_labels"] = torch.zeros_like(data["gt_labels"])
-    summary = head.fit_svms(data)
+    proposals, objects = _svm_bank(np.random.default_rng(1))
+    summary = head.fit_svms(proposals, objects.replace(labels=torch.zeros_like(objects.labels)))
     assert summary[1]["positives"] == 0 and head.svm_weight[1].abs().sum() == 0
 
 
@@ -112,19 +113,19 @@ def test_box_regressors_are_ridge_regression():
     boxes = torch.from_numpy(rng.uniform(0, 50, (n, 2)).astype(np.float32)).repeat(1, 2)
     boxes[:, 2:] += torch.from_numpy(rng.uniform(10, 40, (n, 2)).astype(np.float32))
     gt = boxes + torch.from_numpy(rng.normal(0, 2, (n, 4)).astype(np.float32))
-    data = {
-        "features": torch.from_numpy(rng.normal(0, 1, (n, d)).astype(np.float32)),
-        "boxes": boxes, "best_box": gt, "best_label": torch.tensor([0] * 150 + [1] * 50),
-        "best_iou": torch.tensor([0.9] * 140 + [0.3] * 10 + [0.8] * 50),
-    }
-    counts = head.fit_box_regressors(data)
+    proposals = BankedProposals(
+        proposal_boxes=boxes, features=torch.from_numpy(rng.normal(0, 1, (n, d)).astype(np.float32)),
+        class_iou=torch.zeros(n, 2), gt_labels=torch.tensor([0] * 150 + [1] * 50), gt_boxes=gt,
+        gt_iou=torch.tensor([0.9] * 140 + [0.3] * 10 + [0.8] * 50),
+    )
+    counts = head.fit_box_regressors(proposals)
     assert counts == [140, 50]
     from sklearn.linear_model import Ridge
 
     targets = head.box_coder.encode(gt, boxes).numpy()
     for c, rows in ((0, slice(0, 140)), (1, slice(150, 200))):
         # the bias is penalized too in detkit's closed form: append a constant feature, no intercept
-        x = np.concatenate([data["features"].numpy()[rows], np.ones((len(range(200)[rows]), 1))], axis=1)
+        x = np.concatenate([proposals.features.numpy()[rows], np.ones((len(range(200)[rows]), 1))], axis=1)
         ref = Ridge(alpha=2.0, fit_intercept=False).fit(x, targets[rows])
         np.testing.assert_allclose(head.bbox_weight[c].numpy(), ref.coef_.T, atol=1e-4)
 
@@ -215,7 +216,7 @@ def test_region_bank_gathers_per_class_iou():
     bank = RegionBank()
     proposals = [Proposals(torch.tensor([[8.0, 8.0, 24.0, 24.0], [40.0, 40.0, 60.0, 60.0]]), torch.ones(2))] * 2
     detector.roi_head.gather(images, proposals, targets, bank)
-    data = bank.cat()
-    assert data["gt_features"].shape == (2, 16) and data["features"].shape == (4, 16)
-    torch.testing.assert_close(data["class_iou"][0], torch.tensor([1.0, 0.0]))
-    assert data["best_label"].tolist()[:1] == [0] and data["best_iou"][1] == 0
+    banked, objects = bank.cat()
+    assert objects.features.shape == (2, 16) and banked.features.shape == (4, 16)
+    torch.testing.assert_close(banked.class_iou[0], torch.tensor([1.0, 0.0]))
+    assert banked.gt_labels.tolist()[:1] == [0] and banked.gt_iou[1] == 0
