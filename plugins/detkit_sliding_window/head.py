@@ -263,13 +263,17 @@ class OverFeatHead(DenseHead):
             the pixels of the batch the pyramid was made from (a level's windows
             divided by its :meth:`~detkit.structures.FeatureMaps.image_scale`).
         """
-        per_level = []
-        for name in features.levels(self.in_feature):
+        names = features.levels(self.in_feature)
+        if not names:
+            raise ValueError(f"OverFeatHead reads map {self.in_feature!r}; the features hold {features.names()}")
+        logits_per_level, deltas_per_level, windows_per_level = [], [], []
+        for name in names:
             logits, deltas, windows = self._predict_map(features[name])
             scale_y, scale_x = features.image_scale(name)
-            per_level.append((logits, deltas, windows / windows.new_tensor([scale_x, scale_y, scale_x, scale_y])))
-        logits, deltas, windows = zip(*per_level)
-        return torch.cat(logits, dim=1), torch.cat(deltas, dim=1), torch.cat(windows, dim=0)
+            logits_per_level.append(logits)
+            deltas_per_level.append(deltas)
+            windows_per_level.append(windows / windows.new_tensor([scale_x, scale_y, scale_x, scale_y]))
+        return torch.cat(logits_per_level, dim=1), torch.cat(deltas_per_level, dim=1), torch.cat(windows_per_level)
 
     def _predict_map(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Logits ``(N, Ho*Wo, K+1)``, deltas ``(N, Ho*Wo, 4)`` and windows ``(Ho*Wo, 4)`` of one map
