@@ -174,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from detkit.classify.cli import add_commands as add_classify_commands
+    from detkit.explain.cli import add_commands as add_explain_commands
 
     add_classify_commands(sub)
+    add_explain_commands(sub)
     return parser
 
 

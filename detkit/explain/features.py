@@ -2,7 +2,7 @@
 
 * first-layer filters (:func:`first_conv`): the only weights that live in pixel
   space, so the only ones that can be looked at directly;
-* activation maps of a layer (:func:`detkit.viz.saliency.layer_output`);
+* activation maps of a layer (:func:`detkit.explain.saliency.layer_output`);
 * the penultimate layer's features (:func:`penultimate_features`): nearest
   neighbours there (:func:`nearest_neighbors`) group images by meaning rather
   than by pixels, and their 2-D embeddings (:func:`embed_2d`, PCA or t-SNE) show

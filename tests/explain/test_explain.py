@@ -8,17 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.classify.cli import add_commands
 from detkit.classify.train import build_classifier, load_classify_config, save_classifier
 from detkit.config import load_config
 from detkit.detectors import build_detector
 from detkit.engine.checkpoint import save_checkpoint
 from detkit.errors import DetkitError
-from detkit.importers import CONFIG_DIR
-from detkit.plugins import load_plugins
-from detkit.viz.explain import CLASSIFIER_METHODS, DETECTOR_METHODS
-from detkit.viz.features import default_layer, first_conv, nearest_neighbors, penultimate_features
-from detkit.viz.saliency import (
+from detkit.explain.cli import add_commands
+from detkit.explain.features import default_layer, first_conv, nearest_neighbors, penultimate_features
+from detkit.explain.figures import CLASSIFIER_METHODS, DETECTOR_METHODS
+from detkit.explain.saliency import (
     ClassScore,
     DetectionScore,
     class_model_visualization,
@@ -28,6 +26,8 @@ from detkit.viz.saliency import (
     occlusion_map,
     saliency_map,
 )
+from detkit.importers import CONFIG_DIR
+from detkit.plugins import load_plugins
 
 SHAPES = ["circle", "square", "triangle", "ellipse"]
 #: A drawn figure, not a blank canvas: grayscale pixel standard deviation above this.
@@ -259,7 +259,7 @@ def test_explain_detector_errors(detector_checkpoint, tmp_path, capsys):
 
 
 def test_library_refuses_methods_without_their_data(tmp_path):
-    from detkit.viz.explain import explain_classifier
+    from detkit.explain.figures import explain_classifier
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
     with pytest.raises(DetkitError, match="neighbors"):

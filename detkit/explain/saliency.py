@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from detkit.errors import DetkitError
 from detkit.ops import box_iou
-from detkit.stages.preprocess import ResizeNormalize
+from detkit.stages import ResizeNormalize
 from detkit.structures import Detections
 
 __all__ = [

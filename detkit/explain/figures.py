@@ -1,7 +1,7 @@
 """Explain a classifier or a detector (CS231n lecture 12), one PNG per method.
 
 :func:`explain_classifier` and :func:`explain_detector` run the methods of
-:mod:`detkit.viz.saliency` and :mod:`detkit.viz.features` on a ready model and
+:mod:`detkit.explain.saliency` and :mod:`detkit.explain.features` on a ready model and
 write each figure atomically into an output folder:
 
 ==============  =========================================================  ==========  ========
@@ -20,7 +20,7 @@ deepdream       the image after amplifying ``layer``'s activations          yes 
 The *score* of a classifier is the logit of the predicted class; that of a
 detector is the score of one detection (``detection``: its index, default the
 best), found again in perturbed images as the same-class detection overlapping
-its box (:class:`~detkit.viz.saliency.DetectionScore`).
+its box (:class:`~detkit.explain.saliency.DetectionScore`).
 
 Figures are drawn on :class:`~matplotlib.figure.Figure` with the Agg canvas
 (no display, no pyplot state). Images are ``(C, H, W)`` floats in ``[0, 1]``.
@@ -43,8 +43,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
-from detkit.io import atomic_path
-from detkit.viz.features import (
+from detkit.explain.features import (
     default_layer,
     embed_2d,
     first_conv,
@@ -52,7 +51,7 @@ from detkit.viz.features import (
     nearest_neighbors,
     penultimate_features,
 )
-from detkit.viz.saliency import (
+from detkit.explain.saliency import (
     ClassScore,
     DetectionScore,
     class_model_visualization,
@@ -62,6 +61,7 @@ from detkit.viz.saliency import (
     occlusion_map,
     saliency_map,
 )
+from detkit.io import atomic_path
 
 __all__ = [
     "CLASSIFIER_METHODS",
@@ -91,7 +91,7 @@ class ExplainOptions:
 
     Attributes:
         layer: dotted module name for ``activations`` and ``deepdream`` (default:
-            a middle convolution of the backbone, :func:`~detkit.viz.features.default_layer`).
+            a middle convolution of the backbone, :func:`~detkit.explain.features.default_layer`).
         occlusion_patch: occluder side in pixels (default: 1/8 of the shorter side).
         occlusion_stride: occluder step (default: half the patch).
         k: neighbours per query; ``num_queries``: query images.
@@ -312,8 +312,7 @@ def save_embedding(
 
 
 def _check_methods(methods: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
-    from detkit.errors import DetkitError
-    from detkit.plugins import did_you_mean
+    from detkit.errors import DetkitError, did_you_mean
 
     for m in methods:
         if m not in allowed:
