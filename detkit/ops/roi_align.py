@@ -4,11 +4,13 @@ torchvision's CPU RoIAlign kernels run on one thread; on a CPU training step
 the backward pass alone can take half the time. This wrapper splits the regions
 into chunks and runs torchvision's own kernels on them in parallel threads (the
 kernels release the GIL), then sums the per-chunk feature gradients. Results
-equal torchvision's up to float summation order. On CUDA it defers to torchvision.
+equal torchvision's up to float summation order. On CUDA, for quantized input and
+for fewer than ``2 * MIN_ROIS_PER_THREAD`` regions it defers to torchvision.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
@@ -78,22 +80,62 @@ class _ParallelRoIAlign(torch.autograd.Function):
 
 def roi_align(
     features: Tensor,
-    rois: Tensor,
-    output_size: tuple[int, int],
+    boxes: Tensor | Sequence[Tensor],
+    output_size: int | Sequence[int],
     *,
-    spatial_scale: float,
-    sampling_ratio: int,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
-    """RoIAlign: ``(N, C, H, W)`` features, ``(R, 5)`` rois ``(image index, x1, y1, x2, y2)`` -> ``(R, C, h, w)``.
+    """RoIAlign: ``(N, C, H, W)`` features and R regions -> ``(R, C, h, w)``.
 
     Same arguments and results as :func:`torchvision.ops.roi_align`.
+
+    Args:
+        features: ``(N, C, H, W)`` feature maps (quantized ones need ``N == 1`` and
+            quantized ``boxes``, as in torchvision).
+        boxes: ``(R, 5)`` rois ``(image index, x1, y1, x2, y2)``, or one ``(R_n, 4)``
+            xyxy tensor per image (``R = sum R_n``).
+        output_size: ``h`` and ``w`` as one int (square) or a pair ``(h, w)``.
+        spatial_scale: feature map size / input size, e.g. ``1 / stride``.
+        sampling_ratio: samples per bin side; ``<= 0`` adapts it to the region size.
+        aligned: shift the boxes by half a pixel (Detectron2's RoIAlign).
     """
-    if features.device.type != "cpu" or rois.shape[0] < 2 * MIN_ROIS_PER_THREAD:
+    if features.is_quantized or features.device.type != "cpu" or _num_rois(boxes) < 2 * MIN_ROIS_PER_THREAD:
+        # torchvision takes the boxes and output_size as given (and checks them)
         return torchvision.ops.roi_align(
-            features, rois, output_size, spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned
+            features, boxes if isinstance(boxes, Tensor) else list(boxes), output_size,
+            spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
         )
+    out_h, out_w = _pair(output_size)
+    rois = boxes if isinstance(boxes, Tensor) else boxes_to_rois(boxes)
     return _ParallelRoIAlign.apply(
-        features, rois.contiguous(), float(spatial_scale), int(output_size[0]), int(output_size[1]),
-        int(sampling_ratio), bool(aligned),
+        features, rois.contiguous(), float(spatial_scale), out_h, out_w, int(sampling_ratio), bool(aligned)
     )
+
+
+def boxes_to_rois(boxes_per_image: Sequence[Tensor]) -> Tensor:
+    """One ``(R_n, 4)`` xyxy tensor per image -> ``(sum R_n, 5)`` rois ``(image index, x1, y1, x2, y2)``.
+
+    The index column has the boxes' dtype, as in torchvision's conversion.
+    """
+    for n, boxes in enumerate(boxes_per_image):
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes of image {n}: expected an (R, 4) tensor, got shape {tuple(boxes.shape)}")
+    # (R_n, 4) per image -> (R_n, 1 + 4) with the image index in front -> (sum R_n, 5)
+    return torch.cat([torch.cat([torch.full_like(b[:, :1], n), b], dim=1) for n, b in enumerate(boxes_per_image)])
+
+
+def _num_rois(boxes: Tensor | Sequence[Tensor]) -> int:
+    """R: rows of an ``(R, 5)`` tensor, or the total of a per-image list."""
+    if isinstance(boxes, Tensor):
+        return int(boxes.shape[0])
+    return sum(int(b.shape[0]) for b in boxes)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``7`` or ``(7, 7)`` -> ``(7, 7)``, as torchvision reads ``output_size``."""
+    if isinstance(size, Iterable):
+        h, w = size
+        return int(h), int(w)
+    return int(size), int(size)

@@ -1,5 +1,7 @@
 """The threaded RoIAlign equals torchvision's, values and gradients."""
 
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -40,8 +42,6 @@ def test_forward_and_backward_match_torchvision(aligned):
 
 
 def test_gradcheck_in_double_with_threads(monkeypatch):
-    import sys
-
     monkeypatch.setattr(sys.modules["detkit.ops.roi_align"], "MIN_ROIS_PER_THREAD", 2)
     features, rois = make_inputs(6, torch.float64)
     features = features[:, :2, :8, :8].contiguous().requires_grad_(True)
@@ -56,3 +56,88 @@ def test_gradcheck_in_double_with_threads(monkeypatch):
 def test_no_rois():
     features, _ = make_inputs(1)
     assert roi_align(features, torch.zeros((0, 5)), (7, 7), spatial_scale=1.0, sampling_ratio=2).shape == (0, 8, 7, 7)
+
+
+def per_image_boxes(rois: torch.Tensor, num_images: int = 3) -> list[torch.Tensor]:
+    """``(R, 5)`` rois -> one ``(R_n, 4)`` box tensor per image, in image order."""
+    return [rois[rois[:, 0] == n, 1:] for n in range(num_images)]
+
+
+@pytest.fixture
+def threaded_calls(monkeypatch):
+    """Counts the calls that take the threaded path (so a test knows which path it checked)."""
+    module = sys.modules["detkit.ops.roi_align"]
+    calls: list[int] = []
+    original = module._ParallelRoIAlign.apply
+
+    def spy(*args):
+        calls.append(args[1].shape[0])
+        return original(*args)
+
+    monkeypatch.setattr(module._ParallelRoIAlign, "apply", spy)
+    return calls
+
+
+def forward_and_grad(fn, features, boxes, output_size, **kwargs):
+    x = features.clone().requires_grad_(True)
+    out = fn(x, boxes, output_size, **kwargs)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * upstream).sum().backward()
+    return out.detach(), x.grad
+
+
+# Forward outputs are compared exactly: every region is pooled by the same torchvision
+# kernel on its own, so splitting the regions into chunks changes no arithmetic. The
+# feature gradient sums over regions, and the threaded path adds the per-chunk sums in
+# another order: equal up to float32 rounding of sums of a few hundred terms.
+@pytest.mark.parametrize("num_rois", [100, 300])  # below and above 2 * MIN_ROIS_PER_THREAD = 128
+@pytest.mark.parametrize("output_size", [7, (7, 7), (5, 3), [4, 6]])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_both_paths_match_torchvision_for_every_argument_form(
+    num_rois, output_size, aligned, sampling_ratio, threaded_calls
+):
+    features, rois = make_inputs(num_rois)
+    kwargs = {"spatial_scale": 0.25, "sampling_ratio": sampling_ratio, "aligned": aligned}
+    out, grad = forward_and_grad(roi_align, features, rois, output_size, **kwargs)
+    ref_out, ref_grad = forward_and_grad(torchvision.ops.roi_align, features, rois, output_size, **kwargs)
+    assert threaded_calls == ([num_rois] if num_rois >= 128 else [])
+    assert out.shape == ref_out.shape
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_rois", [100, 300])
+@pytest.mark.parametrize("output_size", [7, (5, 3)])
+def test_list_of_per_image_boxes_matches_torchvision(num_rois, output_size, threaded_calls):
+    features, rois = make_inputs(num_rois)
+    boxes = per_image_boxes(rois)
+    kwargs = {"spatial_scale": 0.25, "sampling_ratio": 2}
+    out, grad = forward_and_grad(roi_align, features, boxes, output_size, **kwargs)
+    ref_out, ref_grad = forward_and_grad(torchvision.ops.roi_align, features, boxes, output_size, **kwargs)
+    assert threaded_calls == ([num_rois] if num_rois >= 128 else [])
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_list_with_a_wrong_box_shape_is_refused():
+    features, rois = make_inputs(300)
+    with pytest.raises((ValueError, AssertionError), match=r"4"):
+        roi_align(features, [rois[:150], rois[150:, 1:]], 7, spatial_scale=0.25, sampling_ratio=2)
+
+
+@pytest.mark.skipif(not hasattr(torch, "quantize_per_tensor"), reason="this torch has no quantized tensors")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+@pytest.mark.parametrize("num_rois", [100, 300])
+@pytest.mark.parametrize("output_size", [7, (5, 3)])
+def test_quantized_input_matches_torchvision(num_rois, output_size):
+    # torchvision's quantized RoIAlign wants one image and quantized rois of the same dtype
+    features, rois = make_inputs(num_rois)
+    rois[:, 0] = 0
+    q_features = torch.quantize_per_tensor(features[:1] + 4, scale=0.05, zero_point=0, dtype=torch.quint8)
+    q_rois = torch.quantize_per_tensor(rois.clamp(max=60), scale=0.25, zero_point=0, dtype=torch.quint8)
+    for boxes in (q_rois, [q_rois[:, 1:]]):
+        out = roi_align(q_features, boxes, output_size, spatial_scale=0.25, sampling_ratio=2)
+        ref = torchvision.ops.roi_align(q_features, boxes, output_size, spatial_scale=0.25, sampling_ratio=2)
+        assert out.is_quantized and (out.q_scale(), out.q_zero_point()) == (ref.q_scale(), ref.q_zero_point())
+        assert torch.equal(out.int_repr(), ref.int_repr())
