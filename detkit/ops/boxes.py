@@ -1,4 +1,9 @@
-"""Elementary box operations (``(M, 4)`` xyxy tensors)."""
+"""Elementary box operations (``(M, 4)`` xyxy tensors).
+
+Areas, intersections and IoUs are computed in at least float32 (float16 and bfloat16
+boxes are upcast) or int64 (integer boxes), as torchvision does: a 300 px side
+squared overflows float16. They return that wider dtype; IoU and IoA are float.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +12,66 @@ import torchvision
 from torch import Tensor
 
 
+def _upcast(boxes: Tensor) -> Tensor:
+    """Boxes in a dtype whose products do not overflow: float16/bfloat16 -> float32, smaller ints -> int64.
+
+    Like ``torchvision.ops.boxes._upcast``, except that int32 also becomes int64
+    (an int32 area overflows beyond 46340 px squared).
+    """
+    if boxes.is_floating_point():
+        return boxes if boxes.dtype in (torch.float32, torch.float64) else boxes.float()
+    return boxes.long()
+
+
+def _ratio_or_zero(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` where ``denominator > 0``, else 0 (not NaN); float for int inputs."""
+    tiny = torch.finfo(denominator.dtype).tiny if denominator.is_floating_point() else 1
+    ratio = numerator / denominator.clamp(min=tiny)
+    return torch.where(denominator > 0, ratio, torch.zeros_like(ratio))
+
+
 def box_area(boxes: Tensor) -> Tensor:
-    """``(M, 4)`` -> ``(M,)`` areas (zero-size boxes have area 0, inverted ones negative)."""
+    """``(M, 4)`` -> ``(M,)`` areas (zero-size boxes have area 0, inverted ones negative).
+
+    float16/bfloat16 boxes give float32 areas, integer boxes int64 (see the module doc).
+    """
+    boxes = _upcast(boxes)
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise intersection over union: ``(M, 4), (P, 4) -> (M, P)``.
 
-    Pairs whose union is empty (two degenerate boxes) get IoU 0.
+    Pairs whose union is empty (two degenerate boxes) get IoU 0. Computed in at
+    least float32 (see the module doc).
     """
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
     inter = box_intersection(boxes1, boxes2)
-    union = area1[:, None] + area2[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    union = area1[:, None] + area2[None, :] - inter  # (M, 1) + (1, P) - (M, P) -> (M, P)
+    return _ratio_or_zero(inter, union)
 
 
 def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of each box with its partner: ``(..., 4), (..., 4) -> (...)``, shapes broadcast.
 
     The diagonal of :func:`box_iou` without the ``M x P`` matrix (a prediction
-    against its own target). Pairs whose union is empty get IoU 0.
+    against its own target). Pairs whose union is empty get IoU 0. Computed in at
+    least float32 (see the module doc).
     """
+    boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
     top_left = torch.max(boxes1[..., :2], boxes2[..., :2])
     bottom_right = torch.min(boxes1[..., 2:], boxes2[..., 2:])
     inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
     area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(dim=-1)
     area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(dim=-1)
     union = area1 + area2 - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    return _ratio_or_zero(inter, union)
 
 
 def box_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise intersection areas: ``(M, 4), (P, 4) -> (M, P)``."""
+    """Pairwise intersection areas: ``(M, 4), (P, 4) -> (M, P)``, in at least float32 or int64."""
+    boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (M, P, 2)
     bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (M, P, 2)
     wh = (bottom_right - top_left).clamp(min=0)
@@ -52,11 +83,11 @@ def box_ioa(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     How much of each box of ``boxes1`` lies inside each of ``boxes2`` (crowd
     regions: a window mostly inside one is neither object nor background).
-    Degenerate ``boxes1`` get 0.
+    Degenerate ``boxes1`` get 0. Computed in at least float32 (see the module doc).
     """
-    area1 = box_area(boxes1)[:, None]
-    inter = box_intersection(boxes1, boxes2)
-    return torch.where(area1 > 0, inter / area1.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
+    area1 = box_area(boxes1)[:, None]  # (M, 1)
+    inter = box_intersection(boxes1, boxes2)  # (M, P)
+    return _ratio_or_zero(inter, area1)  # (M, P) / (M, 1)
 
 
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:

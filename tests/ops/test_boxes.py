@@ -4,11 +4,13 @@ import itertools
 
 import pytest
 import torch
+import torchvision
 
 from detkit.ops import (
     BoxCoder,
     batched_nms,
     box_area,
+    box_intersection,
     box_ioa,
     box_iou,
     clip_boxes,
@@ -141,3 +143,75 @@ def test_paired_box_iou_is_the_diagonal_of_box_iou_and_broadcasts():
     assert torch.allclose(grid, box_iou(a, b[:2]).view(3, 3, 2), atol=1e-6)
     point = torch.tensor([2.0, 2, 2, 2])
     assert paired_box_iou(point, point).item() == 0.0  # empty union: 0, not NaN
+
+
+# Low-precision and integer boxes: detkit upcasts the way torchvision does (float16 and
+# bfloat16 -> float32; integers -> int64, where torchvision stops at int32).
+
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+
+
+def test_float16_box_of_side_300_has_area_90000_and_iou_1_as_in_torchvision():
+    b = torch.tensor([[0.0, 0.0, 300.0, 300.0]]).half()  # 300 * 300 = 90000 > float16 max 65504
+    assert box_area(b).tolist() == [90000.0] == torchvision.ops.box_area(b).tolist()
+    assert box_iou(b, b).tolist() == [[1.0]] == torchvision.ops.box_iou(b, b).tolist()
+    assert box_ioa(b, b).tolist() == [[1.0]]
+    assert paired_box_iou(b, b).tolist() == [1.0]
+    assert box_intersection(b, b).tolist() == [[90000.0]]
+
+
+def exactly_representable_boxes(n: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """Integer corners small enough that ``dtype`` holds them and their differences exactly.
+
+    Then torchvision's intersection (width and height subtracted in ``dtype``, then upcast)
+    and detkit's (upcast, then subtracted) do the same arithmetic, and results are equal.
+    """
+    limit = 256 if dtype == torch.bfloat16 else 1024  # bfloat16: 8 significant bits
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, limit // 2, (n, 2), generator=g)
+    wh = torch.randint(1, limit // 2, (n, 2), generator=g)
+    return torch.cat([xy, xy + wh], dim=1).to(dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype", [*LOW_PRECISION, torch.float32, torch.float64, torch.int16, torch.int32, torch.int64], ids=str
+)
+def test_box_area_and_iou_equal_torchvision(dtype):
+    a, b = exactly_representable_boxes(40, 0, dtype), exactly_representable_boxes(30, 1, dtype)
+    area, ref_area = box_area(a), torchvision.ops.box_area(a)
+    assert not area.isinf().any()
+    assert torch.equal(area, ref_area.to(area.dtype))
+    iou, ref_iou = box_iou(a, b), torchvision.ops.box_iou(a, b)
+    assert iou.dtype == ref_iou.dtype
+    assert torch.equal(iou, ref_iou)
+    assert (iou > 0).sum() > 50  # overlapping pairs, not only zeros
+    assert torch.equal(paired_box_iou(a, b[:1].expand_as(a)), ref_iou[:, 0])
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_low_precision_box_ops_are_float32_exact_on_arbitrary_coordinates(dtype):
+    # Arbitrary float16/bfloat16 corners: detkit subtracts after upcasting, so it equals the
+    # float64 computation on the same corners to float32 rounding; torchvision subtracts in
+    # float16/bfloat16 first and is only close (a width rounded to 11 or 8 significant bits).
+    a, b = random_boxes(40, 2, size=600.0).to(dtype), random_boxes(30, 3, size=600.0).to(dtype)
+    a64, b64 = a.double(), b.double()
+    for fn in (box_area, box_intersection, box_iou, box_ioa):
+        args = (a,) if fn is box_area else (a, b)
+        args64 = (a64,) if fn is box_area else (a64, b64)
+        out = fn(*args)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), fn(*args64), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(paired_box_iou(a, b[:1]).double(), paired_box_iou(a64, b64[:1]), rtol=1e-6, atol=1e-6)
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(box_iou(a, b), torchvision.ops.box_iou(a, b), rtol=0, atol=tolerance)
+    torch.testing.assert_close(box_area(a), torchvision.ops.box_area(a), rtol=0, atol=0)
+
+
+def test_integer_boxes_do_not_wrap_or_overflow():
+    # uint8 differences would wrap below zero; int32 areas overflow past 46340 px squared
+    small = torch.tensor([[10, 10, 20, 20], [200, 200, 250, 250]], dtype=torch.uint8)
+    assert box_intersection(small, small).tolist() == [[100, 0], [0, 2500]]
+    assert box_iou(small, small).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    big = torch.tensor([[0, 0, 50000, 50000]], dtype=torch.int32)
+    assert box_area(big).tolist() == [2_500_000_000]
+    assert box_iou(big, big).tolist() == [[1.0]]
