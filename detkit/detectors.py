@@ -227,6 +227,11 @@ def build_preprocess(model: Mapping[str, Any], *, fixed_size: Sequence[int] | No
     return ResizeNormalize(**model["preprocess"], fixed_size=fixed_size)
 
 
+def build_postprocess(model: Mapping[str, Any]) -> DetectionPostProcess:
+    """The post-processing of ``model.postprocess`` (the same for every detector family)."""
+    return DetectionPostProcess(**model["postprocess"])
+
+
 def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> TwoStageDetector:
     """Build a :class:`TwoStageDetector` from the ``model`` config section.
 
@@ -246,14 +251,7 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
         "roi_head", model["roi_head"], key="model.roi_head",
         region_extractor=extractor, in_channels=channels, num_classes=num_classes, **mask_kwargs,
     )
-    return TwoStageDetector(
-        preprocess=build_preprocess(model),
-        backbone=backbone,
-        neck=neck,
-        proposer=proposer,
-        roi_head=roi_head,
-        postprocess=DetectionPostProcess(**model["postprocess"]),
-    )
+    return _two_stage(model, backbone=backbone, neck=neck, proposer=proposer, roi_head=roi_head)
 
 
 def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> TwoStageDetector:
@@ -277,13 +275,20 @@ def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_cla
         "roi_head", model["roi_head"], key="model.roi_head",
         region_extractor=extractor, network=network, num_classes=num_classes,
     )
+    return _two_stage(model, backbone=None, neck=None, proposer=proposer, roi_head=roi_head)
+
+
+def _two_stage(
+    model: Mapping[str, Any], *, backbone: Backbone | None, neck: Neck | None, proposer: Proposer, roi_head: RoIHead
+) -> TwoStageDetector:
+    """A :class:`TwoStageDetector` of the given stages with ``model``'s pre- and post-processing."""
     return TwoStageDetector(
         preprocess=build_preprocess(model),
-        backbone=None,
-        neck=None,
+        backbone=backbone,
+        neck=neck,
         proposer=proposer,
         roi_head=roi_head,
-        postprocess=DetectionPostProcess(**model["postprocess"]),
+        postprocess=build_postprocess(model),
     )
 
 
@@ -316,7 +321,7 @@ def build_dense(
         backbone=backbone,
         neck=neck,
         dense_head=dense_head,
-        postprocess=DetectionPostProcess(**model["postprocess"]),
+        postprocess=build_postprocess(model),
     )
 
 
@@ -334,6 +339,7 @@ __all__ = [
     "build_backbone_and_neck",
     "build_dense",
     "build_detector",
+    "build_postprocess",
     "build_preprocess",
     "build_rcnn",
     "build_two_stage",

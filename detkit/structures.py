@@ -277,7 +277,7 @@ class Detections(Instances):
 class SampledProposals(Instances):
     """Proposals of one image chosen to train a RoI head, each with its matched object.
 
-    Returned by proposal sampling (:func:`detkit.stages.sample_proposals`) and
+    Returned by proposal sampling (:class:`detkit.stages.ProposalSampler`) and
     consumed by the box heads and, through :meth:`MaskHead.loss
     <detkit.stages.MaskHead.loss>`, by mask heads. Names follow origin: ``proposal_``
     for the region, ``gt_`` for what it was matched to.

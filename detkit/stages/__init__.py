@@ -3,7 +3,7 @@
 The contracts (:mod:`detkit.stages.base`) say what each stage takes and returns;
 the shared stages here are the ones every detector reuses: one preprocessing
 (:class:`ResizeNormalize`), one post-processing (:class:`DetectionPostProcess`),
-region pooling, the Fast R-CNN box head and proposal sampling. Plugins import
+region pooling, the Fast R-CNN box head and its proposal sampling. Plugins import
 them from this package.
 """
 
@@ -23,7 +23,7 @@ from detkit.stages.base import (
 from detkit.stages.postprocess import DetectionPostProcess, paste_masks
 from detkit.stages.preprocess import ResizeNormalize
 from detkit.stages.region_features import MultiScaleRoIAlign, MultiScaleRoIPool, WarpedCrops
-from detkit.stages.roi_heads import BoxPredictor, FastRCNNHead, TwoFCHead, sample_proposals
+from detkit.stages.roi_heads import BoxPredictor, FastRCNNHead, ProposalSampler, TwoFCHead
 
 __all__ = [
     "Backbone",
@@ -38,6 +38,7 @@ __all__ = [
     "Neck",
     "PostProcess",
     "Preprocess",
+    "ProposalSampler",
     "Proposer",
     "RegionExtractor",
     "ResizeNormalize",
@@ -46,5 +47,4 @@ __all__ = [
     "WarpedCrops",
     "no_detections",
     "paste_masks",
-    "sample_proposals",
 ]

@@ -140,7 +140,7 @@ class RoIHead(nn.Module):
     ``forward(images, features, proposals, targets=None) -> (list[Detections], losses)``
 
     In training the head matches proposals to ``targets``, samples them
-    (:func:`~detkit.stages.sample_proposals`), pools their features with its
+    (:class:`~detkit.stages.ProposalSampler`), pools their features with its
     :class:`RegionExtractor` and returns its losses (with a :class:`MaskHead`, the
     mask loss of the positive samples too) and :func:`no_detections`. At inference it returns *raw*
     detections: every (proposal, class) pair with its class-specific box and

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_iou
+from detkit.ops import BoxCoder, box_iou
 from detkit.stages.base import Backbone, Losses, RegionExtractor, RoIHead, no_detections
-from detkit.stages.roi_heads import sample_proposals
+from detkit.stages.roi_heads import ProposalSampler
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Instances, Proposals, SampledProposals, Targets
 
 logger = logging.getLogger(__name__)
@@ -154,9 +154,10 @@ class RCNNHead(RoIHead):
         self.cls_score = nn.Linear(representation_size, num_classes + 1)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.zeros_(self.cls_score.bias)
-        self.matcher = Matcher(high=fg_iou_thresh, low=bg_iou_thresh, allow_low_quality_matches=False)
-        self.sampler = BalancedSampler(batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction)
-        self.add_gt_proposals = add_gt_proposals
+        self.proposal_sampler = ProposalSampler(
+            fg_iou_thresh=fg_iou_thresh, bg_iou_thresh=bg_iou_thresh, batch_size_per_image=batch_size_per_image,
+            positive_fraction=positive_fraction, add_gt_proposals=add_gt_proposals,
+        )
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.svm_c = svm_c
         self.svm_positive_weight = svm_positive_weight
@@ -207,9 +208,7 @@ class RCNNHead(RoIHead):
 
     def _fine_tuning_losses(self, images: ImageBatch, proposals: list[Proposals], targets: list[Targets]) -> Losses:
         """Softmax cross-entropy over K + 1 classes on a balanced sample of labelled proposals."""
-        sampled = sample_proposals(
-            proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
-        )
+        sampled = self.proposal_sampler(proposals, targets)
         pred_logits = self.cls_score(self.features(images, [s.proposal_boxes for s in sampled]))
         gt_classes = SampledProposals.cat(sampled).gt_labels + 1  # background -1 -> 0
         loss = F.cross_entropy(pred_logits, gt_classes) if gt_classes.numel() else pred_logits.sum() * 0

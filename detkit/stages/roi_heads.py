@@ -96,9 +96,10 @@ class FastRCNNHead(RoIHead):
         )
         self.predictor = BoxPredictor(in_features=representation_size, num_classes=num_classes)
         self.box_coder = BoxCoder(weights=tuple(bbox_reg_weights))  # type: ignore[arg-type]
-        self.matcher = Matcher(high=fg_iou_thresh, low=bg_iou_thresh, allow_low_quality_matches=False)
-        self.sampler = BalancedSampler(batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction)
-        self.add_gt_proposals = add_gt_proposals
+        self.proposal_sampler = ProposalSampler(
+            fg_iou_thresh=fg_iou_thresh, bg_iou_thresh=bg_iou_thresh, batch_size_per_image=batch_size_per_image,
+            positive_fraction=positive_fraction, add_gt_proposals=add_gt_proposals,
+        )
         self.smooth_l1_beta = smooth_l1_beta
         self.mask_head = mask_head
         self.has_masks = mask_head is not None
@@ -111,7 +112,7 @@ class FastRCNNHead(RoIHead):
         targets: list[Targets] | None = None,
     ) -> tuple[list[Detections], Losses]:
         if self.training and targets is not None:
-            sampled = self._label_and_sample(proposals, targets)
+            sampled = self.proposal_sampler(proposals, targets)
             losses = self._box_losses(images, features, sampled)
             if self.mask_head is not None:
                 losses["loss_roi_mask"] = self._mask_loss(images, features, sampled, targets)
@@ -119,11 +120,6 @@ class FastRCNNHead(RoIHead):
         proposal_boxes = [p.boxes for p in proposals]
         pred_logits, pred_deltas = self._forward_box(images, features, proposal_boxes)
         return self._raw_detections(pred_logits, pred_deltas, proposal_boxes), {}
-
-    def _label_and_sample(self, proposals: list[Proposals], targets: list[Targets]) -> list[SampledProposals]:
-        return sample_proposals(
-            proposals, targets, matcher=self.matcher, sampler=self.sampler, add_gt_proposals=self.add_gt_proposals
-        )
 
     def _forward_box(
         self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]
@@ -196,51 +192,61 @@ class FastRCNNHead(RoIHead):
         return result
 
 
-def sample_proposals(
-    proposals: list[Proposals],
-    targets: list[Targets],
-    *,
-    matcher: Matcher,
-    sampler: BalancedSampler,
-    add_gt_proposals: bool = True,
-) -> list[SampledProposals]:
-    """Match proposals to the non-crowd objects, label them and sample a balanced subset.
+class ProposalSampler:
+    """Label proposals by their IoU with the objects and sample a balanced subset: a RoI head's training samples.
+
+    ``sampler(proposals, targets) -> list[SampledProposals]``, positives first in each image.
 
     Args:
-        proposals: per image, in resized pixels.
-        targets: ground truth in the same pixels; crowd objects are left out.
-        matcher: IoU thresholds (at least ``high``: the object's class; below
-            ``low``: background; between: never sampled).
-        sampler: how many samples per image, and the share of positives.
+        fg_iou_thresh: IoU with an object at or above which a proposal takes its class.
+        bg_iou_thresh: IoU below which (with every object) a proposal is background;
+            between the two it is never sampled.
+        batch_size_per_image: samples per image.
+        positive_fraction: target share of positives among them.
         add_gt_proposals: add the objects' own boxes to the proposals first.
-
-    Returns:
-        The :class:`~detkit.structures.SampledProposals` of each image, positives first.
     """
-    sampled = []
-    for proposals_per_image, targets_per_image in zip(proposals, targets):
-        gt = targets_per_image.without_crowd()
-        proposal_boxes = proposals_per_image.boxes.detach()
-        if add_gt_proposals:
+
+    def __init__(
+        self,
+        *,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        add_gt_proposals: bool = True,
+    ) -> None:
+        self.matcher = Matcher(high=fg_iou_thresh, low=bg_iou_thresh, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction)
+        self.add_gt_proposals = add_gt_proposals
+
+    def __call__(self, proposals: list[Proposals], targets: list[Targets]) -> list[SampledProposals]:
+        """Sample every image: ``proposals`` and ``targets`` in resized pixels; crowd objects are left out."""
+        return [self._per_image(p, t.without_crowd()) for p, t in zip(proposals, targets)]
+
+    def _per_image(self, proposals: Proposals, gt: Targets) -> SampledProposals:
+        proposal_boxes = proposals.boxes.detach()
+        if self.add_gt_proposals:
             proposal_boxes = torch.cat([proposal_boxes, gt.boxes.to(proposal_boxes.dtype)])
         if len(gt) == 0:
             matches = torch.full((proposal_boxes.shape[0],), Matcher.BELOW_LOW, device=proposal_boxes.device)
         else:
-            matches = matcher(box_iou(gt.boxes, proposal_boxes))  # (R,) object index, or BELOW_LOW / BETWEEN
-        gt_index = matches.clamp(min=0)
-        gt_labels = gt.labels[gt_index] if len(gt) else torch.zeros_like(gt_index)
-        gt_labels = torch.where(matches >= 0, gt_labels, SampledProposals.BACKGROUND)
-        # the sampler's labels: 1 object, 0 background, -1 never sampled
-        sampler_labels = torch.where(matches >= 0, 1, torch.where(matches == Matcher.BETWEEN, -1, 0))
-        pos, neg = sampler(sampler_labels)
+            matches = self.matcher(box_iou(gt.boxes, proposal_boxes))  # (R,) object index, BELOW_LOW or BETWEEN
+        matched = matches >= 0
+        gt_index = torch.where(matched, matches, 0)
+        # the balanced sampler's labels: 1 object, 0 background, -1 never sampled
+        pos, neg = self.sampler(torch.where(matched, 1, torch.where(matches == Matcher.BETWEEN, -1, 0)))
         keep = torch.cat([pos, neg])
-        gt_boxes = gt.boxes[gt_index] if len(gt) else torch.zeros_like(proposal_boxes)
-        sampled.append(
-            SampledProposals(
+        gt_index, matched = gt_index[keep], matched[keep]
+        if len(gt) == 0:
+            return SampledProposals(
                 proposal_boxes=proposal_boxes[keep],
-                gt_labels=gt_labels[keep],
-                gt_boxes=torch.where((matches >= 0)[keep, None], gt_boxes[keep], 0.0),
-                gt_index=torch.where(matches[keep] >= 0, gt_index[keep], 0),
+                gt_labels=torch.full_like(gt_index, SampledProposals.BACKGROUND),
+                gt_boxes=proposal_boxes.new_zeros((keep.numel(), 4)),
+                gt_index=gt_index,
             )
+        return SampledProposals(
+            proposal_boxes=proposal_boxes[keep],
+            gt_labels=torch.where(matched, gt.labels[gt_index], SampledProposals.BACKGROUND),
+            gt_boxes=torch.where(matched[:, None], gt.boxes[gt_index], 0.0),
+            gt_index=gt_index,
         )
-    return sampled

@@ -218,11 +218,11 @@ def test_roi_head_with_zero_positive_proposals(model):
     masks[0, 100:120, 100:120] = 1
     target = Targets(boxes=torch.tensor([[100.0, 100, 120, 120]]), labels=torch.tensor([1]), masks=masks)
     far = Proposals(boxes=torch.tensor([[0.0, 0, 30, 30], [10.0, 0, 50, 40]]), objectness=torch.ones(2))
-    model.roi_head.add_gt_proposals = False
+    model.roi_head.proposal_sampler.add_gt_proposals = False
     try:
         _, losses = model.roi_head(batch, features, [far], [target])
     finally:
-        model.roi_head.add_gt_proposals = True
+        model.roi_head.proposal_sampler.add_gt_proposals = True
     assert losses["loss_roi_mask"].item() == 0.0
     sum(losses.values()).backward()
     # an image without objects at all, through the whole detector
