@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import detkit
 from detkit import ConfigError, PluginError
 from detkit.cli import main
 from detkit.config import load_config
@@ -118,7 +119,6 @@ def test_block_and_load_by_module_name(installed: Path) -> None:
 
 
 def test_example_imports_only_public_api() -> None:
-    allowed = {"detkit", "detkit.structures", "detkit.ops", "detkit.stages", "detkit.hookspecs"}
     for path in sorted((EXAMPLE / "src").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module:
@@ -128,11 +128,7 @@ def test_example_imports_only_public_api() -> None:
             else:
                 continue
             for name in names:
-                if name.split(".")[0] != "detkit" or name in allowed:
-                    continue
-                # detkit.plugins only for annotations
-                assert name == "detkit.plugins", f"{path.name} imports {name}"
-                assert [a.name for a in node.names] == ["ComponentRegistry"], f"{path.name}: {ast.dump(node)}"
+                assert name.split(".")[0] != "detkit" or name in detkit.PUBLIC_MODULES, f"{path.name} imports {name}"
 
 
 # ----------------------------------------------------------------------------- the proposer

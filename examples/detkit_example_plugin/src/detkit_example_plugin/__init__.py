@@ -16,13 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from numbers import Real
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import detkit
+from detkit.hookspecs import Registrar
 from detkit_example_plugin.grid import GridProposer
-
-if TYPE_CHECKING:
-    from detkit.plugins import ComponentRegistry
 
 __version__ = "0.1.0"
 
@@ -30,7 +28,7 @@ __all__ = ["GridProposer", "__version__", "detkit_add_components", "detkit_confi
 
 
 @detkit.hookimpl
-def detkit_add_components(registry: ComponentRegistry) -> None:
+def detkit_add_components(registry: Registrar) -> None:
     """Register the proposer ``grid_proposals``."""
     registry.register("proposer", "grid_proposals", GridProposer)
 
