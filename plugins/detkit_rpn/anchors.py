@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from detkit.errors import ConfigError
+
 
 class AnchorGenerator(nn.Module):
     """Anchors per pyramid level.
@@ -35,6 +37,11 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"{len(sizes)} anchor size levels but {len(per_level)} aspect-ratio levels")
         self.cell_anchors = [cell_anchors(s, r) for s, r in zip(sizes, per_level)]
 
+    @property
+    def num_levels(self) -> int:
+        """L, the pyramid levels (anchor size tuples) this generator serves."""
+        return len(self.cell_anchors)
+
     def num_anchors_per_location(self) -> list[int]:
         return [int(c.shape[0]) for c in self.cell_anchors]
 
@@ -43,9 +50,17 @@ class AnchorGenerator(nn.Module):
         """Anchors of every level: ``(Hi * Wi * A, 4)``, location-major, anchor-minor.
 
         Args:
-            grid_sizes: ``(Hi, Wi)`` of each level.
+            grid_sizes: ``(Hi, Wi)`` of each level, one per anchor size tuple.
             strides: ``(stride_h, stride_w)`` of each level in input pixels.
+
+        Raises:
+            ConfigError: the number of levels differs from the number of anchor size tuples.
         """
+        if not len(grid_sizes) == len(strides) == self.num_levels:
+            raise ConfigError(
+                f"{self.num_levels} anchor size tuples for {len(grid_sizes)} feature maps "
+                f"({len(strides)} strides); give one size tuple per feature map"
+            )
         anchors = []
         for (gh, gw), (sh, sw), base in zip(grid_sizes, strides, self.cell_anchors):
             shift_x = torch.arange(0, gw, dtype=torch.int32, device=device) * sw

@@ -6,12 +6,13 @@ M_i = Hi * Wi * A anchors of level i, M = sum M_i, G ground-truth boxes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detkit.errors import ConfigError
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_ioa, box_iou, clip_boxes, remove_small_boxes
 from detkit.stages import Proposer
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
@@ -27,7 +28,11 @@ class RPN(Proposer):
     Args:
         in_channels: channels of the feature maps (set by the detector builder).
         in_features: feature names to use, finest first (default: every map the neck gives).
-        anchor_sizes: per level, anchor sizes in input pixels.
+        in_strides: feature name -> stride of every map the backbone or neck gives, finest
+            first, when the detector builder passes it: a level count that does not match
+            ``anchor_sizes`` is then an error at build time instead of at the first forward.
+        anchor_sizes: per level (one tuple per feature map used, finest first), anchor
+            sizes in input pixels.
         aspect_ratios: anchor height / width ratios (all levels).
         num_convs: 3x3 convs in the head.
         pre_nms_top_n_train, pre_nms_top_n_test: best-scoring anchors kept per level before NMS.
@@ -47,6 +52,7 @@ class RPN(Proposer):
         *,
         in_channels: int,
         in_features: Sequence[str] | None = None,
+        in_strides: Mapping[str, int] | None = None,
         anchor_sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         num_convs: int = 1,
@@ -65,7 +71,18 @@ class RPN(Proposer):
     ) -> None:
         super().__init__()
         self.in_features = list(in_features) if in_features is not None else None
+        self.anchor_sizes = [list(sizes) for sizes in anchor_sizes]
         self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
+        if in_strides is not None and self.in_features is not None:
+            unknown = [k for k in self.in_features if k not in in_strides]
+            if unknown:
+                raise ConfigError(
+                    f"model.proposer.in_features names {', '.join(unknown)}, which the backbone/neck does not "
+                    f"give; choose among {', '.join(in_strides)}"
+                )
+        if self.in_features is not None or in_strides is not None:
+            # the maps read are known before any image: check the level count now
+            self._check_levels(self.in_features if self.in_features is not None else list(in_strides or {}))
         num_anchors = set(self.anchor_generator.num_anchors_per_location())
         if len(num_anchors) != 1:
             raise ValueError("every level must have the same number of anchors per location")
@@ -85,6 +102,7 @@ class RPN(Proposer):
     ) -> tuple[list[Proposals], Losses]:
         assert features is not None, "RPN needs feature maps"
         names = self.in_features or features.names()
+        self._check_levels(names)
         maps = [features[k] for k in names]
         logits_per_level, deltas_per_level = self.head(maps)
         anchors_per_level = self._anchors(images, maps)
@@ -103,6 +121,24 @@ class RPN(Proposer):
         if self.training and targets is not None:
             losses = self._losses(anchors, logits, deltas, targets)
         return proposals, losses
+
+    def _check_levels(self, names: Sequence[str]) -> None:
+        """Raise a :class:`ConfigError` unless there is one anchor size tuple per feature map in ``names``."""
+        num_sizes, num_maps = self.anchor_generator.num_levels, len(names)
+        if num_sizes == num_maps:
+            return
+        if self.in_features is not None:
+            source, alternative = "model.proposer.in_features selects", ""
+        else:
+            source = "the backbone/neck (model.backbone, model.neck) gives"
+            alternative = ""
+            if num_sizes < num_maps:
+                alternative = f", or choose {num_sizes} of the maps with model.proposer.in_features"
+        raise ConfigError(
+            f"model.proposer.anchor_sizes has {num_sizes} size tuples but {source} {num_maps} feature maps "
+            f"({', '.join(names)}); give one size tuple per feature map, finest first, e.g. "
+            f"model.proposer.anchor_sizes={_format_sizes(_sizes_for_levels(self.anchor_sizes, num_maps))}{alternative}"
+        )
 
     def _anchors(self, images: ImageBatch, maps: list[Tensor]) -> list[Tensor]:
         padded_h, padded_w = images.tensor.shape[-2:]
@@ -175,6 +211,19 @@ class RPN(Proposer):
         ) / num_sampled
         obj_loss = F.binary_cross_entropy_with_logits(flat_logits[all_idx], torch.cat(obj_targets), reduction="sum")
         return {"loss_rpn_objectness": obj_loss / num_sampled, "loss_rpn_box": box_loss}
+
+
+def _sizes_for_levels(sizes: list[list[float]], num_levels: int) -> list[list[float]]:
+    """``sizes`` cut or extended to ``num_levels`` tuples, each added level doubling the last (strides double)."""
+    out = [list(s) for s in sizes[:num_levels]] or [[32.0]]
+    while len(out) < num_levels:
+        out.append([2 * s for s in out[-1]])
+    return out[:num_levels]
+
+
+def _format_sizes(sizes: list[list[float]]) -> str:
+    """``[[8.0], [16.0, 20.0]]`` -> ``'[[8], [16, 20]]'``, as a config override would write it."""
+    return "[" + ", ".join("[" + ", ".join(f"{s:g}" for s in level) + "]" for level in sizes) + "]"
 
 
 def _flatten(x: Tensor, channels: int) -> Tensor:
