@@ -1,6 +1,6 @@
 """The classification backbone library's common ground: one base class and one registry.
 
-:class:`ClassifierBackbone` is what LeNet-5, AlexNet, VGG and GoogLeNet share: a
+:class:`ClassifierBackbone` is what LeNet-5, AlexNet, VGG, GoogLeNet and ResNet share: a
 trunk cut into named stages that is both a detection backbone (``forward`` ->
 :class:`~detkit.structures.FeatureMaps`) and, with a head, a classifier
 (``classify`` -> logits), with the first stages freezable for transfer learning.

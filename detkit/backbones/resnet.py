@@ -16,8 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit.backbones.norm import FrozenBatchNorm2d, make_norm
-from detkit.stages.base import Backbone
-from detkit.structures import FeatureMaps
+from detkit.backbones.registry import ClassifierBackbone
 
 
 class BasicBlock(nn.Module):
@@ -90,11 +89,15 @@ RESNET_SPECS: dict[int, ResNetSpec] = {
     152: ResNetSpec(Bottleneck, (3, 8, 36, 3)),
 }
 
+#: The stages :meth:`ResNet.forward` returns by default.
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 
 
-class ResNet(Backbone):
+class ResNet(ClassifierBackbone):
     """ResNet backbone returning named stages, with an optional classification head.
+
+    Stages: ``c1`` is the stem's 7x7 convolution, norm and ReLU (stride 2); ``c2`` the
+    max pool and ``layer1``; ``c3..c5`` are ``layer2..layer4``.
 
     Args:
         depth: 18, 34, 50, 101 or 152.
@@ -102,13 +105,20 @@ class ResNet(Backbone):
             ``gn`` or ``none``.
         width: channels of the first stage (64 in the paper); smaller values give
             a slimmer network with the same depth, for CPU recipes.
-        frozen_stages: 0 trains everything; 1 freezes the stem; ``k`` > 1 freezes
-            the stem and stages c2..c(k).
-        out_features: stage names returned by :meth:`forward`.
+        frozen_stages: freeze the first k stages of ``c1..c5``: 0 trains everything;
+            1 freezes the stem; ``k`` > 1 freezes the stem and stages c2..c(k).
+            Frozen batch norms keep their statistics.
+        out_features: stage names returned by :meth:`forward`, of ``c1..c5``.
         num_classes: add global pooling and a linear classifier (``fc``) with this
             many outputs, used by :meth:`classify`.
         weights: a local state-dict file (torchvision's ``resnet*`` format) to load.
     """
+
+    # Added by name in __init__ (``layer{i}``, torchvision's keys).
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,
@@ -124,17 +134,13 @@ class ResNet(Backbone):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
-        unknown = set(out_features) - set(STAGE_NAMES)
-        if unknown:
-            raise ValueError(f"unknown ResNet stages {sorted(unknown)}; stages are {STAGE_NAMES}")
         spec = RESNET_SPECS[depth]
-        self.out_features = tuple(out_features)
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = make_norm(norm, width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_channels = width
-        channels: dict[str, int] = {}
+        channels: dict[str, int] = {"c1": width}
         for i, num_blocks in enumerate(spec.blocks_per_stage):
             stage_width = width * 2**i
             blocks = []
@@ -144,18 +150,18 @@ class ResNet(Backbone):
                 in_channels = stage_width * spec.block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             channels[STAGE_NAMES[i]] = in_channels
-        self.out_channels = {k: channels[k] for k in self.out_features}
-        self.out_strides = {k: 2 ** (STAGE_NAMES.index(k) + 2) for k in self.out_features}
-        self.num_classes = num_classes
         if num_classes is not None:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(in_channels, num_classes)
         self._init_weights()
+        self._setup_trunk(
+            stage_channels=channels,
+            out_features=out_features,
+            frozen_stages=frozen_stages,
+            num_classes=num_classes,
+        )
         if weights is not None:
-            from detkit.weights import load_weights_file
-
-            load_weights_file(self, weights, strict=num_classes is not None)
-        self._freeze(frozen_stages)
+            self._load_weights(weights)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -165,39 +171,18 @@ class ResNet(Backbone):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _freeze(self, frozen_stages: int) -> None:
-        frozen: list[nn.Module] = [self.conv1, self.bn1] if frozen_stages >= 1 else []
-        frozen += [getattr(self, f"layer{i}") for i in range(1, min(frozen_stages, 5))]
-        for module in frozen:
-            for p in module.parameters():
-                p.requires_grad_(False)
-
     def stages(self) -> list[tuple[str, nn.Module]]:
-        """``(name, module)`` of the stem and the four stages, in order."""
-        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
-        return [("stem", stem)] + [(STAGE_NAMES[i], getattr(self, f"layer{i + 1}")) for i in range(4)]
+        """``c1``: conv1, bn1, ReLU; ``c2``: max pool, layer1; ``c3..c5``: layer2..layer4."""
+        return [
+            ("c1", nn.Sequential(self.conv1, self.bn1, self.relu)),
+            ("c2", nn.Sequential(self.maxpool, self.layer1)),
+            ("c3", self.layer2),
+            ("c4", self.layer3),
+            ("c5", self.layer4),
+        ]
 
-    def forward(self, x: Tensor) -> FeatureMaps:
-        """``(N, 3, H, W)`` -> FeatureMaps of :attr:`out_features` (``cK``: stride 2**K)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        maps: dict[str, Tensor] = {}
-        last = self.out_features[-1]
-        for i, name in enumerate(STAGE_NAMES):
-            x = getattr(self, f"layer{i + 1}")(x)
-            if name in self.out_features:
-                maps[name] = x
-            if name == last:
-                break
-        return FeatureMaps(maps, dict(self.out_strides))
-
-    def classify(self, x: Tensor) -> Tensor:
-        """``(N, 3, H, W)`` -> ``(N, num_classes)`` logits."""
-        if self.num_classes is None:
-            raise RuntimeError("this ResNet was built without a classifier (num_classes=None)")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for i in range(4):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def _head(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.avgpool(x), 1))  # (N, C, h, w) -> (N, C) -> (N, K)
 
 
 def _resnet_factory(depth: int) -> type[ResNet]:

@@ -100,7 +100,7 @@ def test_trunk_stages_and_classifier_shapes_of_every_backbone(name):
     assert classifier.classify(x).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "alexnet", "vgg13_bn", "googlenet"])
+@pytest.mark.parametrize("name", ["lenet5", "alexnet", "vgg13_bn", "googlenet", "resnet18"])
 def test_out_features_picks_stages(name):
     pick = list(EXPECTED_STAGES[name])[1::2]
     list_backbones()  # load plugins outside the meta-device context
@@ -376,11 +376,14 @@ def test_lenet5_fits_8x8_digits_by_padding_or_upsampling(tmp_path):
         # vgg11_bn features: 0 conv, 1 bn, 2 relu, 3 pool | 4 conv, 5 bn, 6 relu, 7 pool | 8 conv ...
         ("vgg11_bn", None, 2, ["features.0", "features.1", "features.4", "features.5"], ["features.8", "features.9"]),
         ("googlenet", 3, 2, ["conv1", "conv2", "conv3"], ["inception3a", "fc", "aux1"]),
+        # resnet18 stages: c1 conv1, bn1 | c2 maxpool, layer1 | c3 layer2 ...; trainable batch norm
+        ("resnet18", 3, 2, ["conv1", "bn1", "layer1"], ["layer2", "fc"]),
     ],
 )
 def test_frozen_stages_freeze_parameters_and_batch_norm_statistics(name, num_classes, frozen_stages, frozen, trainable):
     torch.manual_seed(0)
-    model = build_backbone(name, num_classes=num_classes, frozen_stages=frozen_stages)  # in training mode
+    options = {"norm": "bn"} if name.startswith("resnet") else {}
+    model = build_backbone(name, num_classes=num_classes, frozen_stages=frozen_stages, **options)  # training mode
     for prefix in frozen:
         assert not any(p.requires_grad for p in model.get_submodule(prefix).parameters()), prefix
     for prefix in trainable:
