@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from detkit.plugins import COMPONENT_KINDS, load_plugins
+    from detkit.plugins import load_plugins
+    from detkit.registry import COMPONENT_KINDS
 
     plugins = load_plugins(args.plugins)
     print("plugins:")
@@ -208,81 +209,18 @@ def _device(config: dict[str, Any], args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from detkit.config import load_config
+    from detkit.engine.run import run_training
+    from detkit.evaluation.coco import format_metrics
 
     config = load_config(args.config, args.overrides)
     _device(config, args)
     if args.out:
         config["output"]["dir"] = args.out
-    run_training(config, args.plugins, progress=not args.quiet)
-    return 0
-
-
-def run_training(config: dict[str, Any], cli_plugins: Sequence[str], *, progress: bool = True) -> dict[str, Any]:
-    """Train the detector a resolved config describes; returns the final metrics."""
-    import torch
-
-    from detkit.data.loader import build_loader
-    from detkit.data.transforms import RandomHorizontalFlip
-    from detkit.device import resolve_device
-    from detkit.engine.build import build_dataset, model_from_config, plugins_for
-    from detkit.engine.evaluate import evaluate_dataset
-    from detkit.engine.trainer import Trainer
-    from detkit.evaluation.coco import format_metrics
-
-    train_cfg = config["train"]
-    torch.manual_seed(int(train_cfg["seed"]))
-    if train_cfg.get("threads"):
-        torch.set_num_threads(int(train_cfg["threads"]))
-    plugins = plugins_for(config, cli_plugins)
-    plugins.hook.detkit_configure(config=config)
-    out_dir = Path(config["output"]["dir"])
-    train_set = build_dataset(config, "train", plugins)
-    val_set = build_dataset(config, "val", plugins)
-    class_names = list(config["model"].get("class_names") or train_set.class_names)
-    config["model"]["class_names"] = class_names
-    config["model"]["num_classes"] = len(class_names)
-    model = model_from_config(config, plugins, class_names=class_names)
-    if train_cfg.get("init_weights"):
-        from detkit.weights import load_weights_file
-
-        load_weights_file(model, str(train_cfg["init_weights"]), strict=False)
-    resolve_device(str(train_cfg["device"]))  # fail early on a bad device
-    hflip = float(config["data"]["augment"]["hflip"])
-    loader = build_loader(
-        train_set,
-        batch_size=int(train_cfg["batch_size"]),
-        shuffle=True,
-        workers=int(config["data"]["workers"]),
-        transforms=RandomHorizontalFlip(p=hflip) if hflip > 0 else None,
-        seed=int(train_cfg["seed"]),
-        drop_last=True,
-    )
-    eval_cfg = config["eval"]
-
-    def evaluate(m: torch.nn.Module) -> dict[str, Any]:
-        return evaluate_dataset(
-            m,
-            val_set,
-            batch_size=int(eval_cfg["batch_size"]),
-            max_images=eval_cfg.get("max_images"),
-            results_path=out_dir / "results.json",
-            progress=progress,
-        )
-
-    trainer = Trainer(
-        model=model,
-        train_loader=loader,
-        evaluate=evaluate,
-        out_dir=out_dir,
-        config=config,
-        class_names=class_names,
-        progress=progress,
-    )
-    result = trainer.train()
-    metrics = dict(result.final_metrics)
+    metrics = run_training(config, args.plugins, progress=not args.quiet)
     print(format_metrics(metrics))
-    print(f"outputs in {out_dir}/: best.pt, last.pt, metrics.json, metrics.jsonl, loss_curve.png, config.yaml")
-    return metrics
+    out = config["output"]["dir"]
+    print(f"outputs in {out}/: best.pt, last.pt, metrics.json, metrics.jsonl, loss_curve.png, config.yaml")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -351,6 +289,7 @@ def _min_max_size(text: str) -> tuple[int, int | None]:
 def cmd_proposals(args: argparse.Namespace) -> int:
     from detkit.engine.build import dataset_from_path, plugins_for
     from detkit.engine.proposals import ProposerRun, score_proposers
+    from detkit.engine.run import proposals_report
     from detkit.errors import ConfigError, DataError
     from detkit.evaluation.proposals import format_table, plot_recall_curves, proposal_budgets
     from detkit.io import write_json
@@ -374,68 +313,38 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     if not results:
         raise DataError(f"--data {args.data!r}: none of the {len(indices)} images could be read and proposed")
     out = Path(args.out)
-    first = results[0]
-    report = {
-        "dataset": {
-            "data": args.data,
-            "images": args.images,
-            "split": args.split,
-            "num_images": first["num_images"],
-            "num_images_skipped": len(bad),
-            "skipped": [{"index": i, "reason": why} for i, why in sorted(bad.items())],
-            "num_objects": first["num_objects"],
-            "num_objects_by_size": first["num_objects_by_size"],
-        },
-        "settings": {
+    report = proposals_report(
+        results,
+        bad,
+        source={"data": args.data, "images": args.images, "split": args.split},
+        settings={
             "max_proposals": args.max_proposals,
             "max_images": args.max_images,
             "size": list(args.size) if args.size else None,
             "budgets": budgets,
         },
-        "proposers": results,
-    }
+    )
     write_json(out / "proposals.json", report)
     plot_recall_curves([{"name": r["spec"], "curve": r["curve"]} for r in results], out / "recall.png")
     print(format_table([{**r, "name": r["spec"]} for r in results]))
     print(
-        f"{first['num_images']} images ({len(bad)} skipped), {first['num_objects']} objects; "
+        f"{report['dataset']['num_images']} images ({len(bad)} skipped), {report['dataset']['num_objects']} objects; "
         f"wrote {out / 'proposals.json'} and {out / 'recall.png'}"
     )
     return 0
 
 
 def cmd_import_torchvision(args: argparse.Namespace) -> int:
-    import torch
-
-    from detkit.engine.checkpoint import save_checkpoint
+    from detkit.engine.run import import_torchvision
     from detkit.plugins import load_plugins
-    from detkit.weights import read_state_dict
 
-    plugins = load_plugins(args.plugins)
     if args.list or not args.name:
-        print("importable models: " + ", ".join(plugins.registry.names("importer")))
+        print("importable models: " + ", ".join(load_plugins(args.plugins).registry.names("importer")))
         return 0
     if not (args.input and args.output):
         raise DetkitError("usage: detkit import-torchvision NAME IN.pth OUT.pt (see --help)")
-    importer = plugins.registry.get("importer", args.name).factory()
-    state = read_state_dict(args.input)
-    config, class_names, converted = importer.convert(state, config_path=args.config)
-    model = plugins.registry.get("detector", config["model"]["type"]).factory(
-        config["model"], plugins.registry, num_classes=len(class_names)
-    )
-    from detkit.engine.checkpoint import load_state
-
-    load_state(model, converted, path=args.input)
-    save_checkpoint(
-        args.output,
-        model=model,
-        config=config,
-        class_names=class_names,
-        meta={
-            "imported_from": f"torchvision {args.name}",
-            "source": str(args.input),
-            "torch_version": torch.__version__,
-        },
+    class_names = import_torchvision(
+        args.name, args.input, args.output, config_path=args.config, cli_plugins=args.plugins
     )
     print(f"wrote {args.output} ({args.name}, {len(class_names)} classes)")
     return 0
@@ -447,6 +356,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from detkit.device import resolve_device
     from detkit.engine.build import load_model
     from detkit.engine.predict import detect_files
+    from detkit.engine.run import run_training
+    from detkit.evaluation.coco import format_metrics
     from detkit.importers import CONFIG_DIR
 
     start = time.monotonic()
@@ -457,6 +368,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _device(config, args)
     config["output"]["dir"] = str(out)
     metrics = run_training(config, args.plugins, progress=not args.quiet)
+    print(format_metrics(metrics))
     loaded, _ = load_model(out / "best.pt")
     device = resolve_device(args.device or config["train"]["device"])
     val_images = find_images([str(out / "data" / "val")])[:16]
