@@ -28,7 +28,7 @@ def add_commands(sub: Any) -> None:
     Args:
         sub: the ``add_subparsers()`` object of the ``detkit`` parser.
     """
-    from detkit.explain.figures import CLASSIFIER_METHODS
+    from detkit.explain.methods import CLASSIFIER_METHODS
 
     p = subparser(sub, "explain", "Visualise what a classifier or detector looks at (saliency, occlusion, ...).", """
         detkit explain --weights runs/lenet_digits/best.pt --out runs/explain
@@ -60,7 +60,7 @@ def add_commands(sub: Any) -> None:
 
 def _methods(arg: str | None, allowed: tuple[str, ...], kind: str) -> list[str]:
     from detkit.errors import did_you_mean
-    from detkit.explain.figures import CLASSIFIER_METHODS
+    from detkit.explain.methods import CLASSIFIER_METHODS
 
     if arg is None:
         return list(allowed)
@@ -113,7 +113,8 @@ def _explain_classifier(
     from detkit.classify.train import build_datasets, load_classifier
     from detkit.data.images import read_image
     from detkit.device import resolve_device
-    from detkit.explain.figures import CLASSIFIER_METHODS, explain_classifier
+    from detkit.explain.figures import explain_classifier
+    from detkit.explain.methods import CLASSIFIER_METHODS
 
     if args.overrides:
         raise DetkitError("KEY=VALUE overrides apply to detector checkpoints only")
@@ -145,7 +146,8 @@ def _explain_detector(args: argparse.Namespace, options: ExplainOptions) -> dict
     from detkit.data.images import image_to_tensor, read_image
     from detkit.device import resolve_device
     from detkit.engine.build import load_model
-    from detkit.explain.figures import DETECTOR_METHODS, explain_detector
+    from detkit.explain.figures import explain_detector
+    from detkit.explain.methods import DETECTOR_METHODS
 
     if args.image is None:
         raise DetkitError("a detector needs an image to explain: give --image FILE")

@@ -51,6 +51,7 @@ from detkit.explain.features import (
     nearest_neighbors,
     penultimate_features,
 )
+from detkit.explain.methods import CLASSIFIER_METHODS, DETECTOR_METHODS
 from detkit.explain.saliency import (
     ClassScore,
     DetectionScore,
@@ -76,14 +77,6 @@ __all__ = [
     "save_image_grid",
     "save_neighbors",
 ]
-
-#: Every method, in the order they run.
-CLASSIFIER_METHODS: tuple[str, ...] = (
-    "saliency", "occlusion", "filters", "activations", "neighbors", "embedding", "class_model", "deepdream",
-)
-#: The methods that apply to a detector (the others need a classifier and its dataset).
-DETECTOR_METHODS: tuple[str, ...] = ("saliency", "occlusion", "filters", "activations", "deepdream")
-
 
 @dataclass(frozen=True)
 class ExplainOptions:
