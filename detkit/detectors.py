@@ -240,7 +240,10 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
     """
     backbone, neck = build_backbone_and_neck(model, registry)
     channels = _channels(neck or backbone, "model.neck")
-    proposer = registry.build("proposer", model["proposer"], key="model.proposer", in_channels=channels)
+    proposer = registry.build(
+        "proposer", model["proposer"], key="model.proposer",
+        in_channels=channels, in_strides=dict((neck or backbone).out_strides),
+    )
     extractor = registry.build("region_extractor", model["region_extractor"], key="model.region_extractor")
     mask_kwargs: dict[str, Any] = {}
     if model.get("mask_head"):

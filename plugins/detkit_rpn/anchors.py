@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from detkit.errors import ConfigError
+from detkit import ConfigError
 
 
 class AnchorGenerator(nn.Module):

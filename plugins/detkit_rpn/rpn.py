@@ -12,14 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkit.errors import ConfigError
+from detkit import ConfigError
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_ioa, box_iou, clip_boxes, remove_small_boxes
-from detkit.stages import Proposer
+from detkit.stages import Losses, Proposer
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
 from detkit_rpn.anchors import AnchorGenerator
 from detkit_rpn.head import RPNHead
-
-Losses = dict[str, Tensor]
 
 
 class RPN(Proposer):
@@ -104,22 +102,22 @@ class RPN(Proposer):
         names = self.in_features or features.names()
         self._check_levels(names)
         maps = [features[k] for k in names]
-        logits_per_level, deltas_per_level = self.head(maps)
+        pred_logits_per_level, pred_deltas_per_level = self.head(maps)
         anchors_per_level = self._anchors(images, maps)
         num_anchors_per_level = [a.shape[0] for a in anchors_per_level]
-        logits = torch.cat([_flatten(x, 1) for x in logits_per_level], dim=1)[..., 0]  # (N, M)
-        deltas = torch.cat([_flatten(x, 4) for x in deltas_per_level], dim=1)  # (N, M, 4)
+        pred_logits = torch.cat([_flatten(x, 1) for x in pred_logits_per_level], dim=1)[..., 0]  # (N, M)
+        pred_deltas = torch.cat([_flatten(x, 4) for x in pred_deltas_per_level], dim=1)  # (N, M, 4)
         anchors = torch.cat(anchors_per_level)  # (M, 4)
 
         num_images = len(images)
         # (N * M, 4) deltas on (N * M, 4) anchors -> (N, M, 4) boxes
-        boxes = self.box_coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
-        boxes = boxes.view(num_images, -1, 4)
-        proposals = self._select(boxes, logits.detach(), images.image_sizes, num_anchors_per_level)
+        pred_boxes = self.box_coder.decode(pred_deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
+        pred_boxes = pred_boxes.view(num_images, -1, 4)
+        proposals = self._select(pred_boxes, pred_logits.detach(), images.image_sizes, num_anchors_per_level)
 
         losses: Losses = {}
         if self.training and targets is not None:
-            losses = self._losses(anchors, logits, deltas, targets)
+            losses = self._losses(anchors, pred_logits, pred_deltas, targets)
         return proposals, losses
 
     def _check_levels(self, names: Sequence[str]) -> None:
@@ -147,26 +145,30 @@ class RPN(Proposer):
         return self.anchor_generator(grid_sizes, strides, images.tensor.device)
 
     def _select(
-        self, boxes: Tensor, logits: Tensor, image_sizes: list[tuple[int, int]], num_anchors_per_level: list[int]
+        self, pred_boxes: Tensor, pred_logits: Tensor, image_sizes: list[tuple[int, int]],
+        num_anchors_per_level: list[int],
     ) -> list[Proposals]:
-        """Per-level top-k, clip, drop small, per-level NMS, top-k per image."""
+        """Per-level top-k, clip, drop small, per-level NMS, top-k per image.
+
+        ``pred_boxes (N, M, 4)`` decoded from every anchor, ``pred_logits (N, M)`` their objectness.
+        """
         mode = "train" if self.training else "test"
         top_idx, levels = [], []
         offset = 0
-        for level, (level_logits) in enumerate(logits.split(num_anchors_per_level, dim=1)):
+        for level, level_logits in enumerate(pred_logits.split(num_anchors_per_level, dim=1)):
             k = min(self.pre_nms_top_n[mode], level_logits.shape[1])
             _, idx = level_logits.topk(k, dim=1)  # (N, k)
             top_idx.append(idx + offset)
-            levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=pred_logits.device))
             offset += level_logits.shape[1]
         idx = torch.cat(top_idx, dim=1)  # (N, K)
         level_ids = torch.cat(levels)  # (K,)
-        image_range = torch.arange(len(image_sizes), device=logits.device)[:, None]
-        scores = torch.sigmoid(logits[image_range, idx])  # (N, K)
-        boxes = boxes[image_range, idx]  # (N, K, 4)
+        image_range = torch.arange(len(image_sizes), device=pred_logits.device)[:, None]
+        scores = torch.sigmoid(pred_logits[image_range, idx])  # (N, K)
+        top_boxes = pred_boxes[image_range, idx]  # (N, K, 4)
 
         proposals = []
-        for boxes_i, scores_i, size in zip(boxes, scores, image_sizes):
+        for boxes_i, scores_i, size in zip(top_boxes, scores, image_sizes):
             boxes_i = clip_boxes(boxes_i, size)
             keep = remove_small_boxes(boxes_i, self.min_size)
             keep = keep[scores_i[keep] >= self.score_thresh]
@@ -176,41 +178,49 @@ class RPN(Proposer):
         return proposals
 
     def _label_anchors(self, anchors: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
-        """``(M,)`` labels (1 object, 0 background, -1 ignore) and ``(M, 4)`` matched gt boxes."""
+        """``gt_labels (M,)`` (1 object, 0 background, -1 ignore) and the matched ``gt_boxes (M, 4)``."""
         gt = targets.without_crowd()
         if len(gt) == 0:
             return anchors.new_zeros(anchors.shape[0]), torch.zeros_like(anchors)
         matches = self.matcher(box_iou(gt.boxes, anchors))  # (M,)
-        matched_boxes = gt.boxes[matches.clamp(min=0)]
-        labels = (matches >= 0).to(anchors.dtype)
-        labels[matches == Matcher.BETWEEN] = -1
+        gt_boxes = gt.boxes[matches.clamp(min=0)]
+        gt_labels = (matches >= 0).to(anchors.dtype)
+        gt_labels[matches == Matcher.BETWEEN] = -1
         if targets.iscrowd is not None and bool(targets.iscrowd.any()):
             # anchors mostly inside a crowd region are neither object nor background
             crowd = targets.boxes[targets.iscrowd.bool()]
             inside = box_ioa(anchors, crowd).max(dim=1).values > 0.5
-            labels[inside & (labels == 0)] = -1
-        return labels, matched_boxes
+            gt_labels[inside & (gt_labels == 0)] = -1
+        return gt_labels, gt_boxes
 
-    def _losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, targets: list[Targets]) -> Losses:
-        sampled_pos, sampled_all, obj_targets, box_targets = [], [], [], []
-        for i, t in enumerate(targets):
-            labels, matched_boxes = self._label_anchors(anchors, t)
-            pos, neg = self.sampler(labels)
-            base = i * anchors.shape[0]
-            sampled_pos.append(pos + base)
-            sampled_all.append(torch.cat([pos, neg]) + base)
-            obj_targets.append(torch.cat([labels[pos], labels[neg]]))
-            box_targets.append(self.box_coder.encode(matched_boxes[pos], anchors[pos]))
-        pos_idx = torch.cat(sampled_pos)
-        all_idx = torch.cat(sampled_all)
-        flat_logits = logits.reshape(-1)  # (N * M,)
-        flat_deltas = deltas.reshape(-1, 4)  # (N * M, 4)
-        num_sampled = max(all_idx.numel(), 1)
+    def _losses(self, anchors: Tensor, pred_logits: Tensor, pred_deltas: Tensor, targets: list[Targets]) -> Losses:
+        """Objectness BCE and smooth-L1 box loss on a balanced sample of anchors per image.
+
+        ``anchors (M, 4)``, ``pred_logits (N, M)``, ``pred_deltas (N, M, 4)``; both terms are
+        divided by the number of sampled anchors.
+        """
+        pos_idx_per_image, sampled_idx_per_image, gt_objectness, gt_deltas = [], [], [], []
+        for i, targets_per_image in enumerate(targets):
+            gt_labels, gt_boxes = self._label_anchors(anchors, targets_per_image)
+            pos, neg = self.sampler(gt_labels)
+            base = i * anchors.shape[0]  # index of image i's first anchor in the flattened batch
+            pos_idx_per_image.append(pos + base)
+            sampled_idx_per_image.append(torch.cat([pos, neg]) + base)
+            gt_objectness.append(torch.cat([gt_labels[pos], gt_labels[neg]]))
+            gt_deltas.append(self.box_coder.encode(gt_boxes[pos], anchors[pos]))
+        pos_idx = torch.cat(pos_idx_per_image)
+        sampled_idx = torch.cat(sampled_idx_per_image)
+        num_sampled = max(sampled_idx.numel(), 1)
         box_loss = F.smooth_l1_loss(
-            flat_deltas[pos_idx], torch.cat(box_targets), beta=self.smooth_l1_beta, reduction="sum"
-        ) / num_sampled
-        obj_loss = F.binary_cross_entropy_with_logits(flat_logits[all_idx], torch.cat(obj_targets), reduction="sum")
-        return {"loss_rpn_objectness": obj_loss / num_sampled, "loss_rpn_box": box_loss}
+            pred_deltas.reshape(-1, 4)[pos_idx],  # (N, M, 4) -> (N * M, 4)
+            torch.cat(gt_deltas),
+            beta=self.smooth_l1_beta,
+            reduction="sum",
+        )
+        obj_loss = F.binary_cross_entropy_with_logits(
+            pred_logits.reshape(-1)[sampled_idx], torch.cat(gt_objectness), reduction="sum"  # (N, M) -> (N * M,)
+        )
+        return {"loss_rpn_objectness": obj_loss / num_sampled, "loss_rpn_box": box_loss / num_sampled}
 
 
 def _sizes_for_levels(sizes: list[list[float]], num_levels: int) -> list[list[float]]:

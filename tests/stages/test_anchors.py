@@ -110,12 +110,12 @@ def test_rpn_with_matching_levels_runs():
     assert len(proposals) == 1 and proposals[0].boxes.shape[1] == 4
 
 
-def test_detector_from_config_with_one_size_too_many_refuses_its_first_batch():
-    # the shapes recipe's FPN gives p2..p6; six anchor sizes cannot be paired with them
+def test_detector_from_config_with_one_size_too_many_is_refused_when_built():
+    # the shapes recipe's FPN gives p2..p6; six anchor sizes cannot be paired with them, and the
+    # builder hands the RPN the neck's strides, so the mistake is caught before any image is read
     config = load_config(
         CONFIGS / "shapes_faster_rcnn.yaml", ["model.proposer.anchor_sizes=[[8], [16], [32], [64], [128], [256]]"]
     )
-    model = build_detector(config, load_plugins(autoload=False).registry, num_classes=4).eval()
     message = r"has 6 size tuples but .* 5 feature maps \(p2, p3, p4, p5, p6\)"
-    with pytest.raises(ConfigError, match=message), torch.no_grad():
-        model([torch.zeros(3, 128, 128)])
+    with pytest.raises(ConfigError, match=message):
+        build_detector(config, load_plugins(autoload=False).registry, num_classes=4)
