@@ -17,14 +17,26 @@ def shared_data_root() -> Path:
     return (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
 
+def on_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``), where the shared data is always present."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
 @pytest.fixture
 def shared_data() -> Callable[[str], Path]:
-    """``shared_data(name)``: the path of a shared data set; skips the test if it is absent."""
+    """``shared_data(name)``: the path of a shared data set.
+
+    Without it the test is skipped with the reason, except in CI (``CI=true``), where
+    the data is always there and its absence is a failure rather than a silent skip.
+    """
 
     def get(name: str) -> Path:
         path = shared_data_root() / name
         if not path.exists():
-            pytest.skip(f"shared data set '{name}' not found at {path} (set DETKIT_DATA to the folder holding it)")
+            why = f"shared data set '{name}' not found at {path} (set DETKIT_DATA to the folder holding it)"
+            if on_ci():
+                pytest.fail(f"{why}; CI must have it")
+            pytest.skip(why)
         return path
 
     return get
