@@ -36,10 +36,8 @@ import torch
 from torch import Tensor
 
 from detkit.ops import clip_boxes, nonempty_boxes
-from detkit.stages import Proposer
+from detkit.stages import Losses, Proposer
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
-
-Losses = dict[str, Tensor]
 
 # Bit fields of the int64 sort key: size rank | 31 - spread level | ratio rank | row-major index.
 _SIZE_SHIFT, _LEVEL_SHIFT, _RATIO_SHIFT = 50, 40, 32
