@@ -1,0 +1,95 @@
+"""The detector contract, the same for every family: inputs checked at the boundary, one
+Detections per image in training and at inference, in the input images' pixels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from detkit.config import load_config
+from detkit.detectors import DenseDetector, Detector, TwoStageDetector, build_detector
+from detkit.errors import DataError
+from detkit.importers import CONFIG_DIR
+from detkit.plugins import load_plugins
+from detkit.structures import Targets
+
+#: every shipped shapes recipe, one per detector family (and the Fast R-CNN variant)
+RECIPES = {
+    "shapes_faster_rcnn.yaml": TwoStageDetector,
+    "shapes_mask_rcnn.yaml": TwoStageDetector,
+    "shapes_fast_rcnn.yaml": TwoStageDetector,
+    "shapes_rcnn.yaml": TwoStageDetector,
+    "shapes_ssd.yaml": DenseDetector,
+    "shapes_yolo_v1.yaml": DenseDetector,
+    "shapes_yolo_grid.yaml": DenseDetector,
+    "shapes_sliding_window.yaml": DenseDetector,
+}
+
+
+def _build(recipe: str) -> Detector:
+    torch.manual_seed(0)
+    config = load_config(CONFIG_DIR / recipe)
+    config["model"]["num_classes"] = 4
+    return build_detector(config, load_plugins().registry, num_classes=4)
+
+
+def _targets() -> list[Targets]:
+    masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    masks[0, 20:60, 10:50] = 1
+    return [
+        Targets(boxes=torch.tensor([[10.0, 20.0, 50.0, 60.0]]), labels=torch.tensor([1]), masks=masks),
+        Targets(masks=torch.zeros(0, 128, 112, dtype=torch.uint8)),
+    ]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_family_keeps_the_contract(recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETKIT_CACHE", str(tmp_path))  # selective search's proposal cache
+    model = _build(recipe)
+    assert isinstance(model, RECIPES[recipe])
+    images = [torch.rand(3, 96, 128), torch.rand(3, 128, 112)]
+    model.train()
+    detections, losses = model(images, _targets())
+    assert [len(d) for d in detections] == [0, 0]  # one empty Detections per image in training
+    assert losses and all(k.startswith("loss_") and torch.isfinite(v) for k, v in losses.items())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        detections, losses = model(images)
+    assert losses == {} and len(detections) == 2
+    for dets, image in zip(detections, images):
+        height, width = image.shape[-2:]
+        assert dets.boxes.shape[1] == 4 and len(dets.scores) == len(dets.labels) == len(dets)
+        assert (dets.boxes[:, 2] <= width + 1e-3).all() and (dets.boxes[:, 3] <= height + 1e-3).all()
+        assert dets.labels.dtype == torch.int64 and ((dets.labels >= 0) & (dets.labels < 4)).all()
+
+
+def test_training_needs_targets_one_per_image():
+    model = _build("shapes_faster_rcnn.yaml").train()
+    with pytest.raises(ValueError, match="needs targets"):
+        model([torch.rand(3, 64, 64)])
+    with pytest.raises(ValueError, match="2 images but 1 targets"):
+        model([torch.rand(3, 64, 64)] * 2, _targets()[:1])
+
+
+DEGENERATE = torch.tensor([[10.0, 10.0, 40.0, 40.0], [30.0, 20.0, 30.0, 50.0]])  # box 1 has no width
+
+
+@pytest.mark.parametrize("recipe", ["shapes_faster_rcnn.yaml", "shapes_ssd.yaml"])
+def test_degenerate_target_boxes_are_refused_like_torchvision(recipe):
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    good = Targets(boxes=torch.tensor([[1.0, 1.0, 9.0, 9.0]]), labels=torch.tensor([0]))
+    bad = Targets(boxes=DEGENERATE, labels=torch.tensor([0, 1]))
+    # the oracle: torchvision's detectors refuse the same targets before computing a loss
+    reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64
+    ).train()
+    tv_targets = [{"boxes": t.boxes, "labels": t.labels + 1} for t in (good, bad)]
+    with pytest.raises((ValueError, AssertionError), match=r"positive height and width.*\[30.0, 20.0, 30.0, 50.0\]"):
+        reference(images, tv_targets)
+    model = _build(recipe).train()
+    with pytest.raises(DataError, match=r"targets of image 1: box 1 \[30.0, 20.0, 30.0, 50.0\] is degenerate"):
+        model(images, [good, bad])
+    _, losses = model(images, [good, good])  # the same call with valid boxes trains
+    assert all(torch.isfinite(v) for v in losses.values())
