@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -69,12 +72,29 @@ class Plugins:
         return self.pm.hook
 
 
+def _where(exc: BaseException) -> str:
+    """`` at FILE:LINE``: where in a plugin's own code ``exc`` was raised, or ``""`` when that is unknown.
+
+    The innermost frame of the traceback outside detkit, pluggy and the standard library
+    (the import machinery); for a syntax error, the offending line.
+    """
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    ours = [Path(path).resolve().parent for path in (__file__, importlib.__file__, pluggy.__file__) if path]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<") and not any(Path(f.filename).resolve().is_relative_to(p) for p in ours)
+    ]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 def _import_plugin(module_name: str, origin: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
     except Exception as exc:
         raise PluginError(
-            f"plugin {module_name!r} ({origin}) failed to import: {type(exc).__name__}: {exc}. "
+            f"plugin {module_name!r} ({origin}) failed to import{_where(exc)}: {type(exc).__name__}: {exc}. "
             f"Fix or uninstall it, or skip it with -p no:{module_name}"
         ) from exc
 
@@ -91,7 +111,7 @@ def _entry_point_plugins(blocked: set[str]) -> list[tuple[str, Any, str]]:
             obj = ep.load()
         except Exception as exc:
             raise PluginError(
-                f"plugin {ep.name!r} from {origin} failed to import: {type(exc).__name__}: {exc}. "
+                f"plugin {ep.name!r} from {origin} failed to import{_where(exc)}: {type(exc).__name__}: {exc}. "
                 f"Fix or uninstall {dist_label}, skip it with -p no:{ep.name}, or set "
                 f"{DISABLE_AUTOLOAD_ENV}=1"
             ) from exc
@@ -139,6 +159,12 @@ def load_plugins(
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {name!r} ({origin}) has an invalid hook: {exc}") from exc
         module = getattr(obj, "__name__", type(obj).__name__)
+        if not pm.get_hookcallers(obj):
+            warnings.warn(
+                f"plugin {name!r} ({origin}) implements no detkit hook: it registers nothing. Mark its "
+                "functions with @detkit.hookimpl and name them after detkit.hookspecs (e.g. detkit_add_components)",
+                stacklevel=2,
+            )
         infos.append(PluginInfo(name, module, origin))
 
     for module_name in BUILTIN_PLUGINS:
@@ -167,7 +193,8 @@ def load_plugins(
             raise
         except Exception as exc:
             raise PluginError(
-                f"plugin {impl.plugin_name!r}: detkit_add_components failed: {type(exc).__name__}: {exc}"
+                f"plugin {impl.plugin_name!r}: detkit_add_components failed{_where(exc)}: "
+                f"{type(exc).__name__}: {exc} (--traceback shows the whole traceback)"
             ) from exc
     return Plugins(pm, infos, registry)
 

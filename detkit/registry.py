@@ -16,7 +16,7 @@ from typing import Any
 
 from detkit.errors import ConfigError, PluginError, did_you_mean
 
-#: Component kinds a plugin may register.
+#: Component kinds a plugin may register; each is selected by a config section or command.
 COMPONENT_KINDS: tuple[str, ...] = (
     "backbone",
     "neck",
@@ -25,12 +25,33 @@ COMPONENT_KINDS: tuple[str, ...] = (
     "roi_head",
     "mask_head",
     "dense_head",
-    "preprocess",
     "postprocess",
     "detector",
     "dataset",
     "importer",
 )
+
+#: Arguments the detector builders pass to a component of each kind themselves (never set in a config).
+SUPPLIED_BY_DETKIT: dict[str, frozenset[str]] = {
+    "neck": frozenset({"in_channels", "in_strides"}),
+    "proposer": frozenset({"in_channels", "in_strides"}),
+    "roi_head": frozenset({"region_extractor", "in_channels", "num_classes", "mask_head", "network"}),
+    "mask_head": frozenset({"in_channels", "num_classes"}),
+    "dense_head": frozenset({"in_channels", "in_strides", "in_features", "num_classes"}),
+}
+
+#: The stage contract (a base class in ``detkit.stages``) a built component of each kind must follow.
+CONTRACTS: dict[str, str] = {
+    "backbone": "Backbone",
+    "neck": "Neck",
+    "proposer": "Proposer",
+    "region_extractor": "RegionExtractor",
+    "roi_head": "RoIHead",
+    "mask_head": "MaskHead",
+    "dense_head": "DenseHead",
+    "postprocess": "PostProcess",
+}
+
 
 @dataclass(frozen=True)
 class Component:
@@ -42,13 +63,23 @@ class Component:
     plugin: str
 
     def parameters(self) -> dict[str, inspect.Parameter]:
-        """The factory's keyword parameters (its config schema)."""
+        """The factory's keyword parameters (its config schema and what detkit passes)."""
         params = inspect.signature(self.factory).parameters
         return {
             k: p
             for k, p in params.items()
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self"
         }
+
+    def settings(self) -> dict[str, inspect.Parameter]:
+        """The parameters a config may set: :meth:`parameters` less those detkit supplies."""
+        supplied = SUPPLIED_BY_DETKIT.get(self.kind, frozenset())
+        return {k: p for k, p in self.parameters().items() if k not in supplied}
+
+    def origin(self) -> str:
+        """Where the factory is defined: ``module.qualname`` (for messages and ``--describe``)."""
+        module = getattr(self.factory, "__module__", None) or "?"
+        return f"{module}.{getattr(self.factory, '__qualname__', repr(self.factory))}"
 
     def accepts_any_keyword(self) -> bool:
         params = inspect.signature(self.factory).parameters.values()
@@ -65,11 +96,21 @@ class ComponentRegistry:
     def register(
         self, kind: str, name: str, factory: Callable[..., Any], *, plugin: str = "<direct>"
     ) -> None:
-        """Register ``factory`` as component ``name`` of ``kind``."""
+        """Register ``factory`` as component ``name`` of ``kind``.
+
+        Raises:
+            PluginError: an unknown kind, a factory that cannot be called, or a name
+                another plugin registered under the same kind.
+        """
         if kind not in self._components:
             raise PluginError(
                 f"plugin {plugin!r} registers {name!r} under unknown kind {kind!r}"
                 f"{did_you_mean(kind, COMPONENT_KINDS)}; kinds are: {', '.join(COMPONENT_KINDS)}"
+            )
+        if not callable(factory):
+            raise PluginError(
+                f"plugin {plugin!r} registers {kind} {name!r} with a factory that cannot be called "
+                f"({type(factory).__name__} {factory!r}); register the class or function that builds it"
             )
         existing = self._components[kind].get(name)
         if existing is not None:
@@ -118,23 +159,51 @@ class ComponentRegistry:
             raise ConfigError(f"{where} needs a 'name' (one of: {', '.join(self.names(kind))})")
         component = self.get(kind, str(spec["name"]))
         kwargs = {k: v for k, v in spec.items() if k != "name"}
-        params = component.parameters()
-        if not component.accepts_any_keyword():
-            for k in kwargs:
-                if k not in params:
-                    raise ConfigError(
-                        f"{where}: unknown key {k!r} for {kind} {component.name!r}"
-                        f"{did_you_mean(k, params)}; it accepts: {', '.join(sorted(params)) or 'nothing'}"
-                    )
-        for k, v in extra.items():
-            if k in kwargs:
+        params, settings = component.parameters(), component.settings()
+        supplied = SUPPLIED_BY_DETKIT.get(kind, frozenset()) | set(extra)
+        for k in kwargs:
+            if k in supplied:
                 raise ConfigError(f"{where}: {k!r} is set by detkit and cannot be configured")
+            if k not in params and not component.accepts_any_keyword():
+                hint = did_you_mean(k, params)
+                if hint and hint.split("'")[1] in supplied:
+                    hint = hint[: -len("?)")] + ", which detkit sets itself?)"
+                raise ConfigError(
+                    f"{where}: unknown key {k!r} for {kind} {component.name!r}{hint}; "
+                    f"it accepts: {', '.join(sorted(settings)) or 'nothing'} "
+                    f"(`detkit plugins --describe {kind} {component.name}` documents them)"
+                )
+        for k, v in extra.items():
             if k in params or component.accepts_any_keyword():
                 kwargs[k] = v
         try:
-            return component.factory(**kwargs)
+            built = component.factory(**kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: cannot build {kind} {component.name!r}: {exc}") from exc
+        _check_contract(kind, component, built, where)
+        return built
+
+
+def _check_contract(kind: str, component: Component, built: Any, where: str) -> None:
+    """Raise a :class:`PluginError` unless ``built`` is an instance of its kind's stage contract."""
+    contract_name = CONTRACTS.get(kind)
+    if contract_name is None:
+        return
+    from detkit import stages  # the contracts live above the registry; imported when first needed
+
+    contract = getattr(stages, contract_name)
+    if not isinstance(built, contract):
+        raise PluginError(
+            f"{where}: {kind} {component.name!r} (plugin {component.plugin!r}, {component.origin()}) built a "
+            f"{type(built).__name__}, not a detkit.stages.{contract_name}; subclass it so the detector can use it"
+        )
+    if kind in ("backbone", "neck"):
+        for attribute in ("out_channels", "out_strides"):
+            if not isinstance(getattr(built, attribute, None), Mapping):
+                raise PluginError(
+                    f"{where}: {kind} {component.name!r} (plugin {component.plugin!r}) has no {attribute} mapping; "
+                    f"a {contract_name} sets out_channels and out_strides (feature name -> int), finest first"
+                )
 
 
 class PluginRegistrar:
@@ -155,4 +224,4 @@ class PluginRegistrar:
         return self._registry.names(kind)
 
 
-__all__ = ["COMPONENT_KINDS", "Component", "ComponentRegistry", "PluginRegistrar"]
+__all__ = ["COMPONENT_KINDS", "CONTRACTS", "SUPPLIED_BY_DETKIT", "Component", "ComponentRegistry", "PluginRegistrar"]

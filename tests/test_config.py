@@ -12,6 +12,7 @@ from detkit.config import DEFAULTS, load_config, merge, save_config
 from detkit.detectors import build_detector
 from detkit.errors import ConfigError
 from detkit.plugins import ComponentRegistry, load_plugins
+from detkit.stages import Neck
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -254,13 +255,15 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- component keys
 
 
-class Toy:
+class Toy(Neck):
     """A factory with a known schema: ``in_channels`` comes from detkit, the rest from config."""
 
     def __init__(self, *, in_channels: int, out_channels: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
         if dropout >= 1:
             raise ValueError(f"dropout must be < 1, got {dropout}")
-        self.in_channels, self.out_channels, self.dropout = in_channels, out_channels, dropout
+        self.in_channels, self.width, self.dropout = in_channels, out_channels, dropout
+        self.out_channels, self.out_strides = {"p3": out_channels}, {"p3": 8}
 
 
 @pytest.fixture
@@ -282,13 +285,13 @@ def test_component_keys_are_free_at_load_and_checked_at_build(
     message = str(info.value)
     assert "config key 'model.neck'" in message
     assert "unknown key 'out_chanels' for neck 'toy' (did you mean 'out_channels'?)" in message
-    assert "it accepts: dropout, in_channels, out_channels" in message
+    assert "it accepts: dropout, out_channels (`detkit plugins --describe neck toy`" in message  # not in_channels
 
 
 def test_build_passes_config_and_detkit_arguments(tmp_path: Path, toy_registry: ComponentRegistry) -> None:
     config = load_config(None, ["model.neck={name: toy, out_channels: 8}"])
     neck = toy_registry.build("neck", config["model"]["neck"], key="model.neck", in_channels=3, in_strides={"c": 4})
-    assert (neck.in_channels, neck.out_channels, neck.dropout) == (3, 8, 0.0)  # in_strides not accepted: not passed
+    assert (neck.in_channels, neck.width, neck.dropout) == (3, 8, 0.0)  # in_strides not accepted: not passed
     with pytest.raises(ConfigError, match=r"'model.neck': 'in_channels' is set by detkit"):
         toy_registry.build("neck", {"name": "toy", "in_channels": 5}, key="model.neck", in_channels=3)
     with pytest.raises(ConfigError, match=r"'model.neck' needs a 'name' \(one of: other, toy\)"):

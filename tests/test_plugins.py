@@ -14,6 +14,7 @@ import pytest
 
 import detkit
 import detkit.plugins
+import detkit.stages
 from detkit import ConfigError, PluginError
 from detkit.cli import main
 from detkit.config import load_config
@@ -45,10 +46,12 @@ BUILTIN_COMPONENTS: dict[tuple[str, str], str] = {
 
 LOCAL_PLUGIN = """
     import detkit
+    from detkit.stages import Proposer
 
 
-    class {cls}:
+    class {cls}(Proposer):
         def __init__(self, *, in_channels: int = 0, size: int = 1) -> None:
+            super().__init__()
             self.in_channels, self.size = in_channels, size
 
 
@@ -238,9 +241,76 @@ def test_plugin_failing_to_import_is_named(make_plugin: Callable[..., str]) -> N
     with pytest.raises(PluginError) as info:
         load_plugins([module])
     message = str(info.value)
-    assert f"plugin {module!r} (-p) failed to import: RuntimeError: no GPU driver here" in message
+    assert f"plugin {module!r} (-p) failed to import at " in message  # the plugin's own file and line
+    assert f"{module}.py:1: RuntimeError: no GPU driver here" in message
     assert f"-p no:{module}" in message
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_an_exception_in_registration_names_the_plugin_file_and_line(make_plugin: Callable[..., str]) -> None:
+    module = make_plugin("detkit_test_raising", source="""
+        import detkit
+
+
+        @detkit.hookimpl
+        def detkit_add_components(registry):
+            table = {"a": 1}
+            registry.register("proposer", "x", table["b"])
+    """)
+    with pytest.raises(PluginError) as info:
+        load_plugins([module])
+    message = str(info.value)
+    assert f"plugin {module!r}: detkit_add_components failed at " in message
+    assert f"{module}.py:8: KeyError: 'b' (--traceback shows the whole traceback)" in message
+    assert isinstance(info.value.__cause__, KeyError)  # chained: --traceback shows the plugin's frames
+
+
+def test_a_factory_that_cannot_be_called_is_refused_at_registration(make_plugin: Callable[..., str]) -> None:
+    module = make_plugin("detkit_test_not_callable", source="""
+        import detkit
+
+
+        @detkit.hookimpl
+        def detkit_add_components(registry):
+            registry.register("backbone", "mobilenet", "mobilenet_v2")
+    """)
+    with pytest.raises(PluginError, match=r"registers backbone 'mobilenet' with a factory that cannot be called "
+                                          r"\(str 'mobilenet_v2'\)"):
+        load_plugins([module])
+
+
+def test_a_module_without_hook_implementations_is_warned_about(make_plugin: Callable[..., str]) -> None:
+    module = make_plugin("detkit_test_no_hooks", source="""
+        def detkit_add_components(registry):  # no @detkit.hookimpl: pluggy does not see it
+            registry.register("proposer", "never", object)
+    """)
+    with pytest.warns(UserWarning, match=rf"plugin '{module}' \(-p\) implements no detkit hook.*@detkit.hookimpl"):
+        plugins = load_plugins([module])
+    assert "never" not in plugins.registry.names("proposer")
+
+
+def test_reserved_kinds_are_refused():
+    registry = ComponentRegistry()
+    with pytest.raises(PluginError, match="unknown kind 'preprocess'"):
+        registry.register("preprocess", "mine", object, plugin="p")
+
+
+def test_a_component_that_breaks_its_contract_is_refused_when_built():
+    class NotAStage:
+        def __init__(self, *, in_channels: int = 0) -> None:
+            self.in_channels = in_channels
+
+    class NoChannels(detkit.stages.Backbone):  # a Backbone that forgot out_channels / out_strides
+        pass
+
+    registry = ComponentRegistry()
+    registry.register("proposer", "plain", NotAStage, plugin="p")
+    registry.register("backbone", "bare", NoChannels, plugin="p")
+    with pytest.raises(PluginError, match=r"config key 'model.proposer': proposer 'plain' \(plugin 'p', .*NotAStage\) "
+                                          r"built a NotAStage, not a detkit.stages.Proposer"):
+        registry.build("proposer", {"name": "plain"}, key="model.proposer", in_channels=8)
+    with pytest.raises(PluginError, match=r"backbone 'bare' \(plugin 'p'\) has no out_channels mapping"):
+        registry.build("backbone", {"name": "bare"}, key="model.backbone")
 
 
 def test_missing_plugin_module_is_named() -> None:
@@ -464,5 +534,5 @@ def test_cli_reports_a_failing_entry_point(
 def test_build_errors_are_config_errors_not_crashes() -> None:
     registry = load_plugins().registry
     with pytest.raises(ConfigError, match=r"config key 'model.roi_head': unknown key 'num_class' for roi_head "
-                                          r"'fast_rcnn' \(did you mean 'num_classes'\?\)"):
+                                          r"'fast_rcnn' \(did you mean 'num_classes', which detkit sets itself\?\)"):
         registry.build("roi_head", {"name": "fast_rcnn", "num_class": 3}, key="model.roi_head")
