@@ -10,6 +10,7 @@ a model; every stage takes typed keyword arguments.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -202,14 +203,53 @@ def _resize_batch(tensor: Tensor, scale: float) -> tuple[Tensor, tuple[float, fl
 
 
 def build_backbone_and_neck(model: Mapping[str, Any], registry: ComponentRegistry) -> tuple[Backbone, Neck | None]:
-    """``model.backbone`` and, when set, ``model.neck`` (built on the backbone's channels and strides)."""
+    """``model.backbone`` and, when set, ``model.neck`` (built on the backbone's channels and strides).
+
+    Both must give feature maps finest first, at strides that are powers of two
+    (:func:`check_feature_maps`).
+    """
     backbone = registry.build("backbone", model["backbone"], key="model.backbone")
+    check_feature_maps(backbone, "model.backbone")
     neck = None
     if model.get("neck"):
         neck = registry.build(
             "neck", model["neck"], key="model.neck", in_channels=backbone.out_channels, in_strides=backbone.out_strides
         )
+        check_feature_maps(neck, "model.neck")
     return backbone, neck
+
+
+def check_feature_maps(source: Backbone | Neck, key: str) -> None:
+    """Raise a :class:`ConfigError` unless ``source`` names the same maps in ``out_channels`` and
+    ``out_strides``, at least one, with strides that are powers of two and grow from map to map."""
+    names, strides = list(source.out_channels), source.out_strides
+    if not names:
+        raise ConfigError(f"{key}: gives no feature map; check its out_features")
+    if list(strides) != names:
+        raise ConfigError(
+            f"{key}: out_channels names {names} but out_strides names {list(strides)}; they must name the "
+            "same maps in the same order"
+        )
+    values = [strides[n] for n in names]
+    bad = [f"{n}={v}" for n, v in zip(names, values) if not (isinstance(v, int) and v > 0 and v & (v - 1) == 0)]
+    if bad:
+        raise ConfigError(f"{key}: strides must be powers of two (2, 4, 8, ...); got {', '.join(bad)}")
+    if any(a >= b for a, b in itertools.pairwise(values)):
+        order = ", ".join(f"{n} (stride {v})" for n, v in zip(names, values))
+        raise ConfigError(f"{key}: feature maps must come finest first (strides growing); got {order}")
+
+
+def check_in_features(component: Any, source: Backbone | Neck, key: str) -> None:
+    """Raise a :class:`ConfigError` when ``component.in_features`` names a map ``source`` does not give."""
+    wanted = getattr(component, "in_features", None)
+    if not wanted:
+        return
+    missing = [name for name in wanted if name not in source.out_channels]
+    if missing:
+        raise ConfigError(
+            f"{key}.in_features names {', '.join(missing)}, which the backbone/neck does not give; it gives "
+            f"{', '.join(source.out_channels)} (set {key}.in_features to some of those, finest first)"
+        )
 
 
 def _channels(module: Backbone | Neck, key: str) -> int:
@@ -250,6 +290,8 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
         mask_kwargs["mask_head"] = registry.build(
             "mask_head", model["mask_head"], key="model.mask_head", in_channels=channels, num_classes=num_classes
         )
+    for component, key in ((extractor, "model.region_extractor"), (mask_kwargs.get("mask_head"), "model.mask_head")):
+        check_in_features(component, neck or backbone, key)
     roi_head = registry.build(
         "roi_head", model["roi_head"], key="model.roi_head",
         region_extractor=extractor, in_channels=channels, num_classes=num_classes, **mask_kwargs,
@@ -346,4 +388,6 @@ __all__ = [
     "build_preprocess",
     "build_rcnn",
     "build_two_stage",
+    "check_feature_maps",
+    "check_in_features",
 ]

@@ -8,8 +8,8 @@ import torch
 import torchvision
 
 from detkit.config import load_config
-from detkit.detectors import DenseDetector, Detector, TwoStageDetector, build_detector
-from detkit.errors import DataError
+from detkit.detectors import DenseDetector, Detector, TwoStageDetector, build_detector, check_feature_maps
+from detkit.errors import ConfigError, DataError
 from detkit.importers import CONFIG_DIR
 from detkit.plugins import load_plugins
 from detkit.structures import Targets
@@ -93,3 +93,46 @@ def test_degenerate_target_boxes_are_refused_like_torchvision(recipe):
         model(images, [good, bad])
     _, losses = model(images, [good, good])  # the same call with valid boxes trains
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+# ----------------------------------------------------------------------------- wiring checked when built
+
+
+def _shapes(*overrides: str) -> dict:
+    return load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", list(overrides))
+
+
+def test_in_features_the_neck_does_not_give_are_refused_when_built():
+    # c3..c5 through the FPN give p3..p6: the RoI pooler's default p2 does not exist
+    config = _shapes("model.backbone.out_features=[c3,c4,c5]", "model.proposer.anchor_sizes=[[16],[32],[64],[128]]")
+    with pytest.raises(ConfigError, match=r"model.region_extractor.in_features names p2, which the backbone/neck "
+                                          r"does not give; it gives p3, p4, p5, p6"):
+        build_detector(config, load_plugins().registry, num_classes=4)
+    config = _shapes(
+        "model.backbone.out_features=[c3,c4,c5]", "model.proposer.anchor_sizes=[[16],[32],[64],[128]]",
+        "model.region_extractor.in_features=[p3,p4,p5]", "model.mask_head={name: mask_rcnn}",
+    )
+    with pytest.raises(ConfigError, match=r"model.mask_head.in_features names p2"):
+        build_detector(config, load_plugins().registry, num_classes=4)
+    config["model"]["mask_head"]["in_features"] = ["p3", "p4", "p5"]
+    assert isinstance(build_detector(config, load_plugins().registry, num_classes=4), TwoStageDetector)
+
+
+class _Maps:
+    def __init__(self, channels: dict, strides: dict) -> None:
+        self.out_channels, self.out_strides = channels, strides
+
+
+@pytest.mark.parametrize(
+    ("channels", "strides", "message"),
+    [
+        ({}, {}, "gives no feature map"),
+        ({"a": 8, "b": 8}, {"b": 16, "a": 8}, "must name the same maps in the same order"),
+        ({"a": 8, "b": 8}, {"a": 8, "b": 12}, r"powers of two .* got b=12"),
+        ({"a": 8, "b": 8}, {"a": 16, "b": 8}, r"finest first .* a \(stride 16\), b \(stride 8\)"),
+    ],
+)
+def test_feature_maps_must_be_named_alike_powers_of_two_and_finest_first(channels, strides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_feature_maps(_Maps(channels, strides), "model.backbone")
+    check_feature_maps(_Maps({"c3": 8, "c4": 8}, {"c3": 8, "c4": 16}), "model.backbone")  # a good one passes

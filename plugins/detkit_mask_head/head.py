@@ -76,6 +76,7 @@ class MaskRCNNHead(MaskHead):
         super().__init__()
         self.num_classes = num_classes
         self.mask_size = 2 * pooled_size
+        self.in_features = list(in_features)
         self.pooler = MultiScaleRoIAlign(
             in_features=in_features, output_size=pooled_size, sampling_ratio=sampling_ratio
         )
