@@ -38,9 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         "List loaded plugins and every registered component.",
         """
         detkit plugins
+        detkit plugins --describe backbone resnet18
         detkit plugins -p my_plugin_module
         DETKIT_DISABLE_PLUGIN_AUTOLOAD=1 detkit plugins
     """,
+    )
+    p.add_argument(
+        "--describe", nargs=2, metavar=("KIND", "NAME"), default=None,
+        help="a component's settings (types, defaults, documentation) and the arguments detkit passes it",
     )
     add_common(p, device=False)
     p.set_defaults(func=cmd_plugins)
@@ -186,9 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from detkit.plugins import load_plugins
-    from detkit.registry import COMPONENT_KINDS
+    from detkit.registry import COMPONENT_KINDS, describe
 
     plugins = load_plugins(args.plugins)
+    if args.describe:
+        kind, name = args.describe
+        print(describe(plugins.registry.get(kind, name)))
+        return 0
     print("plugins:")
     width = max(len(info.name) for info in plugins.infos)
     for info in plugins.infos:

@@ -134,7 +134,10 @@ class ComponentRegistry:
     def get(self, kind: str, name: str) -> Component:
         known = self._components.get(kind)
         if known is None:
-            raise PluginError(f"unknown component kind {kind!r}{did_you_mean(kind, COMPONENT_KINDS)}")
+            raise PluginError(
+                f"unknown component kind {kind!r}{did_you_mean(kind, COMPONENT_KINDS)}; kinds are: "
+                f"{', '.join(COMPONENT_KINDS)}"
+            )
         if name not in known:
             listing = ", ".join(sorted(known)) or "(none registered)"
             raise PluginError(
@@ -184,6 +187,74 @@ class ComponentRegistry:
         return built
 
 
+def describe(component: Component) -> str:
+    """A component's documentation for ``detkit plugins --describe KIND NAME``.
+
+    The factory's summary, then every argument with its type, default and the line of
+    the ``Args:`` section documenting it (searched in the factory's docstring, then its
+    base classes'), the ones a config may set apart from the ones detkit passes itself.
+    """
+    docs = _argument_docs(component.factory)
+    summary = (inspect.getdoc(component.factory) or "").split("\n\n")[0].replace("\n", " ")
+    lines = [f"{component.kind} {component.name!r}: plugin {component.plugin!r}, {component.origin()}"]
+    if summary:
+        lines += ["", f"  {summary}"]
+
+    def rows(params: Mapping[str, inspect.Parameter]) -> list[str]:
+        out = []
+        for name, param in params.items():
+            annotation = "" if param.annotation is param.empty else f": {_annotation(param.annotation)}"
+            default = "" if param.default is param.empty else f" = {param.default!r}"
+            out.append(f"  {name}{annotation}{default}")
+            if name in docs:
+                out.append(f"      {docs[name]}")
+        return out
+
+    settings = component.settings()
+    supplied = {k: p for k, p in component.parameters().items() if k not in settings}
+    lines += ["", "settings (config keys):", *(rows(settings) or ["  (none)"])]
+    if component.accepts_any_keyword():
+        lines.append("  ... and any other keyword (the factory takes **kwargs)")
+    if supplied:
+        lines += ["", "set by detkit (not in a config):", *rows(supplied)]
+    return "\n".join(lines)
+
+
+def _annotation(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
+
+
+def _argument_docs(factory: Any) -> dict[str, str]:
+    """``name -> description`` from the ``Args:`` sections of ``factory``'s docstring and its bases'."""
+    sources = list(inspect.getmro(factory)) if inspect.isclass(factory) else [factory]
+    docs: dict[str, str] = {}
+    for source in sources:
+        text = inspect.getdoc(source) or ""
+        in_args, current = False, None
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped in ("Args:", "Arguments:", "Parameters:"):
+                in_args, current = True, None
+                continue
+            if not in_args:
+                continue
+            if not stripped or (not line.startswith(" ") and stripped.endswith(":")):
+                in_args = False  # a blank line or the next section ends the arguments
+                continue
+            indent = len(line) - len(line.lstrip())
+            head, sep, rest = stripped.partition(": ")
+            if sep and indent <= 4 and all(n.strip().isidentifier() for n in head.split(",")):
+                names = [n.strip() for n in head.split(",")]
+                current = names
+                for n in names:
+                    docs.setdefault(n, rest.strip())
+            elif current:
+                for n in current:
+                    if docs.get(n) is not None:
+                        docs[n] = f"{docs[n]} {stripped}"
+    return docs
+
+
 def _check_contract(kind: str, component: Component, built: Any, where: str) -> None:
     """Raise a :class:`PluginError` unless ``built`` is an instance of its kind's stage contract."""
     contract_name = CONTRACTS.get(kind)
@@ -224,4 +295,12 @@ class PluginRegistrar:
         return self._registry.names(kind)
 
 
-__all__ = ["COMPONENT_KINDS", "CONTRACTS", "SUPPLIED_BY_DETKIT", "Component", "ComponentRegistry", "PluginRegistrar"]
+__all__ = [
+    "COMPONENT_KINDS",
+    "CONTRACTS",
+    "SUPPLIED_BY_DETKIT",
+    "Component",
+    "ComponentRegistry",
+    "PluginRegistrar",
+    "describe",
+]

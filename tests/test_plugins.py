@@ -536,3 +536,31 @@ def test_build_errors_are_config_errors_not_crashes() -> None:
     with pytest.raises(ConfigError, match=r"config key 'model.roi_head': unknown key 'num_class' for roi_head "
                                           r"'fast_rcnn' \(did you mean 'num_classes', which detkit sets itself\?\)"):
         registry.build("roi_head", {"name": "fast_rcnn", "num_class": 3}, key="model.roi_head")
+
+
+# ----------------------------------------------------------------------------- --describe
+
+
+def test_describe_documents_settings_and_marks_what_detkit_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--describe", "backbone", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("backbone 'resnet18': plugin 'detkit.components', detkit.backbones.resnet.")
+    settings = out.split("settings (config keys):")[1]
+    assert "  width: int = 64\n      channels of the first stage" in settings  # documented on the ResNet base
+    assert "  out_features: Sequence[str] = ('c2', 'c3', 'c4', 'c5')" in settings
+    assert "set by detkit" not in out  # a backbone gets nothing from the builder
+
+    assert main(["plugins", "--describe", "roi_head", "fast_rcnn"]) == 0
+    out = capsys.readouterr().out
+    settings, supplied = out.split("settings (config keys):")[1].split("set by detkit (not in a config):")
+    assert "  pooled_size: int = 7\n      side of the pooled features" in settings
+    for name in ("region_extractor", "in_channels", "num_classes", "mask_head"):
+        assert f"  {name}" in supplied and f"  {name}:" not in settings
+
+
+def test_describe_unknown_names_suggest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--describe", "backbones", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown component kind 'backbones' (did you mean 'backbone'?); kinds are: backbone" in err
+    assert main(["plugins", "--describe", "backbone", "resnet19"]) == 2
+    assert "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in capsys.readouterr().err
