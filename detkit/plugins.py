@@ -22,9 +22,10 @@ import importlib
 import os
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,11 +53,23 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """A loaded plugin and where it came from."""
+    """A loaded plugin and where it came from.
+
+    Attributes:
+        name: the plugin's name (an entry point's name, or the module's).
+        module: the module that holds its hooks.
+        origin: ``builtin``, ``entry point NAME = VALUE (dist version)``, ``-p`` or ``config``.
+        distribution: the installed distribution that provides it, with ``version``,
+            when known (entry points); see :meth:`Plugins.distribution_of` for the others.
+    """
 
     name: str
     module: str
-    origin: str  # "builtin", "entry point (dist 1.0)", "-p", "config"
+    origin: str
+    distribution: str | None = None
+    version: str | None = None
+
+
 
 
 class Plugins:
@@ -70,6 +83,74 @@ class Plugins:
     @property
     def hook(self) -> Any:
         return self.pm.hook
+
+    def distribution_of(self, plugin: str) -> tuple[str | None, str | None]:
+        """``(distribution, version)`` that provides ``plugin``, or ``(None, None)`` for a loose module."""
+        info = next((i for i in self.infos if i.name == plugin), None)
+        if info is None:
+            return None, None
+        if info.distribution:
+            return info.distribution, info.version
+        if info.origin == "builtin":
+            return "detkit", _version("detkit")
+        top = info.module.split(".")[0]
+        names = packages_distributions().get(top, [])
+        return (names[0], _version(names[0])) if names else (None, None)
+
+    def model_components(
+        self, built: Sequence[tuple[str, Component]], *, detector: str
+    ) -> dict[str, dict[str, str | None]]:
+        """Which plugin (and distribution) provided each component a model was built from.
+
+        Args:
+            built: the ``(config key, component)`` pairs of the build
+                (:attr:`ComponentRegistry.built <detkit.registry.ComponentRegistry.built>`).
+            detector: ``model.type``.
+
+        Returns:
+            ``{"model.backbone": {"kind", "name", "plugin", "distribution", "version"}, ...,
+            "model.type": {...}}``; a checkpoint stores it, so that loading it without a
+            plugin can say what to install.
+        """
+        entries = [*built, ("model.type", self.registry.get("detector", detector))]
+        found: dict[str, dict[str, str | None]] = {}
+        for key, component in entries:
+            distribution, version = self.distribution_of(component.plugin)
+            found[key] = {
+                "kind": component.kind, "name": component.name, "plugin": component.plugin,
+                "distribution": distribution, "version": version,
+            }
+        return found
+
+    def check_available(self, components: Mapping[str, Mapping[str, Any]], *, source: str) -> None:
+        """Raise a :class:`PluginError` naming what to install when a recorded component is not registered.
+
+        Args:
+            components: :meth:`model_components` of the run that made ``source``.
+            source: what needs them, e.g. ``checkpoint 'best.pt'``.
+        """
+        for key, entry in components.items():
+            kind, name = str(entry.get("kind")), str(entry.get("name"))
+            if kind in self.registry.kinds() and name in self.registry.names(kind):
+                continue
+            distribution, version = entry.get("distribution"), entry.get("version")
+            if distribution:
+                pin = f"=={version}" if version else ""
+                remedy = f"install it (pip install '{distribution}{pin}')"
+            else:
+                remedy = f"make module {entry.get('plugin')!r} importable"
+            raise PluginError(
+                f"{source} was built with {kind} {name!r} ({key}) from plugin {entry.get('plugin')!r}"
+                f"{f' of {distribution} {version}' if distribution else ''}, which is not loaded here; "
+                f"{remedy} and load it (an installed entry point loads by itself; a module with -p MODULE)"
+            )
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return distribution_version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def _where(exc: BaseException) -> str:
@@ -99,7 +180,7 @@ def _import_plugin(module_name: str, origin: str) -> ModuleType:
         ) from exc
 
 
-def _entry_point_plugins(blocked: set[str]) -> list[tuple[str, Any, str]]:
+def _entry_point_plugins(blocked: set[str]) -> list[tuple[str, Any, str, str | None, str | None]]:
     found = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in blocked:
@@ -107,6 +188,7 @@ def _entry_point_plugins(blocked: set[str]) -> list[tuple[str, Any, str]]:
         dist = getattr(ep, "dist", None)
         dist_label = f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
         origin = f"entry point {ep.name} = {ep.value} ({dist_label})"
+        distribution = (dist.name, dist.version) if dist is not None else (None, None)
         try:
             obj = ep.load()
         except Exception as exc:
@@ -115,7 +197,7 @@ def _entry_point_plugins(blocked: set[str]) -> list[tuple[str, Any, str]]:
                 f"Fix or uninstall {dist_label}, skip it with -p no:{ep.name}, or set "
                 f"{DISABLE_AUTOLOAD_ENV}=1"
             ) from exc
-        found.append((ep.name, obj, origin))
+        found.append((ep.name, obj, origin, *distribution))
     return found
 
 
@@ -149,7 +231,7 @@ def load_plugins(
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
 
-    def add(name: str, obj: Any, origin: str) -> None:
+    def add(name: str, obj: Any, origin: str, distribution: str | None = None, version: str | None = None) -> None:
         if name in blocked_set or pm.has_plugin(name) or pm.is_registered(obj):
             return
         try:
@@ -165,14 +247,14 @@ def load_plugins(
                 "functions with @detkit.hookimpl and name them after detkit.hookspecs (e.g. detkit_add_components)",
                 stacklevel=2,
             )
-        infos.append(PluginInfo(name, module, origin))
+        infos.append(PluginInfo(name, module, origin, distribution, version))
 
     for module_name in BUILTIN_PLUGINS:
         if module_name not in blocked_set:
             add(module_name, _import_plugin(module_name, "builtin"), "builtin")
     if autoload:
-        for name, obj, origin in _entry_point_plugins(blocked_set):
-            add(name, obj, origin)
+        for name, obj, origin, distribution, version in _entry_point_plugins(blocked_set):
+            add(name, obj, origin, distribution, version)
     for module_name, origin in named:
         if module_name not in blocked_set:
             add(module_name, _import_plugin(module_name, origin), origin)

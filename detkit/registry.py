@@ -91,6 +91,8 @@ class ComponentRegistry:
 
     def __init__(self) -> None:
         self._components: dict[str, dict[str, Component]] = {k: {} for k in COMPONENT_KINDS}
+        #: ``(config key, component)`` of every :meth:`build`, in order (what a model was made of).
+        self.built: list[tuple[str, Component]] = []
 
     # -- registration -------------------------------------------------------------
     def register(
@@ -125,6 +127,9 @@ class ComponentRegistry:
         return PluginRegistrar(self, plugin)
 
     # -- lookup ------------------------------------------------------------------
+    def kinds(self) -> list[str]:
+        return list(self._components)
+
     def names(self, kind: str) -> list[str]:
         return sorted(self._components[kind])
 
@@ -184,6 +189,7 @@ class ComponentRegistry:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: cannot build {kind} {component.name!r}: {exc}") from exc
         _check_contract(kind, component, built, where)
+        self.built.append((key or kind, component))
         return built
 
 

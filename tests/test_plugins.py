@@ -564,3 +564,56 @@ def test_describe_unknown_names_suggest(capsys: pytest.CaptureFixture[str]) -> N
     assert "unknown component kind 'backbones' (did you mean 'backbone'?); kinds are: backbone" in err
     assert main(["plugins", "--describe", "backbone", "resnet19"]) == 2
     assert "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- checkpoints name their plugins
+
+
+class SlimNets:
+    """An installed plugin (entry point ``slimnets`` of ``detkit-slimnets 0.3.0``) with one backbone."""
+
+    @detkit.hookimpl
+    def detkit_add_components(self, registry: Any) -> None:
+        registry.register("backbone", "slim_resnet", slim_resnet)
+
+
+def slim_resnet() -> detkit.stages.Backbone:
+    from detkit.backbones.resnet import resnet18
+
+    return resnet18(width=8, norm="bn", frozen_stages=0)
+
+
+def test_a_checkpoint_names_the_plugin_to_install_when_it_is_missing(
+    fake_entry_points: Callable[..., list[FakeEntryPoint]], tmp_path: Path
+) -> None:
+    from detkit.engine.build import load_model, model_and_components
+    from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+    from detkit.importers import CONFIG_DIR
+
+    dist = FakeDist("detkit-slimnets", "0.3.0")
+    fake_entry_points(FakeEntryPoint("slimnets", "slimnets", plugin=SlimNets(), dist=dist))
+    config = load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", ["model.backbone={name: slim_resnet}"])
+    classes = ["circle", "square", "triangle", "ellipse"]
+    model, components = model_and_components(config, load_plugins(), class_names=classes)
+    assert components["model.backbone"] == {
+        "kind": "backbone", "name": "slim_resnet", "plugin": "slimnets",
+        "distribution": "detkit-slimnets", "version": "0.3.0",
+    }
+    assert components["model.proposer"]["plugin"] == "detkit_rpn"
+    assert components["model.type"] == {
+        "kind": "detector", "name": "two_stage", "plugin": "detkit.components",
+        "distribution": "detkit", "version": detkit.__version__,
+    }
+    assert "model.mask_head" not in components  # only what the model was built from
+    path = save_checkpoint(tmp_path / "best.pt", model=model, config=config, class_names=classes,
+                           meta={"components": components})
+    assert load_checkpoint(path)["meta"]["components"] == components
+    assert load_model(path)[0].class_names == classes  # with the plugin installed
+
+    fake_entry_points()  # the plugin is not installed here
+    with pytest.raises(PluginError) as info:
+        load_model(path)
+    assert str(info.value).startswith(
+        f"checkpoint {str(path)!r} was built with backbone 'slim_resnet' (model.backbone) from plugin 'slimnets' "
+        "of detkit-slimnets 0.3.0, which is not loaded here; install it (pip install 'detkit-slimnets==0.3.0')"
+    )

@@ -68,6 +68,20 @@ def model_from_config(
     return build_detector(config, plugins.registry, num_classes=len(class_names))
 
 
+def model_and_components(
+    config: Mapping[str, Any], plugins: Plugins, *, class_names: Sequence[str]
+) -> tuple[nn.Module, dict[str, dict[str, str | None]]]:
+    """:func:`model_from_config`, and which plugin provided each component it was built from.
+
+    The map goes into checkpoints (``meta["components"]``), so that :func:`load_model`
+    can name the plugin and distribution to install when one is missing.
+    """
+    start = len(plugins.registry.built)
+    model = model_from_config(config, plugins, class_names=class_names)
+    detector = str(config["model"].get("type", "two_stage"))
+    return model, plugins.model_components(plugins.registry.built[start:], detector=detector)
+
+
 def load_model(
     weights: str | os.PathLike[str],
     *,
@@ -93,6 +107,7 @@ def load_model(
     if not class_names:
         raise ConfigError(f"checkpoint {str(weights)!r} names no classes")
     plugins = plugins_for(config, cli_plugins)
+    plugins.check_available(checkpoint.get("meta", {}).get("components") or {}, source=f"checkpoint {str(weights)!r}")
     plugins.hook.detkit_configure(config=config)
     model = model_from_config(config, plugins, class_names=class_names)
     load_state(model, checkpoint["model"], path=weights)

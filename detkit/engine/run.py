@@ -22,7 +22,7 @@ from detkit.data.base import DetectionDataset
 from detkit.data.loader import build_loader
 from detkit.data.transforms import RandomHorizontalFlip
 from detkit.device import resolve_device
-from detkit.engine.build import build_dataset, model_from_config, plugins_for
+from detkit.engine.build import build_dataset, model_and_components, plugins_for
 from detkit.engine.checkpoint import load_state, save_checkpoint
 from detkit.engine.evaluate import evaluate_dataset
 from detkit.engine.trainer import EvaluateFn, Trainer
@@ -90,7 +90,7 @@ def run_training(
     class_names = list(config["model"].get("class_names") or train_set.class_names)
     config["model"]["class_names"] = class_names
     config["model"]["num_classes"] = len(class_names)
-    model = model_from_config(config, plugins, class_names=class_names)
+    model, components = model_and_components(config, plugins, class_names=class_names)
     if train.get("init_weights"):
         load_weights_file(model, str(train["init_weights"]), strict=False)
     resolve_device(str(train["device"]))  # fail early on a bad device
@@ -101,6 +101,7 @@ def run_training(
         out_dir=out_dir,
         config=config,
         class_names=class_names,
+        checkpoint_meta={"components": components},
         progress=progress,
     )
     return dict(trainer.train().final_metrics)
@@ -124,16 +125,19 @@ def import_torchvision(
     importer = plugins.registry.get("importer", name).factory()
     state = read_state_dict(str(source))
     config, class_names, converted = importer.convert(state, config_path=config_path)
-    model = plugins.registry.get("detector", config["model"]["type"]).factory(
-        config["model"], plugins.registry, num_classes=len(class_names)
-    )
+    model, components = model_and_components(config, plugins, class_names=class_names)
     load_state(model, converted, path=str(source))
     save_checkpoint(
         output,
         model=model,
         config=config,
         class_names=class_names,
-        meta={"imported_from": f"torchvision {name}", "source": str(source), "torch_version": torch.__version__},
+        meta={
+            "imported_from": f"torchvision {name}",
+            "source": str(source),
+            "torch_version": torch.__version__,
+            "components": components,
+        },
     )
     return list(class_names)
 

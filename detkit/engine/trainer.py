@@ -252,6 +252,8 @@ class Trainer:
         config: the resolved config; its ``train`` section sets the loop (see
             :class:`TrainSettings`) and the whole of it goes into checkpoints.
         class_names: label index -> name, stored in checkpoints.
+        checkpoint_meta: plain values stored in every checkpoint's ``meta`` (e.g. the
+            ``components`` map of which plugin provided each component).
         progress: show a tqdm progress bar.
         max_bad_steps: non-finite steps in a row that abort the run.
         clock: seconds counter for the ``max_minutes`` budget and timings.
@@ -269,6 +271,7 @@ class Trainer:
         out_dir: str | os.PathLike[str],
         config: Mapping[str, Any],
         class_names: Sequence[str],
+        checkpoint_meta: Mapping[str, Any] | None = None,
         progress: bool = True,
         max_bad_steps: int = 5,
         clock: Callable[[], float] = time.monotonic,
@@ -281,6 +284,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.config = dict(config)
         self.class_names = list(class_names)
+        self.checkpoint_meta = dict(checkpoint_meta or {})
         self.progress = progress
         self.max_bad_steps = max_bad_steps
         self.clock = clock
@@ -579,7 +583,7 @@ class Trainer:
         self._log_file.flush()
 
     def _save(self, name: str) -> None:
-        meta = {"iteration": self.iteration, "epoch": self.epoch, "metrics": self.last_metrics}
+        meta = {**self.checkpoint_meta, "iteration": self.iteration, "epoch": self.epoch, "metrics": self.last_metrics}
         save_checkpoint(
             self.out_dir / name,
             model=self.model,
