@@ -10,6 +10,7 @@ from detkit import backbones, importers
 from detkit.data import register_datasets
 from detkit.detectors import build_rcnn, build_two_stage
 from detkit.hookspecs import Registrar, hookimpl
+from detkit.stages.postprocess import DetectionPostProcess
 from detkit.stages.rcnn_head import RCNNHead
 from detkit.stages.region_features import MultiScaleRoIAlign, MultiScaleRoIPool, WarpedCrops
 from detkit.stages.roi_heads import FastRCNNHead
@@ -30,6 +31,7 @@ def detkit_add_components(registry: Registrar) -> None:
     registry.register("region_extractor", "warped_crops", WarpedCrops)
     registry.register("roi_head", "fast_rcnn", FastRCNNHead)
     registry.register("roi_head", "rcnn", RCNNHead)
+    registry.register("postprocess", "nms", DetectionPostProcess)
     registry.register("detector", "two_stage", build_two_stage)
     registry.register("detector", "rcnn", build_rcnn)
     registry.register("importer", "fasterrcnn_resnet50_fpn", importers.fasterrcnn_resnet50_fpn)

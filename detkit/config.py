@@ -35,6 +35,7 @@ COMPONENT_KEYS: frozenset[str] = frozenset(
         "model.roi_head",
         "model.mask_head",
         "model.dense_head",
+        "model.postprocess",
         "data.train",
         "data.val",
     }
@@ -62,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "mask_head": None,
         "dense_head": None,
         "postprocess": {
+            "name": "nms",
             "score_thresh": 0.05,
             "nms_thresh": 0.5,
             "detections_per_img": 100,
@@ -187,7 +189,9 @@ def validate(config: Mapping[str, Any], *, source: str = "config", schema: Schem
                     f"known keys{' under ' + repr(path) if path else ''}: {', '.join(sorted(known))}"
                 )
             if schema.is_component(sub):
-                if value is not None and not (isinstance(value, Mapping) and "name" in value):
+                # a section without a name keeps the default's component (and is merged onto it)
+                named_default = isinstance(known[key], Mapping) and "name" in known[key]
+                if value is not None and not (isinstance(value, Mapping) and ("name" in value or named_default)):
                     raise ConfigError(f"{source}: {sub!r} must be a mapping with a 'name' key, or null")
                 continue
             if isinstance(known[key], Mapping):
@@ -231,7 +235,12 @@ def apply_overrides(
             node = node[k]
         if keys[-1] == "name" and schema.is_component(".".join(keys[:-1])) and node.get("name") != value:
             node.clear()  # another factory: the old keys belong to the old one (as in merge)
-        node[keys[-1]] = value
+        section, old = keys[-1], node.get(keys[-1])
+        if schema.is_component(".".join(keys)) and isinstance(value, Mapping) and isinstance(old, Mapping):
+            # a section given whole merges as in a file: another name replaces it, no name or the same one
+            # changes the keys it gives
+            value = merge({section: old}, {section: value}, path=".".join(keys[:-1]), schema=schema)[section]
+        node[section] = value
         validate(out, source=f"override {item!r}", schema=schema)
     return out
 

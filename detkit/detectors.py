@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from detkit.errors import ConfigError
 from detkit.registry import ComponentRegistry
-from detkit.stages import DetectionPostProcess, ResizeNormalize
+from detkit.stages import ResizeNormalize
 from detkit.stages.base import (
     Backbone,
     DenseHead,
@@ -267,9 +267,9 @@ def build_preprocess(model: Mapping[str, Any], *, fixed_size: Sequence[int] | No
     return ResizeNormalize(**model["preprocess"], fixed_size=fixed_size)
 
 
-def build_postprocess(model: Mapping[str, Any]) -> DetectionPostProcess:
-    """The post-processing of ``model.postprocess`` (the same for every detector family)."""
-    return DetectionPostProcess(**model["postprocess"])
+def build_postprocess(model: Mapping[str, Any], registry: ComponentRegistry) -> PostProcess:
+    """The post-processing component of ``model.postprocess`` (``{name: nms, ...}`` by default)."""
+    return registry.build("postprocess", model["postprocess"], key="model.postprocess")
 
 
 def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> TwoStageDetector:
@@ -296,7 +296,7 @@ def build_two_stage(model: Mapping[str, Any], registry: ComponentRegistry, *, nu
         "roi_head", model["roi_head"], key="model.roi_head",
         region_extractor=extractor, in_channels=channels, num_classes=num_classes, **mask_kwargs,
     )
-    return _two_stage(model, backbone=backbone, neck=neck, proposer=proposer, roi_head=roi_head)
+    return _two_stage(model, registry, backbone=backbone, neck=neck, proposer=proposer, roi_head=roi_head)
 
 
 def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> TwoStageDetector:
@@ -320,11 +320,17 @@ def build_rcnn(model: Mapping[str, Any], registry: ComponentRegistry, *, num_cla
         "roi_head", model["roi_head"], key="model.roi_head",
         region_extractor=extractor, network=network, num_classes=num_classes,
     )
-    return _two_stage(model, backbone=None, neck=None, proposer=proposer, roi_head=roi_head)
+    return _two_stage(model, registry, backbone=None, neck=None, proposer=proposer, roi_head=roi_head)
 
 
 def _two_stage(
-    model: Mapping[str, Any], *, backbone: Backbone | None, neck: Neck | None, proposer: Proposer, roi_head: RoIHead
+    model: Mapping[str, Any],
+    registry: ComponentRegistry,
+    *,
+    backbone: Backbone | None,
+    neck: Neck | None,
+    proposer: Proposer,
+    roi_head: RoIHead,
 ) -> TwoStageDetector:
     """A :class:`TwoStageDetector` of the given stages with ``model``'s pre- and post-processing."""
     return TwoStageDetector(
@@ -333,7 +339,7 @@ def _two_stage(
         neck=neck,
         proposer=proposer,
         roi_head=roi_head,
-        postprocess=build_postprocess(model),
+        postprocess=build_postprocess(model, registry),
     )
 
 
@@ -366,7 +372,7 @@ def build_dense(
         backbone=backbone,
         neck=neck,
         dense_head=dense_head,
-        postprocess=build_postprocess(model),
+        postprocess=build_postprocess(model, registry),
     )
 
 

@@ -210,7 +210,7 @@ def test_unknown_key_in_override(override: str, message: str) -> None:
         ("train.steps=[1, 2", r"not valid YAML"),
         ("train.lr.x=1", r"'train.lr' is not a section"),
         ("model.proposer=rpn", r"'model.proposer' must be a mapping with a 'name' key"),
-        ("model.proposer={anchor_sizes: [[8]]}", r"'model.proposer' must be a mapping with a 'name' key"),
+        ("model.proposer=[1, 2]", r"'model.proposer' must be a mapping with a 'name' key"),
     ],
 )
 def test_malformed_override(override: str, message: str) -> None:
@@ -341,3 +341,12 @@ def test_shipped_detection_configs_build_their_model(name: str) -> None:
     plugins.hook.detkit_configure(config=config)
     model = model_from_config(config, plugins, class_names=["a", "b"])
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_component_section_given_whole_merges_like_a_file_section() -> None:
+    config = load_config(None, ["model.proposer={name: rpn, nms_thresh: 0.6}", "model.proposer={anchor_sizes: [[8]]}"])
+    assert config["model"]["proposer"] == {"name": "rpn", "nms_thresh": 0.6, "anchor_sizes": [[8]]}  # merged
+    config = load_config(None, ["model.proposer={name: rpn, nms_thresh: 0.6}", "model.proposer={name: grid}"])
+    assert config["model"]["proposer"] == {"name": "grid"}  # another component: the old keys are dropped
+    config = load_config(None, ["model.postprocess={score_thresh: 0.3}"])  # no name: the default's, nms
+    assert config["model"]["postprocess"] == {**DEFAULTS["model"]["postprocess"], "score_thresh": 0.3}

@@ -136,3 +136,25 @@ def test_feature_maps_must_be_named_alike_powers_of_two_and_finest_first(channel
     with pytest.raises(ConfigError, match=message):
         check_feature_maps(_Maps(channels, strides), "model.backbone")
     check_feature_maps(_Maps({"c3": 8, "c4": 8}, {"c3": 8, "c4": 16}), "model.backbone")  # a good one passes
+
+
+def test_post_processing_is_a_component_a_config_selects():
+    from detkit.stages import DetectionPostProcess
+
+    class BestOnly(DetectionPostProcess):
+        """The NMS post-processing, keeping each image's best detection only."""
+
+        def __init__(self, *, score_thresh: float = 0.0) -> None:
+            super().__init__(score_thresh=score_thresh, detections_per_img=1)
+
+    registry = load_plugins().registry
+    registry.register("postprocess", "best_only", BestOnly, plugin="tests")
+    config = _shapes("model.postprocess={name: best_only}", "model.postprocess.score_thresh=0.0")
+    assert config["model"]["postprocess"] == {"name": "best_only", "score_thresh": 0.0}  # the nms keys are gone
+    model = build_detector(config, registry, num_classes=4).eval()
+    assert isinstance(model.postprocess, BestOnly)
+    with torch.no_grad():
+        detections, _ = model([torch.rand(3, 96, 128), torch.rand(3, 64, 64)])
+    assert [len(d) for d in detections] == [1, 1]
+    default = build_detector(_shapes(), registry, num_classes=4)
+    assert type(default.postprocess) is DetectionPostProcess  # model.postprocess.name defaults to nms

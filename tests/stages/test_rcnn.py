@@ -155,7 +155,7 @@ def _rcnn(num_classes: int = 2):
         "proposer": {"name": "fixed_test"},
         "region_extractor": {"name": "warped_crops", "crop_size": 32, "context_padding": 4},
         "roi_head": {"name": "rcnn", "representation_size": 16, "batch_size_per_image": 16, "initial_negatives": 50},
-        "postprocess": {"score_thresh": 0.0, "nms_thresh": 0.3, "detections_per_img": 20},
+        "postprocess": {"name": "nms", "score_thresh": 0.0, "nms_thresh": 0.3, "detections_per_img": 20},
     }
     return build_rcnn(model, registry, num_classes=num_classes)
 
