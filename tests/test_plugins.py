@@ -11,6 +11,7 @@ from textwrap import dedent
 from typing import Any
 
 import pytest
+import torch
 
 import detkit
 import detkit.plugins
@@ -617,3 +618,29 @@ def test_a_checkpoint_names_the_plugin_to_install_when_it_is_missing(
         f"checkpoint {str(path)!r} was built with backbone 'slim_resnet' (model.backbone) from plugin 'slimnets' "
         "of detkit-slimnets 0.3.0, which is not loaded here; install it (pip install 'detkit-slimnets==0.3.0')"
     )
+
+
+def test_the_backbone_template_in_plugins_md_builds_a_detector() -> None:
+    from detkit.importers import CONFIG_DIR
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "PLUGINS.md").read_text(encoding="utf-8")
+    section = text.split("## 4a. Writing a backbone")[1].split("## 5.")[0]
+    source = section.split("```python\n")[1].split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "PLUGINS.md", "exec"), namespace)  # the template as the docs print it
+    registry = load_plugins().registry
+    registry.register("backbone", "mobilenet_v2", namespace["MobileNetV2"], plugin="docs")
+    config = load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", [
+        "model.backbone={name: mobilenet_v2}", "model.region_extractor.in_features=[p3,p4,p5]",
+        "model.proposer.anchor_sizes=[[32],[64],[128],[256]]",
+    ])
+    model = build_detector(config, registry, num_classes=4).eval()
+    assert model.backbone.out_strides == {"c3": 8, "c4": 16, "c5": 32}
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 128, 128))
+    assert {k: tuple(v.shape[1:]) for k, v in features.maps.items()} == {
+        "c3": (32, 16, 16), "c4": (96, 8, 8), "c5": (1280, 4, 4)
+    }
+    with torch.no_grad():
+        detections, _ = model([torch.rand(3, 128, 128)])
+    assert len(detections) == 1
