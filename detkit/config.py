@@ -6,6 +6,12 @@ suggests the nearest known one. *Component* sections (:data:`COMPONENT_KEYS`) ar
 ``{name: NAME, **kwargs}``: their keys are the keyword arguments of the registered
 factory, checked when the component is built (:meth:`ComponentRegistry.build`).
 
+Paths (:data:`PATH_KEYS`): a relative input path in a config file resolves against
+that file's folder (a base's against the base's folder), ``${cwd}/...`` against the
+current directory; outputs (:data:`OUTPUT_KEYS`) and ``key=value`` overrides are
+relative to the current directory. ``detkit:NAME.yaml``, wherever a config file is
+named, is a recipe shipped with detkit (:data:`RECIPES_DIR`, :func:`recipe_path`).
+
 Modules never read a config: :mod:`detkit.detectors` is the one adapter that maps
 a config to constructor arguments.
 """
@@ -13,6 +19,7 @@ a config to constructor arguments.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -103,6 +110,28 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The recipes shipped with detkit (package data; a checkout's top-level ``configs`` links here).
+RECIPES_DIR: Path = Path(__file__).resolve().parent / "configs"
+
+#: ``detkit:NAME.yaml`` in place of a config file names the shipped recipe ``NAME.yaml``.
+RECIPE_PREFIX = "detkit:"
+
+#: A path value that starts with this is relative to the current directory: ``${cwd}/runs/x``.
+CWD = "${cwd}"
+
+#: Keys that hold input paths. A relative value in a config file resolves against the
+#: file's folder, one given as an override against the current directory; the resolved
+#: config holds absolute paths. ``data.train`` and ``data.val`` belong to the dataset's
+#: factory: ``root``, ``ann_file`` and ``images`` are the built-in datasets' path arguments
+#: (a dataset plugin that reads a path names its argument one of these).
+PATH_KEYS: frozenset[str] = frozenset(
+    f"data.{split}.{key}" for split in ("train", "val") for key in ("root", "ann_file", "images")
+) | {"train.init_weights"}
+
+#: Keys that hold output paths: relative to the current directory, in a file too.
+OUTPUT_KEYS: frozenset[str] = frozenset({"output.dir"})
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 as PyYAML reads it, plus floats written without a dot (``1e-4``)."""
 
@@ -128,13 +157,87 @@ class Schema:
 
     defaults: Mapping[str, Any]
     components: frozenset[str]
+    #: dotted keys of input paths (relative to the config file that sets them)
+    paths: frozenset[str] = frozenset()
+    #: dotted keys of output paths (relative to the current directory)
+    outputs: frozenset[str] = frozenset()
 
     def is_component(self, path: str) -> bool:
         return path in self.components
 
 
 #: The schema of detection configs (``detkit train``, ``eval``, ``detect``).
-DETECTION = Schema(DEFAULTS, COMPONENT_KEYS)
+DETECTION = Schema(DEFAULTS, COMPONENT_KEYS, PATH_KEYS, OUTPUT_KEYS)
+
+
+def list_recipes() -> list[str]:
+    """The file names of the recipes shipped with detkit (``detkit:NAME.yaml`` names one)."""
+    return sorted(p.name for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The file of the shipped recipe ``name`` (``"bccd_faster_rcnn.yaml"``; the suffix may be left off).
+
+    Raises:
+        ConfigError: no such recipe (the message lists them, with the nearest name).
+    """
+    file = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    recipes = list_recipes()
+    if file not in recipes or "/" in name or os.sep in name:
+        stems = [Path(r).stem for r in recipes]  # compared without the suffix that every name shares
+        raise ConfigError(
+            f"detkit ships no recipe {name!r}{did_you_mean(Path(file).stem, stems)}; "
+            f"its recipes ({RECIPE_PREFIX}NAME.yaml): {', '.join(recipes)}"
+        )
+    return RECIPES_DIR / file
+
+
+def config_file(path: str | os.PathLike[str]) -> Path:
+    """The file a config path names: ``detkit:NAME.yaml`` is a shipped recipe, anything else itself."""
+    text = os.fspath(path)
+    if text.startswith(RECIPE_PREFIX):
+        return recipe_path(text[len(RECIPE_PREFIX) :])
+    return Path(text)
+
+
+def resolve_path(value: str, folder: str | os.PathLike[str] | None, *, key: str = "path") -> str:
+    """One path value of a config, resolved by the rule of :data:`PATH_KEYS`.
+
+    ``${cwd}/...`` is made absolute against the current directory, ``~`` expanded;
+    absolute paths and URLs (``scheme://``) stay as they are; any other relative
+    path is joined to ``folder`` (``None``: left relative, i.e. to the current directory).
+    """
+    if value.startswith(CWD):
+        rest = value[len(CWD) :]
+        if rest and not rest.startswith(("/", os.sep)):
+            raise ConfigError(f"{key}: {value!r}: {CWD} must be followed by '/' (e.g. {CWD}/runs/data)")
+        return os.path.normpath(os.path.join(os.getcwd(), rest.lstrip("/" + os.sep)))
+    if not value or "://" in value:
+        return value
+    if value.startswith("~"):
+        return os.path.normpath(os.path.expanduser(value))
+    if os.path.isabs(value) or folder is None:
+        return value
+    return os.path.normpath(os.path.join(os.fspath(folder), value))
+
+
+def resolve_paths(
+    config: Mapping[str, Any], folder: str | os.PathLike[str] | None, *, schema: Schema = DETECTION
+) -> dict[str, Any]:
+    """A copy of ``config`` (whole or partial) with its path values resolved (:func:`resolve_path`).
+
+    Input paths (``schema.paths``) resolve against ``folder``: the config file's folder,
+    or the current directory for overrides; outputs (``schema.outputs``) only expand ``${cwd}``.
+    """
+    out = copy.deepcopy(dict(config))
+    for dotted, relative_to in [*((k, folder) for k in schema.paths), *((k, None) for k in schema.outputs)]:
+        *parents, last = dotted.split(".")
+        node: Any = out
+        for k in parents:
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if isinstance(node, dict) and isinstance(node.get(last), str):
+            node[last] = resolve_path(node[last], relative_to, key=dotted)
+    return out
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -223,6 +326,7 @@ def apply_overrides(
     out = copy.deepcopy(config)
     for item in overrides:
         keys, value = parse_override(item)
+        value = _dig(resolve_paths(_nested(keys, value), os.getcwd(), schema=schema), keys)  # paths: cwd-relative
         node: dict[str, Any] = out
         for i, k in enumerate(keys[:-1]):
             prefix = ".".join(keys[: i + 1])
@@ -252,15 +356,33 @@ def _nested(keys: list[str], value: Any) -> dict[str, Any]:
     return node
 
 
+def _dig(tree: Mapping[str, Any], keys: list[str]) -> Any:
+    node: Any = tree
+    for k in keys:
+        node = node[k]
+    return node
+
+
 def read_config_file(path: str | os.PathLike[str], *, schema: Schema = DETECTION) -> dict[str, Any]:
-    """A config file merged over its ``base:`` (if any), validated, without defaults."""
-    file = Path(path)
+    """A config file merged over its ``base:`` (if any), validated, without defaults.
+
+    ``path`` (and ``base:``) may be ``detkit:NAME.yaml``, a shipped recipe. Path values
+    are resolved (:func:`resolve_paths`), each against the folder of the file that sets it.
+    """
+    file = config_file(path)
     data = _read_yaml(file)
     base = data.pop("base", None)
-    validate(data, source=str(file), schema=schema)
     if base is None:
-        return data
-    base_path = (file.parent / str(base)).resolve()
+        validate(data, source=str(file), schema=schema)
+        return resolve_paths(data, _folder(file), schema=schema)
+    base_text = str(base)
+    if base_text.startswith(RECIPE_PREFIX):
+        try:
+            base_path = config_file(base_text)
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: base: {exc}") from None
+    else:
+        base_path = (file.parent / base_text).resolve()
     base_data = _read_yaml(base_path)
     if "base" in base_data:
         raise ConfigError(
@@ -268,7 +390,16 @@ def read_config_file(path: str | os.PathLike[str], *, schema: Schema = DETECTION
             "detkit allows one base level: merge the two bases into one file"
         )
     validate(base_data, source=str(base_path), schema=schema)
-    return merge(base_data, data, schema=schema)
+    # a component section without a name merges onto the base's (as onto a default's)
+    over_base = dataclasses.replace(schema, defaults=merge(schema.defaults, base_data, schema=schema))
+    validate(data, source=str(file), schema=over_base)
+    base_data = resolve_paths(base_data, _folder(base_path), schema=schema)
+    return merge(base_data, resolve_paths(data, _folder(file), schema=schema), schema=schema)
+
+
+def _folder(file: Path) -> Path:
+    """The folder that relative paths in ``file`` are relative to (absolute, links resolved)."""
+    return file.parent.resolve()
 
 
 def load_config(
@@ -277,11 +408,14 @@ def load_config(
     """Read a config file (and its ``base:``), fill defaults, apply overrides.
 
     Args:
-        path: a YAML file, or ``None`` for the defaults alone.
-        overrides: ``key.path=value`` strings, applied last.
+        path: a YAML file (or ``detkit:NAME.yaml``, a shipped recipe), or ``None`` for
+            the defaults alone.
+        overrides: ``key.path=value`` strings, applied last (paths relative to the
+            current directory).
 
     Returns:
-        The resolved config: every key of the schema's defaults is present.
+        The resolved config: every key of the schema's defaults is present, input
+        paths absolute.
     """
     config = copy.deepcopy(dict(schema.defaults))
     if path is not None:

@@ -16,11 +16,11 @@ from typing import Any
 
 from torch import Tensor
 
-from detkit.config import load_config
+from detkit.config import RECIPES_DIR, config_file, load_config
 from detkit.errors import CheckpointError, ConfigError
 
-#: The ``configs/`` folder of a detkit checkout (importers name their config there).
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The recipes shipped with detkit (:data:`detkit.config.RECIPES_DIR`); importers name their config there.
+CONFIG_DIR = RECIPES_DIR
 
 #: COCO 2017 category id -> name (ids 1..90 with gaps, as torchvision's label indices).
 COCO_CATEGORIES: dict[int, str] = dict(enumerate(
@@ -77,7 +77,7 @@ class TorchvisionImporter:
         self, state_dict: dict[str, Tensor], *, config_path: str | Path | None = None
     ) -> tuple[dict[str, Any], list[str], dict[str, Tensor]]:
         """Return ``(resolved config, class names, detkit state dict)``."""
-        path = Path(config_path) if config_path is not None else CONFIG_DIR / self.config
+        path = config_file(config_path) if config_path is not None else CONFIG_DIR / self.config
         if not path.is_file():
             raise ConfigError(
                 f"importer config {str(path)!r} not found; pass --config with the path to {self.config}"

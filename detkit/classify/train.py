@@ -142,8 +142,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-#: The schema of classification configs, for detkit.config's loader.
-SCHEMA = Schema(DEFAULTS, COMPONENT_KEYS)
+#: The schema of classification configs, for detkit.config's loader (image folders resolve
+#: against the config file's folder, as detection data paths do).
+SCHEMA = Schema(
+    DEFAULTS, COMPONENT_KEYS, paths=frozenset({"data.root", "data.test_root"}), outputs=frozenset({"output.dir"})
+)
 
 
 # ----------------------------------------------------------------------------- config
