@@ -163,11 +163,23 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
                 "unpickle such files: they can run code). If it holds torchvision weights, "
                 f"{_CONVERT_HINT}"
             ) from exc
-        raise CheckpointError(
-            f"{str(file)!r} is not a torch checkpoint or is corrupt (truncated copy or download?): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
-        ) from exc
+        # torch's own message is a paragraph (about weights_only, or miniz internals) that
+        # does not help here; it stays on the exception chain for --traceback.
+        if is_zip or _starts_like_zip(file):
+            what = "is an incomplete torch file (a truncated copy or download?); copy it again"
+        else:
+            what = "is not a torch file or is corrupt; copy it again or use a checkpoint detkit wrote"
+        raise CheckpointError(f"checkpoint {str(file)!r} {what} (--traceback shows why torch refused it)") from exc
     return _check_checkpoint(obj, file)
+
+
+def _starts_like_zip(file: Path) -> bool:
+    """The file begins with a zip header (the start of a torch file whose end is missing)."""
+    try:
+        with open(file, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def _check_checkpoint(obj: Any, file: Path) -> dict[str, Any]:

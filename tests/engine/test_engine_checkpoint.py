@@ -149,3 +149,25 @@ def test_save_refuses_values_that_weights_only_cannot_load(tmp_path):
             tmp_path / "a.pt", model=small_model(), config={"bad": object()}, class_names=[]
         )
     assert not (tmp_path / "a.pt").exists()
+
+
+@pytest.mark.parametrize("kind", ["random", "empty", "text", "truncated"])
+def test_corrupt_file_error_is_one_short_line(tmp_path, kind):
+    path = tmp_path / "bad.pt"
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("model: resnet50\n")
+    else:
+        good = save_checkpoint(tmp_path / "good.pt", model=small_model(), config=CONFIG, class_names=["a"])
+        path.write_bytes(good.read_bytes()[:-200])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    # torch's paragraphs (weights_only advice, miniz internals) stay out of the message
+    assert "\n" not in message and len(message.replace(str(path), "")) < 170, message
+    assert "weights_only" not in message.lower() and "miniz" not in message.lower()
+    assert str(path) in message and "again" in message
+    assert ("incomplete" in message) == (kind == "truncated")
