@@ -4,14 +4,17 @@ Every image enters detkit as an ``(H, W, 3)`` uint8 RGB array (:func:`read_image
 and becomes a ``(3, H, W)`` float32 tensor in ``[0, 1]`` (:func:`image_to_tensor`).
 
 Files are decoded with OpenCV from bytes read by numpy, so paths with non-ASCII
-characters work on every platform. ``IMREAD_UNCHANGED`` ignores the EXIF
+characters work on every platform. OpenCV's own log lines (``[ERROR:0@0.05] ...``
+from its decoders) are silenced while decoding: a file that fails is reported once,
+by the :class:`~detkit.errors.DataError` that names it. ``IMREAD_UNCHANGED`` ignores the EXIF
 orientation tag, which is also how COCO and VOC annotations measure their images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -63,7 +66,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if data.size == 0:
         raise DataError(f"cannot decode image '{p}': the file is empty; remove or replace it")
     try:
-        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        with _opencv_silent():
+            decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
         decoded = None
         reason = f" ({str(e).strip().splitlines()[-1]})"
@@ -72,6 +76,21 @@ def read_image(path: str | Path) -> np.ndarray:
     if decoded is None or decoded.size == 0:
         raise DataError(f"cannot decode image '{p}': not an image or corrupt{reason}; remove or replace it")
     return _to_rgb_uint8(decoded, p)
+
+
+@contextlib.contextmanager
+def _opencv_silent() -> Iterator[None]:
+    """Silence OpenCV's logging (its decoders log corrupt input as ``[ERROR:...]`` lines) for the block."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:  # an OpenCV build without the logging API
+        yield
+        return
+    previous = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(previous)
 
 
 def _to_rgb_uint8(image: np.ndarray, path: Path) -> np.ndarray:

@@ -173,3 +173,17 @@ def test_find_images_nothing_matched(tmp_path: Path, kind: str) -> None:
     with pytest.raises(DataError) as info:
         find_images([item])
     assert item in str(info.value)
+
+
+@pytest.mark.parametrize("ext", [".bmp", ".png", ".tif", ".ppm"])
+def test_corrupt_file_is_reported_without_opencv_log_lines(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                           ext: str) -> None:
+    ok, buf = cv2.imencode(ext, _rgb(64, 64))
+    assert ok
+    path = tmp_path / f"cut{ext}"
+    path.write_bytes(buf.tobytes()[:20])  # OpenCV's decoders log these as [ERROR:0@...] / [ WARN:0@...]
+    with pytest.raises(DataError, match=rf"cut\{ext}"):
+        read_image(path)
+    captured = capfd.readouterr()  # OpenCV writes to the process's stderr, below Python
+    assert "ERROR" not in captured.err and "WARN" not in captured.err, captured.err
+    assert cv2.utils.logging.getLogLevel() != cv2.utils.logging.LOG_LEVEL_SILENT  # restored afterwards
