@@ -233,25 +233,26 @@ class CocoEvaluator:
 
 
 def format_metrics(metrics: dict[str, dict[str, Any]]) -> str:
-    """A readable table of the metrics of :meth:`CocoEvaluator.evaluate` (values in %).
+    """A readable table of the metrics of :meth:`CocoEvaluator.evaluate`.
 
-    ``-`` stands for -1 (nothing to measure).
+    Values are fractions in ``[0, 1]`` with three decimals, as pycocotools reports
+    them and ``metrics.json`` stores them; ``-`` stands for -1 (nothing to measure).
     """
 
-    def pct(v: float) -> str:
-        return f"{100 * v:6.2f}" if v >= 0 else "     -"
+    def value(v: float) -> str:
+        return f"{v:5.3f}" if v >= 0 else "    -"
 
     lines: list[str] = []
     for iou_type, m in metrics.items():
-        lines.append(f"{iou_type} ({'boxes' if iou_type == 'bbox' else 'masks'}), in %")
+        lines.append(f"{iou_type} ({'boxes' if iou_type == 'bbox' else 'masks'}), fractions (0-1) as in metrics.json")
         for name, label in zip(METRIC_NAMES, _METRIC_LABELS):
-            lines.append(f"  {name:<6} {label}  {pct(m[name])}")
+            lines.append(f"  {name:<6} {label:<45} {value(m[name])}")
         per_class = m.get("per_class", {})
         if per_class:
             width = max(len(n) for n in per_class)
             lines.append("  per-class AP (IoU=0.50:0.95):")
             for name, ap in per_class.items():
-                lines.append(f"    {name:<{width}}  {pct(ap)}")
+                lines.append(f"    {name:<{width}}  {value(ap)}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

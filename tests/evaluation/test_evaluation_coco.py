@@ -330,8 +330,11 @@ def test_format_metrics(gt_file: Path, tmp_path: Path) -> None:
     for name in METRIC_NAMES:
         assert any(line.split()[0] == name for line in lines if line.strip()), name
     ap_line = next(line for line in lines if line.split()[0] == "AP")
-    assert ap_line.rstrip().endswith("60.00")
+    assert ap_line.rstrip().endswith(" 0.600")  # a fraction, as metrics.json stores it
+    assert "fractions" in lines[0] and "%" not in text
     aps_line = next(line for line in lines if line.split()[0] == "APs")
     assert aps_line.rstrip().endswith("-")
-    assert any(line.split() == ["cat", "60.00"] for line in lines)
+    assert any(line.split() == ["cat", "0.600"] for line in lines)
+    metric_lines = [line for line in lines if line.split() and line.split()[0] in METRIC_NAMES]
+    assert len({len(line) for line in metric_lines}) == 1, metric_lines  # values in one column
     assert any(line.split() == ["bird", "-"] for line in lines)
