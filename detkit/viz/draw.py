@@ -168,6 +168,7 @@ def draw_detections(
     *,
     class_names: Sequence[str],
     score_thresh: float = 0.0,
+    min_size: int | None = None,
 ) -> np.ndarray:
     """Draw boxes, labels and masks of ``dets`` on a copy of ``image``.
 
@@ -177,7 +178,10 @@ def draw_detections(
     outline, a box, and a filled label ``"name 0.93"`` kept inside the image.
     Higher scores are drawn last (on top). Line width and text size grow with the
     image size; boxes are clipped to the image and boxes entirely outside it are
-    skipped.
+    skipped. Text cannot shrink with the image below a few pixels, so on a small
+    image (shorter side under ``min_size``) everything is drawn on a copy enlarged by
+    the smallest integer factor that reaches ``min_size`` (pixels repeated, not
+    smoothed); otherwise labels would cover the objects they name.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB; not modified.
@@ -185,21 +189,28 @@ def draw_detections(
             labels ``(D,)``, optional masks ``(D, H, W)``.
         class_names: name of each label index (indices beyond it show as ``"class k"``).
         score_thresh: detections scoring below it are not drawn.
+        min_size: enlarge images whose shorter side is below it (None: never).
 
     Returns:
-        A new ``(H, W, 3)`` uint8 RGB array.
+        A new ``(f*H, f*W, 3)`` uint8 RGB array; ``f`` is 1 unless the image was enlarged.
     """
     _check_image(image)
     canvas = np.ascontiguousarray(image).copy()
     height, width = canvas.shape[:2]
-    if len(dets) == 0 or height == 0 or width == 0:
+    if height == 0 or width == 0:
+        return canvas
+    factor = max(1, math.ceil(min_size / min(height, width))) if min_size else 1
+    if factor > 1:
+        height, width = height * factor, width * factor
+        canvas = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_NEAREST)
+    if len(dets) == 0:
         return canvas
     scores = dets.scores.detach().cpu().float()
     keep = torch.nonzero(scores >= score_thresh).flatten()
     keep = keep[torch.argsort(scores[keep], stable=True)]  # low scores first, high on top
     if keep.numel() == 0:
         return canvas
-    boxes = dets.boxes.detach().cpu().float()[keep].tolist()
+    boxes = (dets.boxes.detach().cpu().float()[keep] * factor).tolist()
     labels = dets.labels.detach().cpu()[keep].tolist()
     kept_scores = scores[keep].tolist()
     thickness, font_scale, text_thickness = _style(height, width)

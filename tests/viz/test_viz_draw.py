@@ -130,3 +130,33 @@ def test_save_image_png_round_trip_and_jpeg(tmp_path):
 def test_save_image_rejects_unknown_extensions(tmp_path):
     with pytest.raises(DataError, match=r"\.png, \.jpg"):
         save_image(tmp_path / "a.gif", np.zeros((2, 2, 3), np.uint8))
+
+
+def _label_rows(image: np.ndarray, out: np.ndarray, box_top: int) -> int:
+    """Height in pixels of what was drawn above a box whose top edge is at row ``box_top``."""
+    rows = np.nonzero(changed(image, out)[:box_top].any(axis=1))[0]
+    return int(box_top - rows.min()) if rows.size else 0
+
+
+def test_small_images_are_drawn_enlarged_so_labels_do_not_cover_objects():
+    image = np.full((128, 128, 3), 90, np.uint8)
+    box = [[40, 60, 72, 92]]  # a 32 px object, as on the 128 px shapes images
+    plain = draw_detections(image, dets(box), class_names=NAMES)
+    label_plain = _label_rows(image, plain, 60)
+    assert label_plain >= 10  # a label 10+ px high covers a third of the object above it
+
+    out = draw_detections(image, dets(box), class_names=NAMES, min_size=384)
+    assert out.shape == (384, 384, 3)  # three times larger, by pixel repetition
+    big = cv2.resize(image, (384, 384), interpolation=cv2.INTER_NEAREST)
+    assert tuple(out[3 * 76, 3 * 40]) == class_color(1)  # the box, scaled with the image
+    label_big = _label_rows(big, out, 3 * 60)
+    assert 0 < label_big / 3 <= 0.5 * label_plain  # the label is half as tall, measured in image pixels
+    assert not changed(big, out)[3 * 60 + 4 : 3 * 92 - 4, 3 * 40 + 4 : 3 * 72 - 4].any()  # the object stays clear
+
+
+def test_min_size_leaves_large_images_and_empty_drawings_alone():
+    image = np.full((400, 500, 3), 5, np.uint8)
+    assert draw_detections(image, dets([[10, 10, 50, 50]]), class_names=NAMES, min_size=384).shape == image.shape
+    small = np.full((100, 300, 3), 5, np.uint8)
+    out = draw_detections(small, Detections(), class_names=NAMES, min_size=384)
+    assert out.shape == (400, 1200, 3) and (out == 5).all()  # empty, but the same size as drawn ones
