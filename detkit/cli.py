@@ -2,22 +2,25 @@
 
 Every subcommand has ``--help`` with examples. Errors a user can cause
 (:class:`~detkit.errors.DetkitError`) are printed without a traceback and exit
-with status 2.
+with status 2; ``--traceback`` (or ``DETKIT_DEBUG=1``) prints the traceback of
+every error instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from detkit.cliutil import add_common, subparser
+from detkit.cliutil import add_common, add_global_flags, subparser
 from detkit.errors import EXIT_USER_ERROR, DetkitError
 
 
@@ -29,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="run `detkit COMMAND --help` for a command's options and examples",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_global_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = subparser(
@@ -57,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         """
         detkit train configs/shapes_faster_rcnn.yaml
         detkit train configs/bccd_faster_rcnn.yaml train.max_minutes=20 output.dir=runs/bccd
-        detkit train configs/faster_rcnn_r50_fpn.yaml --device cuda train.lr=0.01
+        detkit train configs/faster_rcnn_r50_fpn.yaml --device cuda train.lr=0.01 output.dir=runs/tiny_coco \\
+            data.train.name=coco data.train.ann_file=../shared/data/tiny_coco/annotations/instances_train2017.json \\
+            data.val.name=coco data.val.ann_file=../shared/data/tiny_coco/annotations/instances_val2017.json
     """,
     )
     p.add_argument("config", help="YAML config file")
@@ -73,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         """
         detkit eval --weights runs/demo/best.pt --data runs/demo/data/annotations/instances_val.json
         detkit eval configs/faster_rcnn_r50_fpn.yaml --weights coco.pt \\
-            --data annotations/instances_val2017.json --images val2017 --out runs/eval
+            --data ../shared/data/tiny_coco/annotations/instances_val2017.json --out runs/eval
         detkit eval --weights runs/bccd/best.pt --data ../shared/data/BCCD --split test
     """,
     )
@@ -93,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "detect",
         "Detect objects in images; write annotated images and detections.json.",
         """
-        detkit detect --weights runs/demo/best.pt --out runs/detect photos/
-        detkit detect --weights coco.pt --out out 'images/*.jpg' one.png --score-thresh 0.7
+        detkit detect --weights runs/demo/best.pt --out runs/detect runs/demo/data/val/
+        detkit detect --weights coco.pt --out runs/detect_coco '../shared/data/tiny_coco/val2017/*.jpg' \\
+            ../shared/data/balloon/val/24631331976_defa3bb61f_k.jpg --score-thresh 0.7
     """,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
@@ -115,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
             --proposer sliding_window --max-images 20
         detkit proposals --data runs/demo/data/annotations/instances_val.json \\
             --proposer rpn:weights=runs/demo/best.pt --proposer 'sliding_window:sizes=[16,32,64]'
-        detkit proposals --data val.json --images val/ --proposer rpn:weights=best.pt,post_nms_top_n_test=2000 \\
+        detkit proposals --data ../shared/data/tiny_coco/annotations/instances_val2017.json \\
+            --proposer rpn:weights=coco.pt,post_nms_top_n_test=2000 --proposer selective_search \\
             --max-proposals 2000 --size 600:1000 --out runs/proposals
     """,
     )
@@ -212,8 +219,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _device(config: dict[str, Any], args: argparse.Namespace) -> None:
-    if getattr(args, "device", None):
+    """Check the device (``--device``, else ``train.device``) before any work; ``--device`` goes into the config."""
+    from detkit.device import command_device
+
+    command_device(args.device, config["train"]["device"])
+    if args.device:
         config["train"]["device"] = args.device
+
+
+def _checkpoint_device(args: argparse.Namespace, config: dict[str, Any]) -> Any:
+    """The device of a command on ``args.weights``: ``--device``, else the checkpoint's ``train.device``."""
+    from detkit.device import command_device
+
+    return command_device(
+        args.device, config["train"]["device"], source=f"train.device of checkpoint {str(args.weights)!r}"
+    )
+
+
+def _check_device_flag(args: argparse.Namespace) -> None:
+    """Fail on a bad ``--device`` before reading any file."""
+    from detkit.device import DEVICE_FLAG, resolve_device
+
+    if getattr(args, "device", None):
+        resolve_device(args.device, source=DEVICE_FLAG)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -233,14 +261,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detkit.device import resolve_device
     from detkit.engine.build import dataset_from_path, load_model
     from detkit.engine.evaluate import evaluate_dataset, label_map_by_name
     from detkit.evaluation.coco import format_metrics
     from detkit.io import write_json
 
+    _check_device_flag(args)
     loaded, _ = load_model(args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins)
-    device = resolve_device(args.device or loaded.config["train"]["device"])
+    device = _checkpoint_device(args, loaded.config)
     dataset = dataset_from_path(args.data, images=args.images, split=args.split)
     label_map = label_map_by_name(loaded.class_names, dataset.class_names, data=args.data)
     out = Path(args.out)
@@ -261,13 +289,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.data.images import find_images
-    from detkit.device import resolve_device
     from detkit.engine.build import load_model
     from detkit.engine.predict import detect_files
 
+    _check_device_flag(args)
     files = find_images(args.inputs)
     loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
-    device = resolve_device(args.device or loaded.config["train"]["device"])
+    device = _checkpoint_device(args, loaded.config)
     report = detect_files(
         loaded.model.to(device),
         files,
@@ -277,9 +305,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
         draw=not args.no_draw,
         progress=not args.quiet,
     )
-    print(f"{len(files) - len(report.failed)} images, {report.num_detections} detections -> {report.json_path}")
-    for path, why in report.failed:
-        print(f"skipped {path}: {why}", file=sys.stderr)
+    for _, why in report.failed:  # each message names its file
+        print(f"detkit: warning: skipped: {why}", file=sys.stderr)
+    skipped = f" ({len(report.failed)} skipped)" if report.failed else ""
+    print(f"{report.num_images} images{skipped}, {report.num_detections} detections -> {report.json_path}")
+    note = report.empty_note()
+    if note:
+        print(f"{note}; a lower --score-thresh shows weaker detections")
     return 1 if report.failed and len(report.failed) == len(files) else 0
 
 
@@ -303,6 +335,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     from detkit.evaluation.proposals import format_table, plot_recall_curves, proposal_budgets
     from detkit.io import write_json
 
+    _check_device_flag(args)
     if args.max_proposals < 1:
         raise ConfigError(f"--max-proposals must be at least 1, got {args.max_proposals}")
     if args.max_images is not None and args.max_images < 1:
@@ -379,7 +412,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics = run_training(config, args.plugins, progress=not args.quiet)
     print(format_metrics(metrics))
     loaded, _ = load_model(out / "best.pt")
-    device = resolve_device(args.device or config["train"]["device"])
+    device = resolve_device(str(config["train"]["device"]))
     val_images = find_images([str(out / "data" / "val")])[:16]
     report = detect_files(
         loaded.model.to(device),
@@ -390,13 +423,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     minutes = (time.monotonic() - start) / 60
+    note = report.empty_note("score threshold")
     print(
         f"\ndemo finished in {minutes:.1f} min: box AP {metrics['bbox']['AP']:.3f} "
-        f"(AP50 {metrics['bbox']['AP50']:.3f}) on the shapes validation split\n"
+        f"(AP50 {metrics['bbox']['AP50']:.3f}) on the shapes validation split (fractions, as in metrics.json)\n"
         f"  metrics:           {out / 'metrics.json'}\n"
         f"  loss curve:        {out / 'loss_curve.png'}\n"
         f"  annotated images:  {out / 'detections'}/ ({len(report.written)} files)\n"
-        f"  weights:           {out / 'best.pt'}"
+        + (f"                     ({note})\n" if note else "")
+        + f"  weights:           {out / 'best.pt'}"
     )
     return 0
 
@@ -414,6 +449,11 @@ def _show_warning(
 ) -> None:
     """Data warnings (a clipped box, a dropped annotation) as one line, without source code."""
     print(f"detkit: warning: {message}", file=sys.stderr)
+
+
+def _debug_env() -> bool:
+    """``DETKIT_DEBUG`` is set to something other than empty, ``0``, ``false`` or ``no``."""
+    return os.environ.get("DETKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -438,7 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except DetkitError as exc:
-        print(f"detkit: error: {exc}", file=sys.stderr)
+        if args.traceback or _debug_env():
+            traceback.print_exc()
+        else:
+            print(f"detkit: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("detkit: interrupted", file=sys.stderr)

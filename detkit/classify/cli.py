@@ -43,7 +43,7 @@ def add_commands(sub: Any) -> None:
         detkit classify train configs/classify_lenet_digits.yaml train.optimizer=nesterov train.lr=0.05
         detkit classify train configs/classify_lenet_digits.yaml data.augment=[crop] --out runs/aug
         detkit classify train my.yaml data.name=folder data.root=flowers data.channels=3 \\
-            model.backbone.name=alexnet model.backbone.dropout=0.5
+            model.backbone.name=alexnet model.backbone.dropout=0.5 --out runs/flowers
     """)
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
@@ -86,8 +86,10 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def cmd_classify_train(args: argparse.Namespace) -> int:
     from detkit.classify.train import format_classification_metrics, load_classify_config, train_classifier
+    from detkit.device import command_device
 
     config = load_classify_config(args.config, args.overrides)
+    command_device(args.device, config["train"]["device"])  # before any work
     if args.device:
         config["train"]["device"] = args.device
     if args.out:
@@ -130,12 +132,16 @@ def _eval_dataset(data: str | None, config: dict[str, Any], class_names: list[st
 
 def cmd_classify_eval(args: argparse.Namespace) -> int:
     from detkit.classify.train import evaluate_classifier, format_classification_metrics, load_classifier
-    from detkit.device import resolve_device
+    from detkit.device import DEVICE_FLAG, command_device, resolve_device
     from detkit.io import write_json
 
+    if args.device:
+        resolve_device(args.device, source=DEVICE_FLAG)
     loaded = load_classifier(args.weights, cli_plugins=args.plugins)
+    device = command_device(
+        args.device, loaded.config["train"]["device"], source=f"train.device of checkpoint {args.weights!r}"
+    )
     dataset = _eval_dataset(args.data, loaded.config, loaded.class_names)
-    device = resolve_device(args.device or loaded.config["train"]["device"])
     metrics = evaluate_classifier(
         loaded.model.to(device), dataset, batch_size=int(loaded.config["eval"]["batch_size"]), device=device
     )

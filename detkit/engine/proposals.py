@@ -93,7 +93,7 @@ class ProposerRun:
     ) -> None:
         import torch
 
-        from detkit.device import resolve_device
+        from detkit.device import command_device
         from detkit.errors import ConfigError
 
         name, settings = parse_proposer_spec(spec)
@@ -111,7 +111,9 @@ class ProposerRun:
             if not Path(str(weights)).is_file():
                 raise ConfigError(f"--proposer {spec!r}: weights file {str(weights)!r} does not exist")
             self.model = self._load_checkpoint(str(weights), settings, plugins)
-            self.device = resolve_device(device or self.model_config["train"]["device"])
+            self.device = command_device(
+                device, self.model_config["train"]["device"], source=f"train.device of checkpoint {str(weights)!r}"
+            )
             self.model.to(self.device)
             self.timed = "backbone + proposer"
             self.preprocess_info: Any = "the checkpoint's preprocess"
@@ -127,7 +129,7 @@ class ProposerRun:
         proposer = registry.build("proposer", {"name": name, **settings}, key=f"--proposer {spec}")
         if getattr(proposer, "needs_features", True):
             raise needs_features
-        self.device = resolve_device(device or "cpu")
+        self.device = command_device(device, "cpu")
         self.proposer = proposer.to(self.device).eval() if isinstance(proposer, torch.nn.Module) else proposer
         self.timed = "proposer"
         self.preprocess_info = (

@@ -81,6 +81,7 @@ def run_training(
     names them) and their count; the output folder is ``output.dir``.
     """
     train = config["train"]
+    resolve_device(str(train["device"]))  # fail on a bad device before any work (datasets may be generated)
     seed_and_threads(train)
     plugins = plugins_for(config, cli_plugins)
     plugins.hook.detkit_configure(config=config)
@@ -93,7 +94,6 @@ def run_training(
     model, components = model_and_components(config, plugins, class_names=class_names)
     if train.get("init_weights"):
         load_weights_file(model, str(train["init_weights"]), strict=False)
-    resolve_device(str(train["device"]))  # fail early on a bad device
     trainer = Trainer(
         model=model,
         train_loader=train_loader(config, train_set),

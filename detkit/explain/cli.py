@@ -58,6 +58,15 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_explain)
 
 
+def _device(args: argparse.Namespace, config: dict[str, Any]) -> Any:
+    """``--device``, else the checkpoint's ``train.device``."""
+    from detkit.device import command_device
+
+    return command_device(
+        args.device, config["train"]["device"], source=f"train.device of checkpoint {args.weights!r}"
+    )
+
+
 def _methods(arg: str | None, allowed: tuple[str, ...], kind: str) -> list[str]:
     from detkit.errors import did_you_mean
     from detkit.explain.methods import CLASSIFIER_METHODS
@@ -84,6 +93,7 @@ def _methods(arg: str | None, allowed: tuple[str, ...], kind: str) -> list[str]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from detkit.classify.train import is_classifier_checkpoint
+    from detkit.device import DEVICE_FLAG, resolve_device
     from detkit.engine.checkpoint import load_checkpoint
     from detkit.explain.figures import ExplainOptions
 
@@ -91,6 +101,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         layer=args.layer, occlusion_patch=args.patch, occlusion_stride=args.stride, k=args.k,
         embedding_points=args.points, class_model_steps=args.class_steps, deepdream_steps=args.dream_steps,
     )
+    if args.device:
+        resolve_device(args.device, source=DEVICE_FLAG)  # before any work
     checkpoint = load_checkpoint(args.weights)
     if is_classifier_checkpoint(checkpoint):
         written = _explain_classifier(args, checkpoint, options)
@@ -112,7 +124,6 @@ def _explain_classifier(
     from detkit.classify.data import prepare_image
     from detkit.classify.train import build_datasets, load_classifier
     from detkit.data.images import read_image
-    from detkit.device import resolve_device
     from detkit.explain.figures import explain_classifier
     from detkit.explain.methods import CLASSIFIER_METHODS
 
@@ -122,7 +133,7 @@ def _explain_classifier(
         print("ignoring --detection: the checkpoint is a classifier", file=sys.stderr)
     methods = _methods(args.methods, CLASSIFIER_METHODS, "classifier")
     loaded = load_classifier(args.weights, cli_plugins=args.plugins, checkpoint=checkpoint)
-    device = resolve_device(args.device or loaded.config["train"]["device"])
+    device = _device(args, loaded.config)
     model = loaded.model.to(device)
     data = loaded.config["data"]
     needs_data = args.image is None or any(m in methods for m in ("neighbors", "embedding"))
@@ -144,7 +155,6 @@ def _explain_classifier(
 
 def _explain_detector(args: argparse.Namespace, options: ExplainOptions) -> dict[str, Path]:
     from detkit.data.images import image_to_tensor, read_image
-    from detkit.device import resolve_device
     from detkit.engine.build import load_model
     from detkit.explain.figures import explain_detector
     from detkit.explain.methods import DETECTOR_METHODS
@@ -153,7 +163,7 @@ def _explain_detector(args: argparse.Namespace, options: ExplainOptions) -> dict
         raise DetkitError("a detector needs an image to explain: give --image FILE")
     methods = _methods(args.methods, DETECTOR_METHODS, "detector")
     loaded, _ = load_model(args.weights, overrides=args.overrides, cli_plugins=args.plugins)
-    device = resolve_device(args.device or loaded.config["train"]["device"])
+    device = _device(args, loaded.config)
     image = image_to_tensor(read_image(args.image)).to(device)
     return explain_detector(
         loaded.model.to(device), class_names=loaded.class_names, image=image, out_dir=args.out, methods=methods,
