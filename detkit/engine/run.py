@@ -26,9 +26,10 @@ from detkit.engine.build import build_dataset, model_and_components, plugins_for
 from detkit.engine.checkpoint import load_state, save_checkpoint
 from detkit.engine.evaluate import evaluate_dataset
 from detkit.engine.trainer import EvaluateFn, Trainer
+from detkit.engine.transfer import init_weights
 from detkit.errors import DetkitError
 from detkit.plugins import load_plugins
-from detkit.weights import load_weights_file, read_state_dict
+from detkit.weights import read_state_dict
 
 
 def seed_and_threads(train: Mapping[str, Any]) -> None:
@@ -93,7 +94,11 @@ def run_training(
     config["model"]["num_classes"] = len(class_names)
     model, components = model_and_components(config, plugins, class_names=class_names)
     if train.get("init_weights"):
-        load_weights_file(model, str(train["init_weights"]), strict=False)
+        report = init_weights(
+            model, str(train["init_weights"]), class_names=class_names, registry=plugins.registry,
+            strict=bool(train["init_weights_strict"]),
+        )
+        print(report.summary())
     trainer = Trainer(
         model=model,
         train_loader=train_loader(config, train_set),

@@ -9,6 +9,7 @@ them from this package.
 
 from detkit.stages.base import (
     Backbone,
+    ClassRows,
     DenseHead,
     Losses,
     MaskHead,
@@ -28,6 +29,7 @@ from detkit.stages.roi_heads import BoxPredictor, FastRCNNHead, ProposalSampler,
 __all__ = [
     "Backbone",
     "BoxPredictor",
+    "ClassRows",
     "DenseHead",
     "DetectionPostProcess",
     "FastRCNNHead",

@@ -20,6 +20,7 @@ transform (:class:`Preprocess`, :class:`Backbone`, :class:`Neck`,
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +38,41 @@ from detkit.structures import (
 
 #: Scalar losses by name, ``loss_<stage>_<term>``; empty at inference.
 Losses = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class ClassRows:
+    """How the first dimension of a class-dependent tensor is laid out, for fine-tuning across class sets.
+
+    The rows form ``groups`` equal blocks (one per anchor, default box or grid cell);
+    each block holds ``lead`` class-independent rows (box terms, objectness), then
+    ``per_class`` rows for the background (when ``background``) and for each of the K
+    classes in label order. A block has ``lead + (K + background) * per_class`` rows.
+
+    A stage declares its class-dependent tensors with ``class_rows() -> {name: ClassRows}``
+    (names relative to the stage); ``train.init_weights`` then keeps the rows of the
+    classes a checkpoint shares by name with the new class list, and initializes the
+    others as a fresh model would.
+    """
+
+    groups: int = 1
+    lead: int = 0
+    per_class: int = 1
+    background: bool = False
+
+    def size(self, num_classes: int) -> int:
+        """Rows for ``num_classes`` classes."""
+        return self.groups * (self.lead + (num_classes + int(self.background)) * self.per_class)
+
+    def rows(self, num_classes: int, label: int | None) -> list[int]:
+        """Row indices of class ``label`` (``None``: the background, or the lead rows when there is none)."""
+        block = self.lead + (num_classes + int(self.background)) * self.per_class
+        if label is None:
+            offsets = list(range(self.lead + (self.per_class if self.background else 0)))
+        else:
+            start = self.lead + (label + int(self.background)) * self.per_class
+            offsets = list(range(start, start + self.per_class))
+        return [g * block + o for g in range(self.groups) for o in offsets]
 
 
 def no_detections(images: ImageBatch) -> list[Detections]:
@@ -273,6 +309,7 @@ class PostProcess(nn.Module):
 
 __all__ = [
     "Backbone",
+    "ClassRows",
     "DenseHead",
     "Detections",
     "FeatureMaps",

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from detkit.ops import BoxCoder, box_iou
-from detkit.stages.base import Backbone, Losses, RegionExtractor, RoIHead, no_detections
+from detkit.stages.base import Backbone, ClassRows, Losses, RegionExtractor, RoIHead, no_detections
 from detkit.stages.roi_heads import ProposalSampler
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Instances, Proposals, SampledProposals, Targets
 
@@ -177,6 +177,16 @@ class RCNNHead(RoIHead):
         self.register_buffer("svm_weight", torch.zeros(num_classes, d))
         self.register_buffer("svm_bias", torch.zeros(num_classes))
         self.register_buffer("bbox_weight", torch.zeros(num_classes, d + 1, 4))
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The softmax classifier (background first) and the per-class SVMs and box regressors."""
+        return {
+            "cls_score.weight": ClassRows(background=True),
+            "cls_score.bias": ClassRows(background=True),
+            "svm_weight": ClassRows(),
+            "svm_bias": ClassRows(),
+            "bbox_weight": ClassRows(),
+        }
 
     # ------------------------------------------------------------------ features
 

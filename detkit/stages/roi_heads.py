@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_iou
-from detkit.stages.base import Losses, MaskHead, RegionExtractor, RoIHead, no_detections
+from detkit.stages.base import ClassRows, Losses, MaskHead, RegionExtractor, RoIHead, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, SampledProposals, Targets
 
 
@@ -103,6 +103,15 @@ class FastRCNNHead(RoIHead):
         self.smooth_l1_beta = smooth_l1_beta
         self.mask_head = mask_head
         self.has_masks = mask_head is not None
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The box predictor's class-dependent tensors (background at row 0, four deltas per class)."""
+        return {
+            "predictor.cls_score.weight": ClassRows(background=True),
+            "predictor.cls_score.bias": ClassRows(background=True),
+            "predictor.bbox_pred.weight": ClassRows(per_class=4, background=True),
+            "predictor.bbox_pred.bias": ClassRows(per_class=4, background=True),
+        }
 
     def forward(
         self,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit import ConfigError
-from detkit.stages import MaskHead, MultiScaleRoIAlign
+from detkit.stages import ClassRows, MaskHead, MultiScaleRoIAlign
 from detkit.structures import FeatureMaps, ImageBatch, SampledProposals, Targets
 from detkit_mask_head.targets import mask_loss, mask_targets
 
@@ -92,6 +92,10 @@ class MaskRCNNHead(MaskHead):
             nn.init.zeros_(module.bias)  # type: ignore[arg-type]
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)  # type: ignore[arg-type]
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The predictor's K mask channels (no background)."""
+        return {"predictor.weight": ClassRows(), "predictor.bias": ClassRows()}
 
     def forward(self, images: ImageBatch, features: FeatureMaps | None, boxes: list[Tensor]) -> Tensor:
         """Mask logits ``(R, K, M, M)`` for ``boxes`` (per image ``(R_i, 4)``, resized pixels)."""

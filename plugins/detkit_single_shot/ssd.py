@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import BoxCoder, Matcher, box_iou, clip_boxes
-from detkit.stages import DenseHead, Losses, no_detections
+from detkit.stages import ClassRows, DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 from detkit_single_shot.default_boxes import DefaultBoxes
 
@@ -127,6 +127,15 @@ class SSDHead(DenseHead):
         self.iou_thresh = iou_thresh
         self.neg_to_pos_ratio = neg_to_pos_ratio
         self.topk_candidates = topk_candidates
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """Each level's classifier: K + 1 channels (background first) per default box of a location."""
+        rows: dict[str, ClassRows] = {}
+        for level, conv in enumerate(self.cls_logits):
+            assert isinstance(conv, nn.Conv2d)
+            layout = ClassRows(groups=conv.out_channels // (self.num_classes + 1), background=True)
+            rows |= {f"cls_logits.{level}.weight": layout, f"cls_logits.{level}.bias": layout}
+        return rows
 
     def forward(
         self, images: ImageBatch, features: FeatureMaps, targets: list[Targets] | None = None

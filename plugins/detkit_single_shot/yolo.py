@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import box_iou, clip_boxes, paired_box_iou
-from detkit.stages import DenseHead, Losses, no_detections
+from detkit.stages import ClassRows, DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 
 #: YOLOv3's COCO anchors (pixels at 416 px), strides 8, 16 and 32.
@@ -265,6 +265,13 @@ class YoloV1Head(DenseHead):
         self.predictor = nn.Sequential(*layers)
         self.fully_connected = fc_channels > 0
 
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The last layer's K class scores after the 5 B box terms of every grid cell."""
+        last = len(self.predictor) - 1
+        cells = self.grid_size**2 if self.fully_connected else 1  # an FC layer predicts every cell at once
+        layout = ClassRows(groups=cells, lead=5 * self.boxes_per_cell)
+        return {f"predictor.{last}.weight": layout, f"predictor.{last}.bias": layout}
+
     def forward(
         self, images: ImageBatch, features: FeatureMaps, targets: list[Targets] | None = None
     ) -> tuple[list[Detections], Losses]:
@@ -464,6 +471,16 @@ class YoloGridHead(DenseHead):
                 assert isinstance(last, nn.Conv2d) and last.bias is not None
                 bias = last.bias.view(self.num_anchors, 5 + num_classes)
                 bias[:, 4:] = -4.6  # objectness and class priors ~0.01: most predictions are background
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """Each level's last conv: the K class scores after the 4 box terms and the objectness of every anchor."""
+        rows: dict[str, ClassRows] = {}
+        for level, predictor in enumerate(self.predictors):
+            assert isinstance(predictor, nn.Sequential)
+            last = f"predictors.{level}.{len(predictor) - 1}"
+            layout = ClassRows(groups=self.num_anchors, lead=5)
+            rows |= {f"{last}.weight": layout, f"{last}.bias": layout}
+        return rows
 
     def forward(
         self, images: ImageBatch, features: FeatureMaps, targets: list[Targets] | None = None

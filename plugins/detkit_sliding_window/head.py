@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_ioa, box_iou, clip_boxes
-from detkit.stages import DenseHead, Losses, no_detections
+from detkit.stages import ClassRows, DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 
 
@@ -236,6 +236,10 @@ class OverFeatHead(DenseHead):
         self.topk_candidates = int(topk_candidates)
 
     # ------------------------------------------------------------------ the contract
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The window classifier's K + 1 channels (background first)."""
+        return {"cls_logits.weight": ClassRows(background=True), "cls_logits.bias": ClassRows(background=True)}
 
     def forward(
         self, images: ImageBatch, features: FeatureMaps, targets: list[Targets] | None = None
