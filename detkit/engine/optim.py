@@ -25,8 +25,11 @@ still completes when time runs out (see :class:`detkit.engine.trainer.Trainer`).
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,49 +55,137 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES) or "Norm" in type(module).__name__
 
 
-def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict[str, object]]:
-    """Trainable parameters split into a decayed and a non-decayed group.
+@dataclass(frozen=True)
+class ParamRule:
+    """A ``train.param_groups`` entry: parameters whose name matches ``match`` (fnmatch) train at ``lr_mult`` x lr.
 
-    Biases and every parameter of a normalization layer go to the group with
-    ``weight_decay=0``; all other trainable parameters get ``weight_decay``.
-    Frozen parameters (``requires_grad=False``) are left out; a parameter shared by
-    several modules appears once. Empty groups are omitted.
+    Attributes:
+        match: a pattern on parameter names, e.g. ``"backbone.*"``.
+        lr_mult: learning-rate multiplier of the matched parameters.
+        weight_decay_mult: weight-decay multiplier of the matched parameters.
+    """
+
+    match: str
+    lr_mult: float = 1.0
+    weight_decay_mult: float = 1.0
+
+    @classmethod
+    def parse(cls, entry: Any, index: int) -> ParamRule:
+        """A rule from a config entry ``{match: PATTERN, lr_mult: X, weight_decay_mult: Y}``."""
+        where = f"train.param_groups[{index}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("match"), str):
+            raise ConfigError(f"{where} must be a mapping like {{match: 'backbone.*', lr_mult: 0.1}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"match", "lr_mult", "weight_decay_mult"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; it accepts match, lr_mult, weight_decay_mult")
+        rule = cls(str(entry["match"]), float(entry.get("lr_mult", 1.0)), float(entry.get("weight_decay_mult", 1.0)))
+        if not (rule.lr_mult >= 0 and rule.weight_decay_mult >= 0):
+            raise ConfigError(f"{where}: lr_mult and weight_decay_mult must be >= 0, got {dict(entry)}")
+        return rule
+
+
+def param_groups(
+    model: nn.Module, *, weight_decay: float, rules: Sequence[ParamRule] = ()
+) -> list[dict[str, object]]:
+    """Trainable parameters split by weight decay and by ``train.param_groups`` rule.
+
+    Biases and every parameter of a normalization layer get ``weight_decay=0``; all
+    other trainable parameters get ``weight_decay`` (times the rule's
+    ``weight_decay_mult``). A parameter takes the first rule whose ``match`` its name
+    matches, and its group carries the rule's ``lr_mult``. Frozen parameters
+    (``requires_grad=False``) are left out; a parameter shared by several modules
+    appears once. Empty groups are omitted.
 
     Returns:
-        ``[{"params": [...], "weight_decay": weight_decay},
-        {"params": [...], "weight_decay": 0.0}]``
+        ``[{"params": [...], "weight_decay": wd, "lr_mult": m}, ...]``, one group per
+        (rule or none, decayed or not).
+
+    Raises:
+        ConfigError: a rule that matches no trainable parameter (a typo, most likely).
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    used = [False] * len(rules)
     seen: set[int] = set()
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         norm = _is_norm(module)
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            if norm or name == "bias" or name.endswith("_bias"):
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    groups: list[dict[str, object]] = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": float(weight_decay)})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+            full = f"{module_name}.{name}" if module_name else name
+            index = next((i for i, r in enumerate(rules) if fnmatch.fnmatchcase(full, r.match)), -1)
+            if index >= 0:
+                used[index] = True
+            decayed = not (norm or name == "bias" or name.endswith("_bias"))
+            groups.setdefault((index, decayed), []).append(param)
+    unused = [r.match for r, was_used in zip(rules, used) if not was_used]
+    if unused:
+        prefixes = ", ".join(sorted({n.split(".")[0] for n, _ in model.named_parameters()}))
+        raise ConfigError(
+            f"train.param_groups: {unused[0]!r} matches no trainable parameter; parameter names start with {prefixes}"
+        )
+    out: list[dict[str, object]] = []
+    for (index, decayed), params in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1])):
+        r = rules[index] if index >= 0 else ParamRule("*")
+        out.append({
+            "params": params,
+            "weight_decay": float(weight_decay) * r.weight_decay_mult if decayed else 0.0,
+            "lr_mult": r.lr_mult,
+        })
+    return out
+
+
+def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Stop the gradients of every parameter whose name matches one of ``patterns`` (``train.freeze``).
+
+    Returns the names frozen. A pattern that matches no parameter is a
+    :class:`ConfigError` (a typo would otherwise train what it meant to freeze).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    frozen = []
+    for pattern in patterns:
+        matched = [n for n in names if fnmatch.fnmatchcase(n, str(pattern))]
+        if not matched:
+            raise ConfigError(
+                f"train.freeze: {pattern!r} matches no parameter; parameter names start with "
+                f"{', '.join(sorted({n.split('.')[0] for n in names}))} (patterns are fnmatch, e.g. 'backbone.*')"
+            )
+        frozen += matched
+    params = dict(model.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    return sorted(set(frozen))
+
+
+def freeze_norm_statistics(model: nn.Module) -> None:
+    """Put every batch norm of ``model`` in eval mode, so its running statistics stop changing.
+
+    What ``train.freeze_norm_stats`` does.
+
+    Call it after each ``model.train()``; the norms' scale and shift still train unless frozen.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def build_optimizer(
-    model: nn.Module, *, name: str, lr: float, momentum: float, weight_decay: float
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    rules: Sequence[ParamRule] = (),
 ) -> Optimizer:
     """The optimizer of ``train.optimizer`` over :func:`param_groups` of ``model``.
 
     Args:
         name: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (``momentum`` is its beta1).
-        lr: base learning rate (``train.lr``), > 0.
+        lr: base learning rate (``train.lr``), > 0; each group gets ``lr * lr_mult``.
         momentum: SGD momentum / AdamW beta1, in ``[0, 1)``.
         weight_decay: decay of weights other than biases and norm parameters, >= 0.
+        rules: ``train.param_groups`` (learning-rate and weight-decay multipliers by name).
 
     Raises:
         ConfigError: unknown name or out-of-range value (naming the ``train.*`` key).
@@ -112,7 +203,9 @@ def build_optimizer(
         raise ConfigError(f"train.momentum must be in [0, 1), got {momentum!r}")
     if not weight_decay >= 0:
         raise ConfigError(f"train.weight_decay must be >= 0, got {weight_decay!r}")
-    groups = param_groups(model, weight_decay=weight_decay)
+    groups = param_groups(model, weight_decay=weight_decay, rules=rules)
+    for group in groups:
+        group["lr"] = lr * float(group.pop("lr_mult"))  # type: ignore[arg-type]
     if not groups:
         raise DetkitError(
             f"{type(model).__name__} has no trainable parameter (all are frozen); "

@@ -48,7 +48,13 @@ from tqdm.auto import tqdm
 from detkit.config import DEFAULTS, save_config
 from detkit.device import resolve_device
 from detkit.engine.checkpoint import save_checkpoint
-from detkit.engine.optim import build_optimizer, build_scheduler
+from detkit.engine.optim import (
+    ParamRule,
+    build_optimizer,
+    build_scheduler,
+    freeze_norm_statistics,
+    freeze_parameters,
+)
 from detkit.errors import ConfigError, DetkitError
 from detkit.io import atomic_write
 from detkit.structures import Targets
@@ -86,6 +92,13 @@ def _opt_int(train: Mapping[str, Any], key: str, *, minimum: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _bad(key, f"an integer >= {minimum} or null", value)
     return value
+
+
+def _list(train: Mapping[str, Any], key: str) -> list[Any]:
+    value = train.get(key) or []
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"train.{key} must be a list, got {value!r}")
+    return list(value)
 
 
 def _req_int(train: Mapping[str, Any], key: str, *, minimum: int) -> int:
@@ -134,6 +147,9 @@ class TrainSettings:
     clip_grad_norm: float | None
     eval_period: int
     log_period: int
+    freeze: tuple[str, ...] = ()
+    param_groups: tuple[ParamRule, ...] = ()
+    freeze_norm_stats: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
@@ -170,6 +186,9 @@ class TrainSettings:
             eval_period=_opt_int(train, "eval_period", minimum=0)
             or 0,  # 0 or null: at the end only
             log_period=_req_int(train, "log_period", minimum=1),
+            freeze=tuple(str(p) for p in _list(train, "freeze")),
+            param_groups=tuple(ParamRule.parse(e, i) for i, e in enumerate(_list(train, "param_groups"))),
+            freeze_norm_stats=bool(train["freeze_norm_stats"]),
         )
 
 
@@ -293,8 +312,10 @@ class Trainer:
         #: where the lr schedule ends: total_iters, or less when a time budget allows less
         self.horizon = self.total_iters
         s = self.settings
+        self.frozen = freeze_parameters(self.model, s.freeze)
         self.optimizer = build_optimizer(
-            self.model, name=s.optimizer, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+            self.model, name=s.optimizer, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
+            rules=s.param_groups,
         )
         self.scheduler = build_scheduler(
             self.optimizer,
@@ -427,7 +448,7 @@ class Trainer:
 
     def _train_step(self, batch: TrainBatch) -> None:
         """One optimizer step on one batch (skipped when the loss or gradients are not finite)."""
-        self.model.train()
+        self._train_mode()
         images = [img.to(self.device, non_blocking=True) for img in batch.images]
         targets = [t.to(self.device) for t in batch.targets]
         _, losses = self.model(images, targets)
@@ -507,6 +528,12 @@ class Trainer:
         if period and epoch % period == 0:
             self._evaluate()
 
+    def _train_mode(self) -> None:
+        """``model.train()``, with the batch norms' statistics kept when ``train.freeze_norm_stats``."""
+        self.model.train()
+        if self.settings.freeze_norm_stats:
+            freeze_norm_statistics(self.model)
+
     def _evaluate(self) -> None:
         """Run the callback, log the metrics, update checkpoints and the plot."""
         self.model.eval()
@@ -514,7 +541,7 @@ class Trainer:
             with torch.no_grad():
                 metrics = dict(self.evaluate_fn(self.model))
         finally:
-            self.model.train()
+            self._train_mode()
         self.last_metrics = metrics
         self._last_eval_iteration = self.iteration
         self._log(

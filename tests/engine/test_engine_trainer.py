@@ -422,3 +422,50 @@ def test_time_budget_fits_the_cosine_schedule_into_the_budget(tmp_path):
     base = trainer.settings.lr
     assert lrs[-1] < 0.05 * base  # the decay completed: not cut off at a high lr
     assert max(lrs[len(lrs) // 4 :]) < base  # and it decayed along the way
+
+
+# ----------------------------------------------------------------------------- transfer-learning controls
+
+
+class _WithBatchNorm(MeanBoxDetector):
+    """The mean-box detector with a batch norm whose running statistics training would move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, images, targets=None):
+        if self.training:
+            self.bn(torch.randn(8, 4) * 3 + 5)  # a batch far from the statistics' start (0, 1)
+        return super().forward(images, targets)
+
+
+def test_freeze_patterns_stop_those_parameters(tmp_path):
+    model = MeanBoxDetector()
+    _, trainer = run(tmp_path, model=model, freeze=["logit"], epochs=1)
+    assert trainer.frozen == ["logit"]
+    assert model.logit.item() == 0.0 and model.box.abs().sum() > 0  # frozen stays, the rest learned
+    with pytest.raises(ConfigError, match=r"train.freeze: 'backbone.\*' matches no parameter; parameter names "
+                                          r"start with box, logit, norm"):
+        run(tmp_path, freeze=["backbone.*"])
+
+
+def test_param_groups_scale_the_learning_rate_of_matched_parameters(tmp_path):
+    _, trainer = run(tmp_path, param_groups=[{"match": "box", "lr_mult": 0.1}], epochs=1, lr=0.05)
+    lrs = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    assert lrs == pytest.approx([0.005, 0.05, 0.05])  # box alone at 0.1 x; logit (decayed) and norm at 1 x
+    box_group = next(g for g in trainer.optimizer.param_groups if any(p is trainer.model.box for p in g["params"]))
+    assert box_group["lr"] == pytest.approx(0.005)
+    with pytest.raises(ConfigError, match=r"train.param_groups: 'head.\*' matches no trainable parameter"):
+        run(tmp_path, param_groups=[{"match": "head.*", "lr_mult": 0.1}])
+    with pytest.raises(ConfigError, match=r"train.param_groups\[0\]: unknown key 'lr'"):
+        run(tmp_path, param_groups=[{"match": "box", "lr": 0.1}])
+
+
+def test_freeze_norm_stats_keeps_running_statistics(tmp_path):
+    moving = _WithBatchNorm()
+    run(tmp_path / "a", model=moving, epochs=1)
+    assert moving.bn.running_mean.abs().sum() > 1  # trained: the statistics moved towards 5
+    kept = _WithBatchNorm()
+    run(tmp_path / "b", model=kept, epochs=1, freeze_norm_stats=True)
+    assert torch.equal(kept.bn.running_mean, torch.zeros(4)) and torch.equal(kept.bn.running_var, torch.ones(4))
