@@ -10,7 +10,8 @@ enforces it for the first-party plugins), is :data:`PUBLIC_MODULES`:
 * :mod:`detkit.detectors` -- the detector compositions and their builders' helpers;
 * :mod:`detkit.hookspecs` -- the hooks and the :class:`~detkit.hookspecs.Registrar` protocol;
 * :mod:`detkit.importers` -- converting torchvision state dicts into detkit checkpoints;
-* :mod:`detkit.io` -- atomic file output (temporary file, then rename).
+* :mod:`detkit.io` -- atomic file output (temporary file, then rename);
+* :mod:`detkit.weights` -- reading weight files and URLs (downloaded once) into modules.
 """
 
 from detkit.errors import CheckpointError, ConfigError, DataError, DetkitError, PluginError
@@ -29,6 +30,7 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "detkit.hookspecs",
     "detkit.importers",
     "detkit.io",
+    "detkit.weights",
 )
 
 __all__ = [

@@ -77,3 +77,6 @@ def load_weights_file(module: nn.Module, url_or_path: str, *, strict: bool = Tru
             f"weight file {url_or_path!r} does not fit {type(module).__name__}: "
             f"missing {missing[:10]}, unexpected {unexpected[:10]}"
         )
+
+
+__all__ = ["CACHE_DIR", "fetch", "load_weights_file", "read_state_dict"]

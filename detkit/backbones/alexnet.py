@@ -46,9 +46,12 @@ class AlexNet(ClassifierBackbone):
         out_features: stages returned by :meth:`forward`.
         num_classes: K for a classifier (``avgpool`` to 6x6, ``classifier``:
             4096-4096-K); ``None``: trunk only.
-        weights: a local state-dict file (torchvision's ``alexnet`` format) to load;
+        weights: a state-dict file or URL (torchvision's ``alexnet`` format) to load, or ``imagenet`` for
+            torchvision's ImageNet weights (downloaded once to ``$DETKIT_CACHE``);
             its classifier is skipped when ``num_classes`` is ``None``.
     """
+
+    registry_name = "alexnet"
 
     def __init__(
         self,

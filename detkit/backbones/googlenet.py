@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.backbones.registry import ClassifierBackbone
+from detkit.backbones.registry import ClassifierBackbone, weights_file
 
 
 @dataclass(frozen=True)
@@ -176,13 +176,16 @@ class GoogLeNet(ClassifierBackbone):
             their statistics.
         out_features: stages returned by :meth:`forward`, of ``c1..c5``.
         num_classes: K for a classifier (global average pool, ``fc``); ``None``: trunk only.
-        weights: a local state-dict file (torchvision's ``googlenet`` format, with or
-            without ``aux1``/``aux2``) to load. Auxiliary weights the file lacks keep
-            their initialization; those the model lacks are skipped.
+        weights: a state-dict file or URL (torchvision's ``googlenet`` format, with or
+            without ``aux1``/``aux2``) to load, or ``imagenet`` for torchvision's ImageNet
+            weights. Auxiliary weights the file lacks keep their initialization; those
+            the model lacks are skipped.
     """
 
     aux1: InceptionAux | None
     aux2: InceptionAux | None
+
+    registry_name = "googlenet"
 
     def __init__(
         self,
@@ -250,6 +253,7 @@ class GoogLeNet(ClassifierBackbone):
     def _load_weights(self, path: str) -> None:
         from detkit.weights import load_weights_file, read_state_dict
 
+        path = weights_file(path, self.registry_name)
         file_has_aux = any(k.startswith(("aux1.", "aux2.")) for k in read_state_dict(path))
         if self.aux_logits and file_has_aux:
             load_weights_file(self, path, strict=True)

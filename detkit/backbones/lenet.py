@@ -56,6 +56,8 @@ class LeNet5(ClassifierBackbone):
         weights: a local state-dict file of this model to load.
     """
 
+    registry_name = "lenet5"
+
     def __init__(
         self,
         *,

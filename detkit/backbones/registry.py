@@ -24,9 +24,50 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from detkit.errors import ConfigError
 from detkit.plugins import Plugins, load_plugins
 from detkit.stages.base import Backbone
 from detkit.structures import FeatureMaps
+
+_TORCHVISION = "https://download.pytorch.org/models/"
+
+#: torchvision's ImageNet classification weights of each registered backbone: ``weights: imagenet``.
+IMAGENET_WEIGHTS: dict[str, str] = {
+    name: _TORCHVISION + file
+    for name, file in {
+        "alexnet": "alexnet-owt-7be5be79.pth",
+        "googlenet": "googlenet-1378be20.pth",
+        "resnet18": "resnet18-f37072fd.pth",
+        "resnet34": "resnet34-b627a593.pth",
+        "resnet50": "resnet50-0676ba61.pth",
+        "resnet101": "resnet101-63fe2227.pth",
+        "resnet152": "resnet152-394f9c45.pth",
+        "vgg11": "vgg11-8a719046.pth",
+        "vgg11_bn": "vgg11_bn-6002323d.pth",
+        "vgg13": "vgg13-19584684.pth",
+        "vgg13_bn": "vgg13_bn-abd245e5.pth",
+        "vgg16": "vgg16-397923af.pth",
+        "vgg16_bn": "vgg16_bn-6c64b313.pth",
+        "vgg19": "vgg19-dcbb9e9d.pth",
+        "vgg19_bn": "vgg19_bn-c79401a0.pth",
+    }.items()
+}
+
+
+def weights_file(weights: str, backbone: str) -> str:
+    """The file or URL a backbone's ``weights`` names: ``imagenet`` is torchvision's ImageNet file of ``backbone``.
+
+    Raises:
+        ConfigError: ``imagenet`` for a backbone torchvision has no weights of.
+    """
+    if weights != "imagenet":
+        return weights
+    if backbone not in IMAGENET_WEIGHTS:
+        raise ConfigError(
+            f"model.backbone.weights: there are no ImageNet weights for {backbone!r}; "
+            f"those of {', '.join(sorted(IMAGENET_WEIGHTS))} are torchvision's, or give a weight file"
+        )
+    return IMAGENET_WEIGHTS[backbone]
 
 
 def stage_stride(name: str) -> int:
@@ -52,6 +93,8 @@ class ClassifierBackbone(Backbone):
     out_features: tuple[str, ...]
     num_classes: int | None
     frozen_stages: int
+    #: the registry name whose torchvision ImageNet weights ``weights: imagenet`` loads
+    registry_name: str = ""
 
     # -- to implement ----------------------------------------------------------------
     def stages(self) -> list[tuple[str, nn.Module]]:
@@ -72,7 +115,7 @@ class ClassifierBackbone(Backbone):
         """Load a state-dict file in torchvision's layout (a head-less model skips the file's head)."""
         from detkit.weights import load_weights_file
 
-        load_weights_file(self, path, strict=self.num_classes is not None)
+        load_weights_file(self, weights_file(path, self.registry_name), strict=self.num_classes is not None)
 
     def _setup_trunk(
         self,

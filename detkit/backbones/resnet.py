@@ -111,7 +111,8 @@ class ResNet(ClassifierBackbone):
         out_features: stage names returned by :meth:`forward`, of ``c1..c5``.
         num_classes: add global pooling and a linear classifier (``fc``) with this
             many outputs, used by :meth:`classify`.
-        weights: a local state-dict file (torchvision's ``resnet*`` format) to load.
+        weights: a state-dict file or URL (torchvision's ``resnet*`` format) to load, or ``imagenet`` for
+            torchvision's ImageNet weights (downloaded once to ``$DETKIT_CACHE``).
     """
 
     # Added by name in __init__ (``layer{i}``, torchvision's keys).
@@ -203,6 +204,7 @@ def _resnet_factory(depth: int) -> type[ResNet]:
             )
 
     _Depth.__name__ = _Depth.__qualname__ = f"ResNet{depth}"
+    _Depth.registry_name = f"resnet{depth}"
     _Depth.__doc__ = f"ResNet-{depth}; see :class:`ResNet` for the arguments."
     return _Depth
 

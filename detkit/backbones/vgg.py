@@ -127,7 +127,8 @@ class VGG(ClassifierBackbone):
         out_features: stages returned by :meth:`forward`, of ``c0..c5``.
         num_classes: K for a classifier (``avgpool`` to 7x7, ``classifier``:
             4096-4096-K); ``None``: trunk only.
-        weights: a local state-dict file (torchvision's ``vgg*`` format) to load;
+        weights: a state-dict file or URL (torchvision's ``vgg*`` format) to load, or ``imagenet`` for
+            torchvision's ImageNet weights (downloaded once to ``$DETKIT_CACHE``);
             its classifier is skipped when ``num_classes`` is ``None``.
     """
 
@@ -215,6 +216,7 @@ def _vgg_variant(depth: int, batch_norm: bool) -> type[VGG]:
 
     suffix = "_bn" if batch_norm else ""
     _Variant.__name__ = _Variant.__qualname__ = f"VGG{depth}{'BN' if batch_norm else ''}"
+    _Variant.registry_name = f"vgg{depth}{'_bn' if batch_norm else ''}"
     _Variant.__doc__ = f"VGG-{depth}{' with batch norm' if batch_norm else ''}; see :class:`VGG` for the arguments."
     _Variant.__module__ = __name__
     VGG_VARIANTS[f"vgg{depth}{suffix}"] = _Variant

@@ -20,8 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detkit import CheckpointError
 from detkit.stages import Backbone
 from detkit.structures import FeatureMaps
+from detkit.weights import read_state_dict
+
+#: torchvision's ImageNet VGG-16 features, the weights its ``ssd300_vgg16`` starts from.
+IMAGENET_VGG16_FEATURES = "https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth"
 
 #: VGG-16 up to conv4_3 (with its ReLU), at width 64: ``int`` a 3x3 conv, ``"M"`` a 2x2
 #: max pool, ``"C"`` a 2x2 max pool that rounds up.
@@ -60,6 +65,10 @@ class SSDVGG(Backbone):
         extra_layers: the extra blocks, ``(reduced, out, kernel, stride, padding)`` at
             width 64 (default: SSD300's four; fewer suit small images).
         l2_scale: initial value of conv4_3's per-channel scale.
+        weights: a torchvision VGG-16 state dict (a file or URL: the classifier's, or the
+            ``vgg16_features`` file torchvision's SSD starts from), or ``imagenet`` for the
+            latter; it fills conv1_1 to conv5_3 (``features.0-28``), and fc6, fc7 and the
+            extra layers keep their initialization (as in torchvision's SSD).
     """
 
     def __init__(
@@ -68,6 +77,7 @@ class SSDVGG(Backbone):
         width: int = 64,
         extra_layers: Sequence[Sequence[int]] = tuple(SSD300_EXTRA),
         l2_scale: float = 20.0,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         scale = width / 64.0
@@ -106,6 +116,32 @@ class SSDVGG(Backbone):
         self._init_weights()
         self.out_channels = dict(zip(names, out_channels))
         self.out_strides = dict(zip(names, strides))
+        if weights is not None:
+            self.load_vgg16(weights)
+
+    def load_vgg16(self, weights: str) -> None:
+        """Fill the VGG-16 layers from torchvision's VGG-16 weights (see ``weights``)."""
+        source = read_state_dict(IMAGENET_VGG16_FEATURES if weights == "imagenet" else weights)
+        state = {}
+        for key, value in source.items():
+            prefix, _, rest = key.partition(".")
+            index, _, param = rest.partition(".")
+            if prefix != "features" or not index.isdigit():
+                continue  # the classifier's fully connected layers have no counterpart
+            # features.0-22 (to conv4_3) are ours; conv5_x (24, 26, 28) follow pool4 in extra.0
+            i = int(index)
+            name = f"features.{i}" if i <= 22 else f"extra.0.{i - 23}" if i <= 29 else None
+            if name is not None:
+                state[f"{name}.{param}"] = value
+        own = self.state_dict()
+        bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+               if k not in own or own[k].shape != v.shape]
+        if bad or not state:
+            raise CheckpointError(
+                f"weight file {weights!r} is not VGG-16 weights for this trunk (width 64 only): "
+                + ("; ".join(bad[:4]) if bad else "it has no features.N tensors")
+            )
+        self.load_state_dict(state, strict=False)
 
     def _init_weights(self) -> None:
         # VGG's He init for the trunk; Xavier for the SSD additions, as the paper's code.
