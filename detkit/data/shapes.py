@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ _BG_PALETTES: tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...] = (
     ((20, 40, 60), (100, 150, 180)),  # cool
     ((150, 160, 120), (230, 240, 200)),  # pastel
 )
-# Object colours (RGB), jittered per object.
+# Object colours (RGB), jittered per object: the ``bright`` palette (the default) ...
 _OBJ_COLORS = np.array(
     [
         (220, 40, 40),
@@ -78,10 +79,34 @@ _OBJ_COLORS = np.array(
     ],
     dtype=np.float32,
 )
+# ... and ``pastel``: soft, desaturated colours, for a dataset whose objects look different.
+_PASTEL_COLORS = np.array(
+    [
+        (230, 160, 160),
+        (160, 210, 170),
+        (160, 180, 230),
+        (235, 225, 160),
+        (215, 170, 215),
+        (160, 215, 220),
+        (240, 200, 160),
+        (110, 110, 130),
+        (150, 120, 100),
+        (190, 175, 215),
+    ],
+    dtype=np.float32,
+)
+PALETTES: dict[str, np.ndarray] = {"bright": _OBJ_COLORS, "pastel": _PASTEL_COLORS}
 
 
 def generate_shapes(
-    root: str | Path, *, num_train: int, num_val: int, image_size: int = 128, seed: int = 0
+    root: str | Path,
+    *,
+    num_train: int,
+    num_val: int,
+    image_size: int = 128,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    palette: str = "bright",
 ) -> dict[str, Path]:
     """Write the shapes dataset under ``root`` unless an identical one is already there.
 
@@ -89,7 +114,10 @@ def generate_shapes(
         root: output folder.
         num_train / num_val: number of images per split.
         image_size: side of the square images in pixels (at least 32).
-        seed: the random seed; the output is a function of all four parameters.
+        seed: the random seed; the output is a function of all the parameters.
+        classes: the shapes drawn, a subset of :data:`CLASS_NAMES` in the order of their
+            label indices (default: all four).
+        palette: the objects' colours, ``bright`` (default) or ``pastel``.
 
     Returns:
         ``{"train": ann_json, "val": ann_json}``; the images of split ``s`` are in
@@ -99,14 +127,25 @@ def generate_shapes(
         raise ConfigError(f"shapes image_size must be at least 32, got {image_size}")
     if num_train < 0 or num_val < 0:
         raise ConfigError(f"shapes num_train/num_val must be >= 0, got {num_train}/{num_val}")
+    names = list(classes) if classes is not None else list(CLASS_NAMES)
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ConfigError(f"shapes classes must be distinct names among {', '.join(CLASS_NAMES)}, got {names}")
+    if palette not in PALETTES:
+        raise ConfigError(f"shapes palette must be one of {', '.join(PALETTES)}, got {palette!r}")
     root = Path(root)
-    params = {
+    params: dict[str, Any] = {
         "version": _FORMAT_VERSION,
         "num_train": int(num_train),
         "num_val": int(num_val),
         "image_size": int(image_size),
         "seed": int(seed),
     }
+    if names != list(CLASS_NAMES):  # the defaults leave the marker (and the images) as they always were
+        params["classes"] = names
+    if palette != "bright":
+        params["palette"] = palette
+    labels = [CLASS_NAMES.index(n) for n in names]
     outputs = {split: root / "annotations" / f"instances_{split}.json" for split in _SPLITS}
     marker = root / ".complete"
     if _marker_matches(marker, params) and all(p.is_file() for p in outputs.values()):
@@ -125,14 +164,15 @@ def generate_shapes(
             annotations: list[dict[str, Any]] = []
             for i in range(counts[split]):
                 rng = np.random.default_rng([int(seed), split_index, i])
-                image, objects = render_shapes_image(rng, image_size)
+                image, objects = render_shapes_image(rng, image_size, labels=labels, palette=palette)
                 file_name = f"{i:06d}.png"
                 _write_png(folder / file_name, image)
                 images.append({"id": i + 1, "file_name": file_name, "width": image_size, "height": image_size})
                 for obj in objects:
-                    annotations.append(_annotation(obj, image_id=i + 1, ann_id=len(annotations) + 1))
+                    category = labels.index(obj.label) + 1
+                    annotations.append(_annotation(obj, image_id=i + 1, ann_id=len(annotations) + 1, category=category))
                 bar.update(1)
-            categories = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASS_NAMES)]
+            categories = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(names)]
             info = {"description": "detkit synthetic shapes", **params, "split": split}
             write_json(
                 outputs[split],
@@ -182,8 +222,18 @@ class ShapeObject:
     color: np.ndarray
 
 
-def render_shapes_image(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, list[ShapeObject]]:
+def render_shapes_image(
+    rng: np.random.Generator,
+    image_size: int,
+    *,
+    labels: Sequence[int] = tuple(range(len(CLASS_NAMES))),
+    palette: str = "bright",
+) -> tuple[np.ndarray, list[ShapeObject]]:
     """Draw one image and its objects.
+
+    Args:
+        labels: the classes (indices into :data:`CLASS_NAMES`) to draw from.
+        palette: the object colours (a key of :data:`PALETTES`).
 
     Returns:
         ``(H, W, 3)`` uint8 RGB image (H = W = image_size) and its objects, in
@@ -193,11 +243,11 @@ def render_shapes_image(rng: np.random.Generator, image_size: int) -> tuple[np.n
     image = _background(rng, size)
     objects: list[ShapeObject] = []
     for _ in range(int(rng.integers(1, 7))):
-        placed = _place_object(rng, size, objects)
+        placed = _place_object(rng, size, objects, labels)
         if placed is None:
             continue
         label, mask = placed
-        color = _pick_color(rng, image, mask, objects)
+        color = _pick_color(rng, image, mask, objects, PALETTES[palette])
         image[mask] = color
         for obj in objects:
             obj.visible &= ~mask
@@ -208,10 +258,12 @@ def render_shapes_image(rng: np.random.Generator, image_size: int) -> tuple[np.n
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects
 
 
-def _place_object(rng: np.random.Generator, size: int, objects: list[ShapeObject]) -> tuple[int, np.ndarray] | None:
-    """A new shape that keeps every earlier object mostly visible and hole-free, or None."""
+def _place_object(
+    rng: np.random.Generator, size: int, objects: list[ShapeObject], labels: Sequence[int]
+) -> tuple[int, np.ndarray] | None:
+    """A new shape (of one of ``labels``) that keeps every earlier object mostly visible and hole-free, or None."""
     for _ in range(_MAX_TRIES):
-        label = int(rng.integers(len(CLASS_NAMES)))
+        label = int(labels[int(rng.integers(len(labels)))])
         mask = _draw_shape(rng, label, size)
         if mask.sum() < 12:
             continue
@@ -309,7 +361,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _pick_color(
-    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, objects: list[ShapeObject]
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, objects: list[ShapeObject], colors: np.ndarray
 ) -> np.ndarray:
     """A jittered palette colour far from the background under ``mask`` and from touching objects.
 
@@ -318,9 +370,9 @@ def _pick_color(
     under = image[mask].mean(axis=0)  # (3,)
     ring = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     neighbours = [o.color for o in objects if (o.visible & ring).any()]
-    best, best_score = _OBJ_COLORS[0], -1.0
+    best, best_score = colors[0], -1.0
     for _ in range(12):
-        color = _OBJ_COLORS[int(rng.integers(len(_OBJ_COLORS)))] + rng.uniform(-20, 20, 3).astype(np.float32)
+        color = colors[int(rng.integers(len(colors)))] + rng.uniform(-20, 20, 3).astype(np.float32)
         color = np.clip(color, 0, 255)
         distances = [float(np.linalg.norm(color - under)) / 110.0]
         distances += [float(np.linalg.norm(color - n)) / 90.0 for n in neighbours]
@@ -353,13 +405,13 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     return polygons
 
 
-def _annotation(obj: ShapeObject, *, image_id: int, ann_id: int) -> dict[str, Any]:
+def _annotation(obj: ShapeObject, *, image_id: int, ann_id: int, category: int) -> dict[str, Any]:
     ys, xs = np.nonzero(obj.visible)
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     return {
         "id": ann_id,
         "image_id": image_id,
-        "category_id": obj.label + 1,
+        "category_id": category,
         "bbox": [x0, y0, x1 - x0, y1 - y0],
         "area": int(obj.visible.sum()),
         "segmentation": mask_to_polygons(obj.visible),
@@ -378,6 +430,7 @@ class ShapesDataset(CocoDataset):
         split: ``"train"`` or ``"val"``.
         num_train / num_val / image_size / seed: see :func:`generate_shapes`.
         masks: also load instance masks ``(G, H, W)`` uint8.
+        classes / palette: which shapes, in what colours (see :func:`generate_shapes`).
     """
 
     def __init__(
@@ -390,10 +443,15 @@ class ShapesDataset(CocoDataset):
         image_size: int = 128,
         seed: int = 0,
         masks: bool = False,
+        classes: Sequence[str] | None = None,
+        palette: str = "bright",
     ) -> None:
         if split not in _SPLITS:
             raise ConfigError(f"shapes dataset split must be one of {list(_SPLITS)}, got {split!r}")
-        outputs = generate_shapes(root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+        outputs = generate_shapes(
+            root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, classes=classes,
+            palette=palette,
+        )
         self.root = Path(root)
         self.split = split
         super().__init__(ann_file=outputs[split], images=self.root / split, masks=masks)

@@ -149,3 +149,34 @@ def test_shapes_dataset(tmp_path: Path) -> None:
         assert s.targets.labels[g] == ann["category_id"] - 1
     with pytest.raises(ConfigError, match=r"split"):
         ShapesDataset(root=str(tmp_path / "s"), split="test")
+
+
+def test_a_subset_of_the_shapes_in_other_colours(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from detkit.data.shapes import PALETTES
+    from detkit.errors import ConfigError
+
+    outputs = generate_shapes(tmp_path / "s", num_train=6, num_val=2, image_size=64, seed=1,
+                              classes=["triangle", "circle"], palette="pastel")
+    data = json.loads(outputs["train"].read_text())
+    assert [(c["id"], c["name"]) for c in data["categories"]] == [(1, "triangle"), (2, "circle")]
+    assert {a["category_id"] for a in data["annotations"]} <= {1, 2} and data["annotations"]
+    dataset = ShapesDataset(root=tmp_path / "s", split="train", num_train=6, num_val=2, image_size=64, seed=1,
+                            classes=["triangle", "circle"], palette="pastel")
+    assert dataset.class_names == ["triangle", "circle"]
+    # every object is painted in a jittered pastel colour: its median pixel is near one of them
+    sample = dataset[0]
+    image = (sample.image * 255).permute(1, 2, 0).numpy()
+    for box in sample.targets.boxes.round().int().tolist():
+        x0, y0, x1, y1 = box
+        patch = image[y0:y1, x0:x1].reshape(-1, 3)
+        nearest = np.abs(PALETTES["pastel"][None] - np.median(patch, axis=0)[None, None]).max(-1).min()
+        assert nearest < 60
+    for bad in (["hexagon"], [], ["circle", "circle"]):
+        with pytest.raises(ConfigError, match="shapes classes must be distinct names"):
+            generate_shapes(tmp_path / "bad", num_train=1, num_val=0, classes=bad)
+    with pytest.raises(ConfigError, match="shapes palette must be one of bright, pastel"):
+        generate_shapes(tmp_path / "bad", num_train=1, num_val=0, palette="neon")

@@ -175,7 +175,7 @@ def test_the_fine_tuning_command_runs_from_the_cli(torchvision_mask_rcnn, tmp_pa
     data = tmp_path / "data"
     shapes = f"name: shapes, root: {data}, num_train: 2, num_val: 2, image_size: 64, masks: true"
     args = [
-        "-q", "train", str(CONFIG_DIR / "mask_rcnn_r50_fpn.yaml"),
+        "-q", "train", str(CONFIG_DIR / "finetune_mask_rcnn.yaml"),
         f"data.train={{{shapes}, split: train}}", f"data.val={{{shapes}, split: val}}",
         f"train.init_weights={tmp_path / 'coco_mask.pt'}",
         "model.preprocess.min_size=64", "model.preprocess.max_size=64",
