@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "val": None,
         "augment": {"hflip": 0.5},
         "workers": 0,
+        "check": "warn",  # strict | warn | off: detkit.data.check before training
     },
     "train": {
         "device": "auto",

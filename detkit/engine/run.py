@@ -1,9 +1,9 @@
 """From a resolved detection config to a finished run, and the other whole jobs the commands start.
 
 :func:`run_training` is ``detkit train`` without the argument parsing: seeding and
-threads, plugins and their ``detkit_configure`` check, datasets and class names, the
-model (and ``train.init_weights``), the training loader, the evaluation callback and
-the :class:`~detkit.engine.trainer.Trainer`. :func:`import_torchvision` is
+threads, plugins and their ``detkit_configure`` check, the data check (``data.check``),
+datasets and class names, the model (and ``train.init_weights``), the training loader,
+the evaluation callback and the :class:`~detkit.engine.trainer.Trainer`. :func:`import_torchvision` is
 ``detkit import-torchvision``; :func:`proposals_report` assembles what
 ``detkit proposals`` writes.
 """
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from detkit.data.base import DetectionDataset
+from detkit.data.check import check_before_training
 from detkit.data.loader import build_loader
 from detkit.data.transforms import RandomHorizontalFlip
 from detkit.device import resolve_device
@@ -87,6 +88,7 @@ def run_training(
     plugins = plugins_for(config, cli_plugins)
     plugins.hook.detkit_configure(config=config)
     out_dir = Path(config["output"]["dir"])
+    check_before_training(config, plugins.registry, out_dir=out_dir, progress=progress)  # data.check
     train_set = build_dataset(config, "train", plugins)
     val_set = build_dataset(config, "val", plugins)
     class_names = list(config["model"].get("class_names") or train_set.class_names)
