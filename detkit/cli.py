@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="ImageSets/Main split of a VOC folder (default: test)")
     p.add_argument("--out", default="runs/eval", help="where metrics.json and results.json go")
     p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="evaluate the images that can be read and list the others in metrics.json (default: stop and name them)",
+    )
     add_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -277,6 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dataset,
         batch_size=int(loaded.config["eval"]["batch_size"]),
         max_images=args.max_images,
+        skip_unreadable=args.skip_unreadable,
         results_path=out / "results.json",
         label_map=label_map,
         progress=not args.quiet,

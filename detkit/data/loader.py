@@ -77,7 +77,7 @@ class SkipBadItems(Dataset[Sample | None]):
 
     ``self[i]`` is ``transforms(dataset[i])``, or ``None`` when ``dataset[i]`` raises
     :class:`~detkit.errors.DataError`; the error is logged once per item (per
-    worker process) and the item is not read again. The dataset protocol members
+    worker process), kept in :attr:`reasons` and the item is not read again. The dataset protocol members
     (``class_names``, ``category_ids``, ``image_ids``, ``image_path``, ``coco_gt``)
     are passed through.
 
@@ -90,6 +90,7 @@ class SkipBadItems(Dataset[Sample | None]):
         self.dataset = dataset
         self.transforms = transforms
         self.bad_items: set[int] = set()
+        self.reasons: dict[int, str] = {}  # item -> the DataError's message (in this process)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -101,6 +102,7 @@ class SkipBadItems(Dataset[Sample | None]):
             sample = self.dataset[index]
         except DataError as e:
             self.bad_items.add(index)
+            self.reasons[index] = str(e)
             logger.warning("skipping item %d: %s", index, e)
             return None
         return self.transforms(sample) if self.transforms is not None else sample

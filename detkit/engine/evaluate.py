@@ -1,7 +1,16 @@
-"""Run a detector over a dataset and score it with COCO metrics."""
+"""Run a detector over a dataset and score it with COCO metrics.
+
+The metrics say what they were computed on: ``metrics["images"]`` is
+``{"evaluated": N, "total": M, "skipped": [{"index", "image_id", "file", "reason"}, ...]}``.
+COCO AP is averaged over the images that were evaluated, so a run that skipped an
+image is not comparable with one that did not. :func:`evaluate_dataset` stops on an
+unreadable image unless ``skip_unreadable`` (``detkit eval --skip-unreadable``;
+training's periodic evaluation skips, logs and records them).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,9 +20,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from detkit.data.base import DetectionDataset
+from detkit.data.check import probe_image
 from detkit.data.loader import build_loader
 from detkit.errors import DataError
 from detkit.evaluation.coco import CocoEvaluator, write_results
+
+logger = logging.getLogger(__name__)
+
+#: Unreadable files an error message names (the count is always given).
+_NAMED = 3
 
 
 def evaluate_dataset(
@@ -25,9 +40,10 @@ def evaluate_dataset(
     iou_types: tuple[str, ...] | None = None,
     results_path: str | Path | None = None,
     label_map: torch.Tensor | None = None,
+    skip_unreadable: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """COCO metrics of ``model`` on ``dataset`` (see :mod:`detkit.evaluation.coco`).
+    """COCO metrics of ``model`` on ``dataset`` (see :mod:`detkit.evaluation.coco`), and the images they cover.
 
     Args:
         model: a detector; it is put in eval mode and run under ``no_grad`` on its own device.
@@ -37,6 +53,14 @@ def evaluate_dataset(
         results_path: also write the COCO results json there.
         label_map: ``(K_model,)`` model label -> dataset label, ``-1`` for classes the
             dataset lacks (their detections are dropped); see :func:`label_map_by_name`.
+        skip_unreadable: leave out images that cannot be used (missing, corrupt, not
+            the annotated size), with a warning; else stop. Either way
+            ``metrics["images"]`` records the images evaluated and skipped.
+
+    Raises:
+        DataError: an image cannot be used and not ``skip_unreadable`` (named, with
+            the count; checked from the headers before the model runs, and again for
+            files that fail to decode), or no image at all can be used.
     """
     device = next(model.parameters()).device
     if max_images is not None and max_images < len(dataset):
@@ -46,6 +70,9 @@ def evaluate_dataset(
         source = subset
     else:
         source = dataset
+    total = len(source)
+    if not skip_unreadable:
+        _refuse_unreadable(_unreadable_headers(dataset, total), total, what="unreadable")
     if iou_types is None:
         iou_types = ("bbox", "segm") if getattr(model, "has_masks", False) else ("bbox",)
     evaluator = CocoEvaluator(
@@ -67,9 +94,63 @@ def evaluate_dataset(
                     dets = dets[mapped >= 0].replace(labels=mapped[mapped >= 0])
                 evaluator.add(image_id, dets)
     model.train(was_training)
+    skipped = _skipped(dataset, loader.dataset)
+    if skipped and not skip_unreadable:
+        _refuse_unreadable(skipped, total, what="unusable")
+    if len(skipped) == total:
+        raise DataError(
+            f"none of the {total} images of the evaluation set can be used (first: {skipped[0]['reason']})"
+        )
+    if skipped:
+        logger.warning(
+            "evaluation skipped %d of %d images (first: %s); the metrics are over the other %d",
+            len(skipped), total, skipped[0]["reason"], total - len(skipped),
+        )
     if results_path is not None:
         write_results(results_path, evaluator.results())
-    return evaluator.evaluate()
+    metrics: dict[str, Any] = evaluator.evaluate()
+    metrics["images"] = {"evaluated": total - len(skipped), "total": total, "skipped": skipped}
+    return metrics
+
+
+def _skipped(dataset: DetectionDataset, view: Any) -> list[dict[str, Any]]:
+    """The items the loader's :class:`~detkit.data.loader.SkipBadItems` skipped, with their files and reasons."""
+    reasons: dict[int, str] = getattr(view, "reasons", {})
+    return [
+        {
+            "index": i,
+            "image_id": dataset.image_ids[i],
+            "file": str(dataset.image_path(i)),
+            "reason": reasons.get(i, "could not be read"),
+        }
+        for i in sorted(getattr(view, "bad_items", ()))
+    ]
+
+
+def _unreadable_headers(dataset: DetectionDataset, count: int) -> list[dict[str, Any]]:
+    """Items ``0..count-1`` whose image is missing or whose header cannot be read (cheap: no decoding)."""
+    bad = []
+    for i in range(count):
+        path = dataset.image_path(i)
+        try:
+            probe_image(path)
+        except DataError as e:
+            bad.append({"index": i, "image_id": dataset.image_ids[i], "file": str(path), "reason": str(e)})
+    return bad
+
+
+def _refuse_unreadable(bad: list[dict[str, Any]], total: int, *, what: str) -> None:
+    """DataError naming the first files of ``bad`` (missing, else ``what``) and their count; nothing if none."""
+    if not bad:
+        return
+    named = ", ".join(f"'{b['file']}' ({'missing' if not Path(b['file']).is_file() else what})" for b in bad[:_NAMED])
+    more = f" and {len(bad) - _NAMED} more" if len(bad) > _NAMED else ""
+    if what == "unusable":
+        more += f" (first: {bad[0]['reason']})"
+    raise DataError(
+        f"{len(bad)} of {total} images of the evaluation set cannot be used: {named}{more}; fix or remove them, "
+        f"or evaluate the other {total - len(bad)} with --skip-unreadable (AP then covers those only)"
+    )
 
 
 def label_map_by_name(model_classes: Sequence[str], data_classes: Sequence[str], *, data: str) -> torch.Tensor | None:

@@ -237,13 +237,28 @@ def format_metrics(metrics: dict[str, dict[str, Any]]) -> str:
 
     Values are fractions in ``[0, 1]`` with three decimals, as pycocotools reports
     them and ``metrics.json`` stores them; ``-`` stands for -1 (nothing to measure).
+    With ``metrics["images"]`` (what :func:`~detkit.engine.evaluate.evaluate_dataset`
+    adds) the table opens with ``evaluated on N of M images`` and the skipped files.
     """
 
     def value(v: float) -> str:
         return f"{v:5.3f}" if v >= 0 else "    -"
 
     lines: list[str] = []
+    images = metrics.get("images")
+    if isinstance(images, dict) and "evaluated" in images:
+        skipped = images.get("skipped") or []
+        lines.append(
+            f"evaluated on {images['evaluated']} of {images['total']} images"
+            + (f"; skipped {len(skipped)} that cannot be used (the metrics cover the others only):" if skipped else "")
+        )
+        lines += [f"  skipped '{s['file']}'" for s in skipped[:5]]
+        if len(skipped) > 5:
+            lines.append(f"  ... and {len(skipped) - 5} more (metrics.json lists them)")
+        lines.append("")
     for iou_type, m in metrics.items():
+        if iou_type not in _IOU_TYPES:
+            continue
         lines.append(f"{iou_type} ({'boxes' if iou_type == 'bbox' else 'masks'}), fractions (0-1) as in metrics.json")
         for name, label in zip(METRIC_NAMES, _METRIC_LABELS):
             lines.append(f"  {name:<6} {label:<45} {value(m[name])}")
