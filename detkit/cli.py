@@ -74,20 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparser(
         sub,
         "eval",
-        "Evaluate weights on a COCO json or a Pascal VOC folder.",
+        "Evaluate weights on a COCO json, a Pascal VOC folder or a YOLO data.yaml.",
         """
         detkit eval --weights runs/demo/best.pt --data runs/demo/data/annotations/instances_val.json
         detkit eval configs/faster_rcnn_r50_fpn.yaml --weights coco.pt \\
             --data ../shared/data/tiny_coco/annotations/instances_val2017.json --out runs/eval
         detkit eval --weights runs/bccd/best.pt --data ../shared/data/BCCD --split test
+        detkit eval --weights runs/demo/best.pt
     """,
     )
     p.add_argument("config", nargs="?", default=None, help="config to apply over the checkpoint's (optional)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
-    p.add_argument("--data", required=True, help="COCO instances .json, or a Pascal VOC root folder")
+    p.add_argument(
+        "--data", default=None,
+        help="COCO instances .json, a Pascal VOC root folder or a YOLO data.yaml (default: the checkpoint's data.val)",
+    )
     p.add_argument("--images", default=None, help="image folder of a COCO json (default: beside it)")
-    p.add_argument("--split", default="test", help="ImageSets/Main split of a VOC folder (default: test)")
+    p.add_argument("--split", default=None, help=_SPLIT_HELP)
     p.add_argument("--out", default="runs/eval", help="where metrics.json and results.json go")
     p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
     p.add_argument(
@@ -130,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
             --max-proposals 2000 --size 600:1000 --out runs/proposals
     """,
     )
-    p.add_argument("--data", required=True, help="COCO instances .json, or a Pascal VOC root folder")
+    p.add_argument("--data", required=True, help="COCO instances .json, a Pascal VOC root folder or a YOLO data.yaml")
     p.add_argument("--images", default=None, help="image folder of a COCO json (default: beside it)")
-    p.add_argument("--split", default="test", help="ImageSets/Main split of a VOC folder (default: test)")
+    p.add_argument("--split", default=None, help=_SPLIT_HELP)
     p.add_argument(
         "--proposer",
         dest="proposers",
@@ -190,11 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from detkit.classify.cli import add_commands as add_classify_commands
+    from detkit.data.cli import add_commands as add_data_commands
     from detkit.explain.cli import add_commands as add_explain_commands
 
     add_classify_commands(sub)
     add_explain_commands(sub)
+    add_data_commands(sub)
     return parser
+
+
+_SPLIT_HELP = "ImageSets/Main split of a VOC folder (default: test), or split of a YOLO data.yaml (default: val)"
 
 
 # ----------------------------------------------------------------------------- commands
@@ -265,16 +274,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detkit.engine.build import dataset_from_path, load_model
+    from detkit.engine.build import build_dataset, dataset_from_path, load_model
     from detkit.engine.evaluate import evaluate_dataset, label_map_by_name
     from detkit.evaluation.coco import format_metrics
     from detkit.io import write_json
 
     _check_device_flag(args)
-    loaded, _ = load_model(args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins)
+    loaded, plugins = load_model(
+        args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins
+    )
     device = _checkpoint_device(args, loaded.config)
-    dataset = dataset_from_path(args.data, images=args.images, split=args.split)
-    label_map = label_map_by_name(loaded.class_names, dataset.class_names, data=args.data)
+    if args.data is None:  # the validation set the checkpoint was trained with (a held-out split too)
+        if not loaded.config["data"].get("val"):
+            raise DetkitError(f"checkpoint {args.weights!r} names no data.val to evaluate on; give --data")
+        dataset = build_dataset(loaded.config, "val", plugins)
+    else:
+        dataset = dataset_from_path(args.data, images=args.images, split=args.split)
+    label_map = label_map_by_name(loaded.class_names, dataset.class_names, data=args.data or "data.val")
     out = Path(args.out)
     metrics = evaluate_dataset(
         loaded.model.to(device),

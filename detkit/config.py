@@ -127,10 +127,10 @@ CWD = "${cwd}"
 #: Keys that hold input paths. A relative value in a config file resolves against the
 #: file's folder, one given as an override against the current directory; the resolved
 #: config holds absolute paths. ``data.train`` and ``data.val`` belong to the dataset's
-#: factory: ``root``, ``ann_file`` and ``images`` are the built-in datasets' path arguments
+#: factory: ``root``, ``ann_file``, ``images`` and ``yaml`` are the built-in datasets' path arguments
 #: (a dataset plugin that reads a path names its argument one of these).
 PATH_KEYS: frozenset[str] = frozenset(
-    f"data.{split}.{key}" for split in ("train", "val") for key in ("root", "ann_file", "images")
+    f"data.{split}.{key}" for split in ("train", "val") for key in ("root", "ann_file", "images", "yaml")
 ) | {"train.init_weights"}
 
 #: Keys that hold output paths: relative to the current directory, in a file too.

@@ -88,8 +88,8 @@ def parse(words: list[str]) -> argparse.Namespace:
 
 
 def command_name(args: argparse.Namespace) -> str:
-    """``train``, ``classify eval``, ..."""
-    sub = getattr(args, "classify_command", None)
+    """``train``, ``classify eval``, ``data convert``, ..."""
+    sub = getattr(args, "classify_command", None) or getattr(args, "data_command", None)
     return f"{args.command} {sub}" if sub else str(args.command)
 
 

@@ -33,7 +33,8 @@ def small_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "command",
-    ["plugins", "train", "eval", "detect", "proposals", "import-torchvision", "demo", "explain", "classify train"],
+    ["plugins", "train", "eval", "detect", "proposals", "import-torchvision", "demo", "explain", "classify train",
+     "data convert"],
 )
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -29,26 +29,85 @@ def plugins_for(config: Mapping[str, Any] | None, cli_plugins: Sequence[str] = (
     return load_plugins(cli_plugins, config_plugins=config_plugins)
 
 
+#: The dataset name of a held-out split of another ``data`` section (:func:`detkit.data.split.split_dataset`).
+SPLIT_DATASET = "split"
+
+
 def build_dataset(config: Mapping[str, Any], split: str, plugins: Plugins) -> DetectionDataset:
-    """The dataset of ``data.<split>`` (``train`` or ``val``)."""
-    spec = config["data"].get(split)
+    """The dataset of ``data.<split>`` (``train`` or ``val``).
+
+    A section ``{name: split, of: OTHER, fraction, seed, stratify}`` is a held-out
+    fraction of the images of ``data.<OTHER>``, and ``data.<OTHER>`` is then the rest
+    of them (:mod:`detkit.data.split`). The split's settings missing from ``config``
+    are filled in with their defaults, so the resolved config a run writes names
+    them all.
+    """
+    data = config["data"]
+    spec = data.get(split)
     if not spec:
         raise ConfigError(f"config key 'data.{split}' is not set; give it a dataset, e.g. {{name: coco, ...}}")
-    return plugins.registry.build("dataset", spec, key=f"data.{split}")
+    registry = plugins.registry
+    if spec.get("name") == SPLIT_DATASET:
+        of = _split_source(data, split)
+        source = registry.build("dataset", data[of], key=f"data.{of}")
+        return registry.build("dataset", spec, key=f"data.{split}", source=source, held_out=True)
+    for other, other_spec in data.items():
+        if (
+            other != split
+            and isinstance(other_spec, Mapping)
+            and other_spec.get("name") == SPLIT_DATASET
+            and _split_source(data, other) == split
+        ):
+            source = registry.build("dataset", spec, key=f"data.{split}")
+            return registry.build("dataset", other_spec, key=f"data.{other}", source=source, held_out=False)
+    return registry.build("dataset", spec, key=f"data.{split}")
 
 
-def dataset_from_path(data: str, *, images: str | None = None, split: str = "test") -> DetectionDataset:
-    """A dataset from a path: a COCO json (with ``images``) or a Pascal VOC root folder."""
+def _split_source(data: Mapping[str, Any], split: str) -> str:
+    """The section that ``data.<split>`` (a ``split`` dataset) splits; its defaults filled in."""
+    from detkit.data.split import SPLIT_DEFAULTS
+
+    spec = data[split]
+    if isinstance(spec, dict):
+        for key, value in SPLIT_DEFAULTS.items():
+            spec.setdefault(key, value)
+    of = str(spec.get("of", SPLIT_DEFAULTS["of"]))
+    source = data.get(of) if of in ("train", "val") and of != split else None
+    if not isinstance(source, Mapping) or not source or source.get("name") == SPLIT_DATASET:
+        raise ConfigError(
+            f"config key 'data.{split}.of' is {of!r}: a split dataset takes its images from another data section "
+            f"that names a dataset (e.g. data.{split}: {{name: split, of: train, fraction: 0.2}} with data.train "
+            "set)"
+        )
+    return of
+
+
+def dataset_from_path(data: str, *, images: str | None = None, split: str | None = None) -> DetectionDataset:
+    """A dataset from a path: a COCO json (with ``images``), a Pascal VOC root folder, or a YOLO dataset.
+
+    A YOLO dataset is a ``data.yaml`` or a folder holding one. ``split`` is the VOC
+    split (default ``test``) or the yaml's split (default ``val``).
+    """
     from detkit.data.coco import CocoDataset
     from detkit.data.voc import VocDataset
+    from detkit.data.yolo import YoloDataset
 
     path = Path(data)
     if path.is_dir():
-        if not (path / "Annotations").is_dir():
-            raise DataError(f"{data!r} is a folder but not a Pascal VOC root (no Annotations/ inside)")
-        return VocDataset(root=str(path), split=split)
+        if (path / "Annotations").is_dir():
+            return VocDataset(root=str(path), split=split or "test")
+        if (path / "data.yaml").is_file() or (path / "data.yml").is_file():
+            return YoloDataset(root=str(path), split=split or "val")
+        raise DataError(
+            f"{data!r} is a folder but neither a Pascal VOC root (no Annotations/ inside) nor a YOLO dataset "
+            "(no data.yaml inside)"
+        )
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return YoloDataset(yaml=str(path), split=split or "val")
     if path.suffix.lower() != ".json":
-        raise DataError(f"--data {data!r}: give a COCO instances .json file or a Pascal VOC root folder")
+        raise DataError(
+            f"--data {data!r}: give a COCO instances .json file, a Pascal VOC root folder or a YOLO data.yaml"
+        )
     return CocoDataset(ann_file=str(path), images=images)
 
 
