@@ -67,6 +67,9 @@ PLANS: dict[str, Plan] = {
         skip="downloads 160 MB from download.pytorch.org (the local-file form above is run)"
     ),
     "detkit detect --weights coco.pt --out runs/detect-coco ../shared/data/tiny_coco/val2017/000000006818.jpg": Plan(),
+    "detkit data convert --from voc --to yolo ../shared/data/BCCD runs/bccd-yolo --split test": Plan(),
+    "detkit eval --weights runs/bccd/best.pt --data runs/bccd-yolo/data.yaml --split test "
+    "--out runs/bccd-yolo-eval": Plan(extra=["--max-images", "2"]),
     "detkit classify train configs/classify_lenet_digits.yaml": Plan(extra=["train.epochs=1"]),
     "detkit classify eval --weights runs/lenet_digits/best.pt --data digits": Plan(),
     "detkit classify compare-linear": Plan(),
