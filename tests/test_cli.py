@@ -34,7 +34,7 @@ def small_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize(
     "command",
     ["plugins", "train", "eval", "detect", "proposals", "import-torchvision", "demo", "explain", "classify train",
-     "data convert"],
+     "data convert", "data check"],
 )
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

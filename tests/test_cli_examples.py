@@ -41,7 +41,8 @@ def _at_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_command_has_examples() -> None:
     commands = {name for name, _ in EXAMPLES}
     expected = {"plugins", "train", "eval", "detect", "proposals", "import-torchvision", "demo", "explain",
-                "classify", "classify train", "classify eval", "classify compare-linear", "data", "data convert"}
+                "classify", "classify train", "classify eval", "classify compare-linear", "data", "data convert",
+                "data check"}
     assert expected <= commands, expected - commands
 
 

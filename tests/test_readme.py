@@ -70,6 +70,7 @@ PLANS: dict[str, Plan] = {
     "detkit data convert --from voc --to yolo ../shared/data/BCCD runs/bccd-yolo --split test": Plan(),
     "detkit eval --weights runs/bccd/best.pt --data runs/bccd-yolo/data.yaml --split test "
     "--out runs/bccd-yolo-eval": Plan(extra=["--max-images", "2"]),
+    "detkit data check ../shared/data/tiny_coco/annotations/instances_val2017.json --out runs/data-check": Plan(),
     "detkit classify train configs/classify_lenet_digits.yaml": Plan(extra=["train.epochs=1"]),
     "detkit classify eval --weights runs/lenet_digits/best.pt --data digits": Plan(),
     "detkit classify compare-linear": Plan(),

@@ -5,8 +5,9 @@ with a warning, a box reaching outside its image is clipped, an unreadable image
 skipped when its batch is loaded) or stop at the first record they cannot use
 (a duplicate id, an unknown category). So the checks read the annotation files at
 the level where the problems are still visible: the raw COCO json, the VOC xml files,
-the VIA json. Any other :class:`~detkit.data.base.DetectionDataset` (a plugin's
-format) is checked through what it exposes: ``coco_gt()`` and ``image_path(i)``.
+the VIA json. Any other :class:`~detkit.data.base.DetectionDataset` (YOLO, a
+plugin's format, a held-out split) is checked through what it exposes: ``coco_gt()``
+and ``image_path(i)``, after its loader has dropped or clipped what it does not take.
 
 Problems and their severity (:data:`KINDS`):
 
@@ -53,7 +54,8 @@ A :class:`DataReport` also holds the class histogram (non-crowd objects per clas
 and the box sizes (``sqrt(w * h)`` of every non-crowd box, the COCO small / medium /
 large split by box area, a log-scale histogram); :func:`write_report` writes
 ``report.json``, ``classes.png`` and ``box_sizes.png``. :func:`check_source`
-checks a path (a COCO json, a VOC root, a VIA json or folder, a detkit config),
+checks a path (a COCO json, a VOC root, a VIA json or folder, a YOLO data.yaml, a
+detkit config),
 :func:`check_config` a config's ``data.train`` and ``data.val``,
 :func:`check_dataset` a dataset object, and :func:`check_before_training` is what
 ``detkit train`` runs (``data.check: strict | warn | off``).
@@ -1012,10 +1014,14 @@ def check_dataset(
         )
     start = time.perf_counter()
     where = name or repr(dataset)
-    report = DataReport(name=where, format="dataset", source=repr(dataset))
+    shown = repr(dataset)
+    report = DataReport(name=where, format="dataset", source=shown if len(shown) <= 150 else f"{shown[:147]}...")
     paths = {dataset.image_ids[i]: Path(dataset.image_path(i)) for i in range(len(dataset))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what a loader warns about while indexing, the check reports itself
+        records = dataset.coco_gt().dataset
     _check_coco_records(
-        report, dataset.coco_gt().dataset, file=where, image_path=lambda img: paths.get(img["id"]),
+        report, records, file=where, image_path=lambda img: paths.get(img["id"]),
         decode=decode, progress=progress,
     )
     report.seconds = time.perf_counter() - start
@@ -1109,6 +1115,7 @@ def check_source(
     split: str | None = None,
     overrides: Sequence[str] = (),
     registry: _Registry | None = None,
+    cli_plugins: Sequence[str] = (),
     decode: bool = False,
     progress: bool = True,
 ) -> list[DataReport]:
@@ -1118,39 +1125,59 @@ def check_source(
       ``data.val`` (:func:`check_config`; ``overrides`` apply);
     * a COCO instances ``.json`` (``images``: the image folder);
     * a VIA region-data ``.json``, or a folder holding ``via_region_data.json``;
-    * a Pascal VOC root: the ``split`` (default: every split in ``ImageSets/Main``).
+    * a Pascal VOC root: the ``split`` (default: every split in ``ImageSets/Main``);
+    * a YOLO ``data.yaml`` (a yaml with ``names``), or a folder holding one: the
+      ``split`` (default: every split it lists), through the dataset's protocol.
 
     ``registry`` (the plugins' component registry) is needed for configs; by default
-    the plugins are loaded as ``detkit`` loads them.
+    the plugins are loaded as ``detkit`` loads them (with ``cli_plugins``, ``-p``).
 
     Raises:
         DataError: the path does not exist or is none of these.
     """
     text = str(source)
     path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml") and _is_yolo_yaml(path):
+        return _check_yolo(path, split=split, decode=decode, progress=progress)
     if text.startswith("detkit:") or path.suffix.lower() in (".yaml", ".yml"):
-        return _check_yaml(text, overrides=overrides, registry=registry, decode=decode, progress=progress)
+        return _check_yaml(
+            text, overrides=overrides, registry=registry, cli_plugins=cli_plugins, decode=decode, progress=progress
+        )
     if path.is_dir():
         if (path / "Annotations").is_dir():
             splits = [split] if split else _voc_splits(path)
             return [check_voc(path, split=s, name=f"{path} ({s})", decode=decode, progress=progress) for s in splits]
+        for name in ("data.yaml", "data.yml"):
+            if (path / name).is_file():
+                return _check_yolo(path / name, split=split, decode=decode, progress=progress)
         if (path / "via_region_data.json").is_file():
             return [check_via(path, decode=decode, progress=progress)]
         raise DataError(
-            f"'{path}' is a folder but neither a Pascal VOC root (no Annotations/) nor a VIA folder "
-            "(no via_region_data.json); give a COCO .json, a VOC root, a VIA json or a detkit config"
+            f"'{path}' is a folder but neither a Pascal VOC root (no Annotations/), a YOLO dataset (no data.yaml) "
+            "nor a VIA folder (no via_region_data.json); give a COCO .json, a VOC root, a VIA json, a YOLO "
+            "data.yaml or a detkit config"
         )
     if not path.exists():
-        raise DataError(f"'{path}' does not exist; give a COCO .json, a VOC root, a VIA json or a detkit config")
+        raise DataError(
+            f"'{path}' does not exist; give a COCO .json, a VOC root, a VIA json, a YOLO data.yaml or a detkit config"
+        )
     if path.suffix.lower() == ".json":
         if _looks_like_via(path):
             return [check_via(path.parent, json_name=path.name, decode=decode, progress=progress)]
         return [check_coco(path, images, decode=decode, progress=progress)]
-    raise DataError(f"'{path}': give a COCO .json, a VOC root, a VIA json or folder, or a detkit config (.yaml)")
+    raise DataError(
+        f"'{path}': give a COCO .json, a VOC root, a VIA json or folder, a YOLO data.yaml or a detkit config (.yaml)"
+    )
 
 
 def _check_yaml(
-    text: str, *, overrides: Sequence[str], registry: _Registry | None, decode: bool, progress: bool
+    text: str,
+    *,
+    overrides: Sequence[str],
+    registry: _Registry | None,
+    cli_plugins: Sequence[str],
+    decode: bool,
+    progress: bool,
 ) -> list[DataReport]:
     from detkit.config import load_config
 
@@ -1158,8 +1185,37 @@ def _check_yaml(
     if registry is None:
         from detkit.plugins import load_plugins
 
-        registry = load_plugins((), config_plugins=list(config.get("plugins") or [])).registry
+        registry = load_plugins(cli_plugins, config_plugins=list(config.get("plugins") or [])).registry
     return check_config(config, registry, decode=decode, progress=progress)
+
+
+def _is_yolo_yaml(path: Path) -> bool:
+    """Whether a yaml file is a YOLO ``data.yaml`` (it names the classes) rather than a detkit config."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False  # the config reader says what is wrong
+    return isinstance(data, dict) and "names" in data and not isinstance(data.get("model"), dict)
+
+
+def _check_yolo(data_yaml: Path, *, split: str | None, decode: bool, progress: bool) -> list[DataReport]:
+    """Each split of a YOLO ``data.yaml`` (or ``split``), through the dataset's protocol.
+
+    :class:`~detkit.data.yolo.YoloDataset` refuses a bad label line when it is built
+    (a DataError naming the file and line); what it clips or drops is not seen here.
+    """
+    from detkit.data.yolo import SPLIT_KEYS, YoloDataset, read_data_yaml
+
+    splits = [split] if split else [k for k in SPLIT_KEYS if read_data_yaml(data_yaml).get(k)]
+    if not splits:
+        raise DataError(f"YOLO data file '{data_yaml}' lists no split ({', '.join(SPLIT_KEYS)}); add one")
+    return [
+        check_dataset(YoloDataset(yaml=data_yaml, split=s), name=f"{data_yaml} ({s})", decode=decode,
+                      progress=progress)
+        for s in splits
+    ]
 
 
 def _voc_splits(root: Path) -> list[str]:
@@ -1182,10 +1238,11 @@ def _looks_like_via(path: Path) -> bool:
 
 def format_report(report: DataReport, *, max_examples: int = 5) -> str:
     """The report as text: problems by severity (count and the first examples), class and box-size histograms."""
+    classes = len(report.class_names)
     lines = [
         f"{report.name}: {report.format} {report.source}"
         + (f" (images in {report.images_dir})" if report.images_dir else ""),
-        f"  {report.num_images} images, {report.num_objects} annotations, {len(report.class_names)} classes; "
+        f"  {report.num_images} images, {report.num_objects} annotations, {classes} class{'es' * (classes != 1)}; "
         f"{report.num_errors} {_plural(ERROR, report.num_errors)}, "
         f"{report.num_warnings} {_plural(WARNING, report.num_warnings)} ({report.seconds:.2f} s)",
     ]
@@ -1275,6 +1332,7 @@ def plot_classes(reports: Sequence[DataReport], out_png: str | Path) -> Path:
         if len(names) <= 40:
             ax.bar_label(bars, fontsize="x-small", padding=2)
     ax.set_yticks(y, names, fontsize="small" if len(names) <= 40 else "xx-small")
+    ax.margins(y=0.01)
     ax.invert_yaxis()
     ax.set_xlabel("objects (non-crowd)")
     ax.set_title("objects per class")
@@ -1288,6 +1346,7 @@ def plot_box_sizes(reports: Sequence[DataReport], out_png: str | Path) -> Path:
     """COCO small / medium / large counts and a log-scale histogram of ``sqrt(box area)``, into a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -1315,11 +1374,17 @@ def plot_box_sizes(reports: Sequence[DataReport], out_png: str | Path) -> Path:
     ax_sml.set_title("COCO object sizes (box area)")
     ax_sml.margins(y=0.2)
     ax_hist.set_xscale("log")
-    for edge in (SMALL, MEDIUM):
+    if all_sides:  # ticks at powers of two, written as plain pixels
+        ticks = [2.0**k for k in range(round(math.log2(low)), round(math.log2(high)) + 1)]
+        ax_hist.set_xticks(ticks, [_g(t) for t in ticks])
+        ax_hist.xaxis.set_minor_formatter(NullFormatter())
+    for edge, label in ((SMALL, "small | medium"), (MEDIUM, "medium | large")):
         ax_hist.axvline(edge, color="gray", linestyle="--", linewidth=1.0)
+        ax_hist.text(edge, 1.0, label, transform=ax_hist.get_xaxis_transform(), ha="center", va="bottom",
+                     fontsize="x-small", color="gray")
     ax_hist.set_xlabel("sqrt(box area), pixels (log scale)")
     ax_hist.set_ylabel("fraction of the dataset's boxes")
-    ax_hist.set_title("box sizes")
+    ax_hist.set_title("box sizes", pad=14)
     ax_hist.grid(True, alpha=0.3)
     if all_sides:
         ax_hist.legend(fontsize="small")

@@ -1,4 +1,4 @@
-"""The ``detkit data`` commands: ``convert`` (between dataset formats).
+"""The ``detkit data`` commands: ``convert`` (between dataset formats) and ``check`` (a dataset's problems).
 
 :func:`add_commands` adds the ``data`` group to ``detkit``'s subcommands; ``detkit/cli.py``
 calls it from ``build_parser``. Each subcommand is one ``add_<name>(dsub)`` function
@@ -17,10 +17,10 @@ import argparse
 import sys
 from typing import Any
 
-from detkit.cliutil import subparser
+from detkit.cliutil import add_common, subparser
 from detkit.errors import EXIT_USER_ERROR
 
-__all__ = ["add_commands", "add_convert", "cmd_data_convert"]
+__all__ = ["add_check", "add_commands", "add_convert", "cmd_data_check", "cmd_data_convert"]
 
 #: Formats ``detkit data convert`` reads and writes (the same as :mod:`detkit.data.convert`'s).
 SOURCE_FORMATS = ("coco", "voc", "via", "yolo")
@@ -29,13 +29,15 @@ TARGET_FORMATS = ("coco", "yolo")
 
 def add_commands(sub: Any) -> None:
     """Add ``data`` (with its subcommands) to ``sub``, the ``add_subparsers()`` object of ``detkit``."""
-    data = subparser(sub, "data", "Work with datasets: convert between formats.", """
+    data = subparser(sub, "data", "Work with datasets: convert between formats, check for problems.", """
         detkit data convert --from coco --to yolo \\
             ../shared/data/tiny_coco/annotations/instances_val2017.json runs/tiny_coco_yolo
+        detkit data check configs/bccd_faster_rcnn.yaml
     """)
     data.set_defaults(func=lambda args: _missing_subcommand(data))
     dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")
     add_convert(dsub)
+    add_check(dsub)
 
 
 def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
@@ -101,3 +103,58 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     for report in reports:
         print(report.summary())
     return 0
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def add_check(dsub: Any) -> None:
+    """``detkit data check CONFIG|ANNOTATIONS``."""
+    p = subparser(dsub, "check", "Check a dataset: images, sizes, boxes, ids, classes; histograms.", """
+        detkit data check configs/bccd_faster_rcnn.yaml
+        detkit data check ../shared/data/tiny_coco/annotations/instances_val2017.json --out runs/data_check
+        detkit data check ../shared/data/BCCD --split test
+        detkit data check ../shared/data/balloon/train --decode
+    """)
+    p.description = (
+        "Check a dataset before training on it: missing or unreadable images, annotated sizes that differ "
+        "from the image files, degenerate boxes and boxes outside the image, unknown categories, duplicate "
+        "ids, orphan annotations, bad polygons (errors); boxes partly outside the image (warnings); crowd "
+        "regions and images without objects (info). Prints each kind of problem with its count and the "
+        "first examples (file, image id, annotation id), the objects per class and the box sizes, and writes "
+        "OUT/report.json, OUT/classes.png and OUT/box_sizes.png. A config's data.train and data.val are "
+        "checked; an annotation source may be a COCO json (--images), a Pascal VOC root (--split; default: "
+        "every split), a VIA json or folder, or a YOLO data.yaml. Exit status 1 when there are errors, "
+        "0 otherwise (warnings too); 2 when the source cannot be read."
+    )
+    p.add_argument(
+        "input", metavar="CONFIG|ANNOTATIONS",
+        help="a detkit config (.yaml, detkit:NAME.yaml), a COCO .json, a VOC root, a VIA json or folder, "
+        "or a YOLO data.yaml",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of a config")
+    p.add_argument("--images", default=None, help="image folder of a COCO json (default: beside it)")
+    p.add_argument("--split", default=None, help="the VOC or YOLO split to check (default: every split)")
+    p.add_argument("--out", default="runs/data_check", help="where report.json and the PNGs go")
+    p.add_argument("--examples", type=int, default=5, help="examples printed per kind of problem (default 5)")
+    p.add_argument("--decode", action="store_true", help="decode every image, not only its header "
+                   "(also finds truncated files; about ten times slower)")
+    add_common(p, device=False)
+    p.set_defaults(func=cmd_data_check)
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from detkit.data.check import check_source, format_report, summarize, write_report
+
+    reports = check_source(
+        args.input, images=args.images, split=args.split, overrides=args.overrides, cli_plugins=args.plugins,
+        decode=args.decode, progress=not args.quiet,
+    )
+    for report in reports:
+        print(format_report(report, max_examples=max(0, args.examples)))
+        print()
+    written = write_report(reports, args.out)
+    errors = sum(r.num_errors for r in reports)
+    print(f"{summarize(reports)}")
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 1 if errors else 0

@@ -448,3 +448,86 @@ def test_training_stops_on_errors_before_building_anything(planted_coco: Path, t
     with pytest.raises(DataError, match=f"data check found {NUM_ERRORS} errors"):
         run_training(config, progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["data_check.json"]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_cli_exits_1_on_errors_names_them_and_writes_report_and_pngs(planted_coco: Path, tmp_path: Path, capsys):
+    from detkit.cli import main
+
+    out = tmp_path / "check"
+    code = main(["data", "check", str(planted_coco), "--images", str(planted_coco.parent / "images"),
+                 "--out", str(out), "-q", "--examples", "10"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    sections = _printed_sections(printed)
+    for kind, image_id, ann_id in PLANTED:
+        pattern = rf"image id {image_id}\b" + (rf".*annotation id {ann_id}\b" if ann_id is not None else "")
+        assert any(re.search(pattern, line) for line in sections[KINDS[kind].label]), (kind, image_id, ann_id)
+    assert f"{NUM_ERRORS} errors" in printed and "report.json" in printed
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["num_errors"] == NUM_ERRORS and saved["num_warnings"] == 1
+    problems = saved["datasets"][0]["problems"]
+    assert {(e["image_id"], e["ann_id"]) for e in problems["degenerate_box"]["examples"]} == {(1, 2)}
+    for name in ("classes.png", "box_sizes.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG"
+
+
+def test_cli_exits_0_on_clean_data_and_on_warnings(shapes_root: Path, tmp_path: Path, capsys):
+    from detkit.cli import main
+
+    ann = shapes_root / "annotations" / "instances_val.json"
+    assert main(["data", "check", str(ann), "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert "no problems" in capsys.readouterr().out
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"][0] = -5.0  # partly outside: a warning only
+    warned = tmp_path / "warned.json"
+    warned.write_text(json.dumps(data))
+    assert main(["data", "check", str(warned), "--images", str(shapes_root / "val"), "--out", str(tmp_path / "b"),
+                 "-q"]) == 0
+    assert "1 warning" in capsys.readouterr().out
+
+
+def test_cli_checks_a_config_with_overrides(shapes_root: Path, tmp_path: Path, capsys):
+    from detkit.cli import main
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        "base: detkit:shapes_faster_rcnn.yaml\n"
+        f"data: {{train: {{root: {shapes_root}, num_train: 12, num_val: 4, image_size: 64, seed: 3}},"
+        f" val: {{root: {shapes_root}, num_train: 12, num_val: 4, image_size: 64, seed: 3}}}}\n"
+    )
+    assert main(["data", "check", str(config), "data.val=null", "--out", str(tmp_path / "c"), "-q"]) == 0
+    saved = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert [(d["name"], d["num_images"]) for d in saved["datasets"]] == [("data.train", 12)]
+
+
+def test_cli_unreadable_source_exits_2_with_one_line(tmp_path: Path, capsys):
+    from detkit.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["data", "check", str(bad), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.json" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_yolo_data_yaml_is_checked_split_by_split(tmp_path: Path) -> None:
+    root = tmp_path / "yolo"
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for name in names:
+            _image(root / "images" / split / f"{name}.png", 40, 30)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split / f"{name}.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (root / "labels" / "train" / "b.txt").write_text("")  # background image
+    (root / "images" / "val" / "c.png").write_text("not an image")
+    (root / "data.yaml").write_text("names: [thing]\ntrain: images/train\nval: images/val\n")
+    train, val = check_source(root / "data.yaml", progress=False)
+    assert train.name.endswith("(train)") and val.name.endswith("(val)")
+    assert _located(train) == {("empty_image", 2, None)} and train.class_counts == {"thing": 1}
+    assert ("missing_image", 1, None) in _located(val)
+    assert train.box_sides == pytest.approx([np.sqrt(10 * 15)])
+    assert [r.name for r in check_source(root, split="val", progress=False)] == [val.name]
