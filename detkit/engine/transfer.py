@@ -58,6 +58,7 @@ class TransferReport:
         skipped: tensors that did not fit and were skipped (``strict=False`` only).
         missing: model tensors the file does not have (left as initialized).
         unused: file tensors the model does not have.
+        new_classes: the model's classes the file does not have (``[]`` when its classes are unknown).
     """
 
     source: str
@@ -68,16 +69,24 @@ class TransferReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    new_classes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: counts, and the names of what was (re)initialized."""
         parts = [f"{len(self.kept)} tensors kept"]
-        fresh = self.reinitialized + list(self.remapped)
-        if fresh:
-            parts.append(f"{len(fresh)} re-initialized for the new classes ({_names(fresh)})")
-        shared = sorted({c for classes in self.remapped.values() for c in classes})
-        if shared:
-            parts.append(f"rows of {len(shared)} classes kept by name ({_names(shared)})")
+        if self.remapped:
+            shared = sorted({c for classes in self.remapped.values() for c in classes})
+            rebuilt = f"{len(self.remapped)} class-dependent tensors rebuilt ({_names(list(self.remapped))}): "
+            if shared:
+                rebuilt += f"the rows of {_count(len(shared), 'class', 'classes')} kept by name ({_names(shared)})"
+            else:
+                rebuilt += "no class in common, the class-free rows (background, box terms) kept"
+            if self.new_classes:
+                rebuilt += f", {_count(len(self.new_classes), 'new class', 'new classes')} started fresh"
+                rebuilt += f" ({_names(self.new_classes)})"
+            parts.append(rebuilt)
+        if self.reinitialized:
+            parts.append(f"{len(self.reinitialized)} re-initialized for the new classes ({_names(self.reinitialized)})")
         if self.skipped:
             parts.append(f"{len(self.skipped)} skipped as they do not fit ({_names(self.skipped)})")
         if self.missing:
@@ -85,6 +94,10 @@ class TransferReport:
         if self.unused:
             parts.append(f"{len(self.unused)} of the file unused")
         return f"init_weights {self.source} ({self.description}): " + "; ".join(parts)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _names(items: Sequence[str], limit: int = 6) -> str:
@@ -216,6 +229,8 @@ def init_weights(
         new_state[name] = value
         report.kept.append(name)
     report.unused = [k for k in source.state if k not in own]
+    if source.class_names is not None:
+        report.new_classes = [c for c in class_names if c not in source.class_names]
     model.load_state_dict(new_state, strict=False)
     return report
 

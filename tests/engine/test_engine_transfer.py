@@ -80,6 +80,7 @@ def test_shared_classes_keep_their_rows_new_ones_start_fresh(recipe, tmp_path):
         assert torch.equal(value[rows.rows(3, 1)], fresh[name][rows.rows(3, 1)]), name  # hexagon: as built
     summary = report.summary()
     assert "tensors kept" in summary and "rows of 2 classes kept by name (circle, triangle)" in summary
+    assert "1 new class started fresh (hexagon)" in summary and "re-initialized" not in summary
 
 
 def test_kept_rows_give_the_same_scores_for_the_shared_classes(tmp_path):
@@ -164,7 +165,7 @@ def test_a_torchvision_mask_rcnn_onto_two_classes_keeps_person(torchvision_mask_
         "roi_head.predictor.bbox_pred.bias", "roi_head.predictor.bbox_pred.weight",
         "roi_head.predictor.cls_score.bias", "roi_head.predictor.cls_score.weight",
     ]
-    assert "rows of 1 classes kept by name (person)" in report.summary()
+    assert "rows of 1 class kept by name (person), 1 new class started fresh (balloon)" in report.summary()
 
 
 def test_the_fine_tuning_command_runs_from_the_cli(torchvision_mask_rcnn, tmp_path, capsys):
@@ -186,5 +187,5 @@ def test_the_fine_tuning_command_runs_from_the_cli(torchvision_mask_rcnn, tmp_pa
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("init_weights"))
     assert "(detkit checkpoint)" in line and "re-initialized for the new classes (roi_head.mask_head.predictor" in line
-    assert "rows of" not in line  # no shape is a COCO class
+    assert "no class in common" in line and "4 new classes started fresh" in line  # no shape is a COCO class
     assert (tmp_path / "run" / "best.pt").is_file()
