@@ -71,6 +71,14 @@ PLANS: dict[str, Plan] = {
     "detkit eval --weights runs/bccd/best.pt --data runs/bccd-yolo/data.yaml --split test "
     "--out runs/bccd-yolo-eval": Plan(extra=["--max-images", "2"]),
     "detkit data check ../shared/data/tiny_coco/annotations/instances_val2017.json --out runs/data-check": Plan(),
+    # a randomly initialised torchvision Mask R-CNN stands in for the COCO file, as above
+    "detkit import-torchvision maskrcnn_resnet50_fpn maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth coco_mask.pt": Plan(),
+    "detkit train configs/finetune_mask_rcnn.yaml train.init_weights=coco_mask.pt output.dir=runs/balloon-finetune "
+    "data.train={name: via, root: ../shared/data/balloon/train, masks: true} "
+    "data.val={name: via, root: ../shared/data/balloon/val, masks: true}": Plan(
+        extra=["train.max_iters=1", "train.batch_size=1", "eval.max_images=1",
+               "model.preprocess.min_size=[320]", "model.preprocess.max_size=320"]
+    ),
     "detkit classify train configs/classify_lenet_digits.yaml": Plan(extra=["train.epochs=1"]),
     "detkit classify eval --weights runs/lenet_digits/best.pt --data digits": Plan(),
     "detkit classify compare-linear": Plan(),
@@ -82,7 +90,11 @@ PLANS: dict[str, Plan] = {
     ),
 }
 
-TORCHVISION_FILE = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+#: torchvision's COCO files README names -> the torchvision model a seeded random stand-in is built from
+TORCHVISION_FILES = {
+    "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth": "fasterrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth": "maskrcnn_resnet50_fpn",
+}
 
 
 def make_recipe(target: str, makefile: Path = REPO / "Makefile") -> list[str]:
@@ -116,7 +128,7 @@ def test_every_readme_command_is_run_or_skipped_by_design() -> None:
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder laid out like a checkout (``configs``, ``Makefile``, ``../shared/data``), empty otherwise."""
     data = shared_data_root()
-    missing = [name for name in ("BCCD", "tiny_coco") if not (data / name).exists()]
+    missing = [name for name in ("BCCD", "tiny_coco", "balloon") if not (data / name).exists()]
     if missing:
         why = f"shared data {', '.join(missing)} not found in {data} (set DETKIT_DATA)"
         if on_ci():
@@ -132,10 +144,10 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _torchvision_download_stand_in(path: Path) -> None:
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+    from torchvision.models import detection
 
     torch.manual_seed(0)
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    model = getattr(detection, TORCHVISION_FILES[path.name])(weights=None, weights_backbone=None)
     torch.save(model.state_dict(), path)
 
 
@@ -155,8 +167,9 @@ def test_readme_commands_run_in_order(
             monkeypatch.setenv(name, value)
         if plan.make_target:
             words = make_recipe(plan.make_target)
-        if TORCHVISION_FILE in words and "import-torchvision" in words:
-            _torchvision_download_stand_in(checkout / TORCHVISION_FILE)
+        if "import-torchvision" in words:
+            for name in set(words) & set(TORCHVISION_FILES):
+                _torchvision_download_stand_in(checkout / name)
         argv = [*words[1:], *plan.extra, "-q"]
         start = time.monotonic()
         code = main(argv)
