@@ -1,6 +1,9 @@
-"""Choosing the device a command runs on."""
+"""Choosing the device a command runs on, and the precision it computes in."""
 
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import torch
 
@@ -53,4 +56,55 @@ def command_device(flag: str | None, configured: str, *, source: str = "train.de
     return resolve_device(str(configured), source=source)
 
 
-__all__ = ["DEVICE_FLAG", "command_device", "resolve_device"]
+#: The precisions ``train.precision`` and ``--precision`` take.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+def _cpu_has(feature: str) -> bool:
+    check = getattr(torch.cpu, f"_is_{feature}_supported", None)
+    try:
+        return bool(check()) if callable(check) else False
+    except RuntimeError:
+        return False
+
+
+def check_precision(precision: str, device: torch.device, *, source: str = "train.precision") -> str:
+    """Validate ``precision`` for ``device``; warn where it runs slower than fp32.
+
+    On a CPU, bf16 is fast only with AMX tiles (and fp16 with AMX-FP16); elsewhere
+    the autocast casts cost more than they save, so a warning says so. On CUDA,
+    bf16 needs a GPU that supports it (Ampere or newer).
+
+    Raises:
+        ConfigError: an unknown precision, or bf16 on a GPU without it, naming ``source``.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{source} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return precision
+    if device.type == "cpu":
+        fast = _cpu_has("amx_tile") if precision == "bf16" else _cpu_has("amx_fp16")
+        if not fast:
+            warnings.warn(
+                f"{source}={precision} on a CPU without AMX{'-FP16' if precision == 'fp16' else ''}: "
+                "it runs, but slower than fp32",
+                stacklevel=2,
+            )
+    elif device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{source}=bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """Mixed precision on ``device``: :func:`torch.autocast` for fp16/bf16, nothing for fp32.
+
+    Operations that need the range of fp32 (losses, box decoding, NMS) are kept in
+    fp32 by autocast's own lists and by detkit's ops, which upcast boxes.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+__all__ = ["DEVICE_FLAG", "PRECISIONS", "autocast", "check_precision", "command_device", "resolve_device"]

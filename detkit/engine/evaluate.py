@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from detkit.data.base import DetectionDataset
 from detkit.data.check import probe_image
 from detkit.data.loader import build_loader
+from detkit.device import autocast
 from detkit.errors import DataError
 from detkit.evaluation.coco import CocoEvaluator, write_results
 
@@ -41,6 +42,7 @@ def evaluate_dataset(
     results_path: str | Path | None = None,
     label_map: torch.Tensor | None = None,
     skip_unreadable: bool = True,
+    precision: str = "fp32",
     progress: bool = True,
 ) -> dict[str, Any]:
     """COCO metrics of ``model`` on ``dataset`` (see :mod:`detkit.evaluation.coco`), and the images they cover.
@@ -56,6 +58,8 @@ def evaluate_dataset(
         skip_unreadable: leave out images that cannot be used (missing, corrupt, not
             the annotated size), with a warning; else stop. Either way
             ``metrics["images"]`` records the images evaluated and skipped.
+        precision: ``fp32``, or ``fp16``/``bf16`` to run the model under autocast
+            (see :func:`detkit.device.autocast`); recorded as ``metrics["precision"]``.
 
     Raises:
         DataError: an image cannot be used and not ``skip_unreadable`` (named, with
@@ -86,7 +90,8 @@ def evaluate_dataset(
         for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
             if not batch.images:
                 continue
-            detections, _ = model([im.to(device) for im in batch.images])
+            with autocast(device, precision):
+                detections, _ = model([im.to(device) for im in batch.images])
             for image_id, dets in zip(batch.image_ids, detections):
                 dets = dets.to("cpu")
                 if label_map is not None:
@@ -109,6 +114,7 @@ def evaluate_dataset(
     if results_path is not None:
         write_results(results_path, evaluator.results())
     metrics: dict[str, Any] = evaluator.evaluate()
+    metrics["precision"] = precision
     metrics["images"] = {"evaluated": total - len(skipped), "total": total, "skipped": skipped}
     return metrics
 
