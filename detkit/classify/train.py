@@ -50,7 +50,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from detkit.classify.data import (
     DIGITS_TEST_SIZE,
@@ -63,6 +62,8 @@ from detkit.config import Schema, load_config, merge, save_config
 from detkit.errors import CheckpointError, ConfigError, did_you_mean
 from detkit.io import atomic_path, write_json
 from detkit.plugins import Plugins
+from detkit.progress import ProgressBar
+from detkit.progress import progress as show_progress
 
 __all__ = [
     "AUGMENTATIONS",
@@ -470,7 +471,7 @@ def _train_epoch(
     augment: Callable[[Tensor], Tensor] | None,
     generator: torch.Generator,
     device: torch.device,
-    progress: tqdm,
+    progress: ProgressBar,
 ) -> tuple[float, float]:
     """One pass over the shuffled training set; returns mean loss and accuracy."""
     model.train()
@@ -544,7 +545,7 @@ def train_classifier(
     records: list[dict[str, Any]] = []
     best_acc, best_epoch = -1.0, 0
     best_metrics: dict[str, Any] = {}
-    with tqdm(total=epochs * iters_per_epoch, desc="train", unit="it", disable=not progress, leave=False) as bar:
+    with show_progress(total=epochs * iters_per_epoch, desc="train", unit="it", enabled=progress, leave=False) as bar:
         for epoch in range(1, epochs + 1):
             lr = float(optimizer.param_groups[0]["lr"])
             loss, acc = _train_epoch(

@@ -76,7 +76,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from detkit.data.base import DetectionDataset
 from detkit.data.coco import CocoDataset, default_images_dir, load_coco_json
@@ -85,6 +84,7 @@ from detkit.data.via import ViaDataset, load_via_json
 from detkit.data.voc import VocDataset
 from detkit.errors import ConfigError, DataError
 from detkit.io import atomic_path, write_json
+from detkit.progress import progress as show_progress
 
 __all__ = [
     "CHECK_MODES",
@@ -393,8 +393,8 @@ def _probe_all(
 ) -> dict[Any, tuple[int, int] | str]:
     """``key -> (width, height)``, or the reason the image cannot be read, for every path."""
     out: dict[Any, tuple[int, int] | str] = {}
-    bar = tqdm(paths.items(), total=len(paths), desc=f"checking {report.name}", unit="img", disable=not progress,
-               leave=False)
+    bar = show_progress(paths.items(), total=len(paths), desc=f"checking {report.name}", unit="img",
+                        enabled=progress, leave=False)
     for key, path in bar:
         try:
             out[key] = probe_image(path, decode=decode)

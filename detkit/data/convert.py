@@ -48,12 +48,12 @@ from typing import Any
 
 import numpy as np
 import yaml
-from tqdm.auto import tqdm
 
 from detkit.data.base import DetectionDataset
 from detkit.data.yolo import SPLIT_KEYS, label_path, parse_names, read_data_yaml, read_image_size
 from detkit.errors import DataError
 from detkit.io import write_json, write_text
+from detkit.progress import progress as show_progress
 
 __all__ = [
     "SOURCE_FORMATS",
@@ -326,7 +326,7 @@ def _place_image(src: Path, dst: Path, *, copy: bool) -> bool:
 def _place_images(source: Source, names: dict[int, str], folder: Path, *, copy: bool, progress: bool) -> str:
     copied = 0
     items = list(names.items())
-    bar = tqdm(items, desc=f"images -> {folder}", unit="img", disable=None if progress else True, leave=False)
+    bar = show_progress(items, desc=f"images -> {folder}", unit="img", enabled=progress, leave=False)
     for image_id, name in bar:
         copied += _place_image(source.files[image_id], folder / name, copy=copy)
     if copied and not copy:
@@ -427,8 +427,8 @@ def write_yolo(source: Source, out: str | Path, *, copy_images: bool = False, ov
     per_image: dict[int, list[dict[str, Any]]] = {int(im["id"]): [] for im in source.coco["images"]}
     for ann in source.coco.get("annotations", []):
         per_image[int(ann["image_id"])].append(ann)
-    bar = tqdm(per_image.items(), desc=f"labels -> {labels_dir}", unit="img", total=len(per_image),
-               disable=None if progress else True, leave=False)
+    bar = show_progress(per_image.items(), desc=f"labels -> {labels_dir}", unit="img", total=len(per_image),
+                        enabled=progress, leave=False)
     for image_id, anns in bar:
         lines = _yolo_lines(anns, label_of, sizes[image_id], report)
         write_text(label_path(images_dir / names[image_id]), "".join(f"{line}\n" for line in lines))

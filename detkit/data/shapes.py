@@ -37,11 +37,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from detkit.data.coco import CocoDataset
 from detkit.errors import ConfigError, DataError
 from detkit.io import write_json, write_text
+from detkit.progress import progress
 
 __all__ = ["CLASS_NAMES", "ShapesDataset", "generate_shapes"]
 
@@ -153,7 +153,7 @@ def generate_shapes(
 
     marker.unlink(missing_ok=True)
     counts = {"train": int(num_train), "val": int(num_val)}
-    with tqdm(total=sum(counts.values()), desc=f"generating shapes in {root}", unit="img", disable=None) as bar:
+    with progress(total=sum(counts.values()), desc=f"generating shapes in {root}", unit="img") as bar:
         for split_index, split in enumerate(_SPLITS):
             folder = root / split
             folder.mkdir(parents=True, exist_ok=True)

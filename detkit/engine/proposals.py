@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from detkit.errors import DataError, DetkitError
 from detkit.evaluation.proposals import ProposalRecall
+from detkit.progress import progress as show_progress
+from detkit.progress import write
 
 
 def _split_top_level(text: str, *, spec: str) -> list[str]:
@@ -266,13 +266,13 @@ def score_proposers(
     """
     tallies = [ProposerTally(ProposalRecall(list(budgets))) for _ in runs]
     skipped: dict[int, str] = {}
-    for index in tqdm(indices, desc="proposals", unit="img", disable=not progress or None, leave=False):
+    for index in show_progress(indices, desc="proposals", unit="img", enabled=progress, leave=False):
         try:
             sample = dataset[index]
             outputs = [_propose_or_explain(run, sample.image, budgets[-1]) for run in runs]
         except DataError as exc:
             skipped[index] = str(exc)
-            tqdm.write(f"detkit: warning: skipping image {index}: {exc}", file=sys.stderr)
+            write(f"detkit: warning: skipping image {index}: {exc}", file=sys.stderr)
             continue
         for tally, (boxes, num_given, seconds) in zip(tallies, outputs):
             tally.add(sample.targets, boxes, num_given, seconds)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from detkit.ops import BoxCoder, box_iou
+from detkit.progress import progress as show_progress
 from detkit.stages.base import Backbone, ClassRows, Losses, RegionExtractor, RoIHead, no_detections
 from detkit.stages.roi_heads import ProposalSampler
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Instances, Proposals, SampledProposals, Targets
@@ -307,7 +307,7 @@ class RCNNHead(RoIHead):
         gt_feats = (objects.features * scale).numpy()
         rng = np.random.default_rng(self.seed)
         summary = []
-        for c in tqdm(range(self.num_classes), desc="svms", disable=not progress, leave=False):
+        for c in show_progress(range(self.num_classes), desc="svms", enabled=progress, leave=False):
             positives = gt_feats[(objects.labels == c).numpy()]
             pool = np.flatnonzero((proposals.class_iou[:, c] < self.svm_neg_iou).numpy())
             if len(positives) == 0 or len(pool) == 0:
@@ -358,7 +358,7 @@ def gather_and_fit(
     bank = RegionBank()
     detector.eval()
     with torch.no_grad():
-        for batch in tqdm(batches, desc="svm features", disable=not progress, leave=False):
+        for batch in show_progress(batches, desc="svm features", enabled=progress, leave=False):
             if not batch.images:
                 continue
             images = [img.to(device) for img in batch.images]
