@@ -109,6 +109,15 @@ DEFAULTS: dict[str, Any] = {
         "freeze": [],
         "param_groups": [],
         "freeze_norm_stats": False,
+        "precision": "fp32",  # fp32 | fp16 | bf16 (autocast; a grad scaler under fp16)
+        "accumulate": 1,  # batches per optimizer step
+        "ema": None,  # null, true or {decay: 0.9998, tau: 2000}: evaluate and save a moving average
+        "checkpoint_period": 0,  # iterations between last.pt writes (0: at evaluations only)
+        "keep_checkpoints": 0,  # also keep iter_NNNNNNN.pt of the last K periodic writes
+        "resume": None,  # auto: continue output.dir when it holds last.pt
+        "deterministic": False,  # deterministic algorithms (and cuDNN) for repeatable runs
+        "sync_bn": False,  # SyncBatchNorm across the GPUs of a distributed run
+        "find_unused_parameters": False,  # DDP: parameters may get no gradient in a step
     },
     "eval": {"batch_size": 2, "max_images": None},
     "output": {"dir": "runs/train"},

@@ -5,26 +5,33 @@ item whose image is missing or corrupt (a :class:`~detkit.errors.DataError`) is
 reported once with ``logging.warning`` naming the file, and skipped from then on.
 :func:`collate` drops skipped items, so a batch may hold fewer images than
 ``batch_size`` -- or none: **consumers must skip a batch with** ``len(batch) == 0``.
+
+Training draws its batches from a :class:`TrainBatchSampler`: the order of an epoch
+is a function of ``(seed, epoch)`` only, split across the processes of a
+distributed run, and each item's augmentation draws from its own RNG seeded by
+``(seed, epoch, index)``. A run that resumes mid-epoch, or that runs on two
+processes instead of one, therefore sees exactly the same images, flipped the
+same way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pycocotools.coco import COCO
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from detkit.data.base import DetectionDataset, Sample
 from detkit.data.transforms import Transform
 from detkit.errors import DataError
 from detkit.structures import Targets
 
-__all__ = ["Batch", "SkipBadItems", "build_loader", "collate"]
+__all__ = ["Batch", "SkipBadItems", "TrainBatchSampler", "build_loader", "collate", "item_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +102,9 @@ class SkipBadItems(Dataset[Sample | None]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Sample | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample | None:
+        """Item ``key``, or ``(index, seed)``: the transforms then draw from torch's RNG seeded with ``seed``."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         if index in self.bad_items:
             return None
         try:
@@ -105,7 +114,13 @@ class SkipBadItems(Dataset[Sample | None]):
             self.reasons[index] = str(e)
             logger.warning("skipping item %d: %s", index, e)
             return None
-        return self.transforms(sample) if self.transforms is not None else sample
+        if self.transforms is None:
+            return sample
+        if seed is None:
+            return self.transforms(sample)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transforms(sample)
 
     @property
     def class_names(self) -> list[str]:
@@ -131,6 +146,65 @@ class SkipBadItems(Dataset[Sample | None]):
         return self.dataset.coco_gt()
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of item ``index`` in ``epoch`` of a run seeded with ``seed``."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63)
+
+
+class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, augmentation seed)`` for one process of a (possibly distributed) run.
+
+    Epoch ``e``'s order is a permutation seeded by ``(seed, e)``, cut to a multiple of
+    ``world_size``; process ``rank`` takes every ``world_size``-th item from position
+    ``rank`` and groups them by ``batch_size``, dropping an incomplete last batch.
+    So ``world_size`` processes with batch ``b`` see, step by step, the same images as
+    one process with batch ``world_size * b``.
+
+    Args:
+        size: items in the dataset.
+        batch_size: items per batch of this process.
+        seed: seeds the order and the augmentation.
+        rank: this process's index in ``[0, world_size)``.
+        world_size: processes sharing the data.
+        shuffle: permute each epoch (else the dataset order).
+    """
+
+    def __init__(
+        self, size: int, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.epoch = 1
+        self.start = 0
+
+    def set_epoch(self, epoch: int, *, start: int = 0) -> None:
+        """Draw the order of ``epoch`` next, skipping its first ``start`` batches (a resumed run)."""
+        self.epoch = epoch
+        self.start = start
+
+    def __len__(self) -> int:
+        return (self.size // self.world_size) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        mine = order[: self.size - self.size % self.world_size][self.rank :: self.world_size]
+        for b in range(self.start, len(self)):
+            chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(i, item_seed(self.seed, self.epoch, i)) for i in chunk]
+
+
 def build_loader(
     dataset: DetectionDataset,
     *,
@@ -140,6 +214,7 @@ def build_loader(
     transforms: Transform | None = None,
     seed: int = 0,
     drop_last: bool = False,
+    batch_sampler: TrainBatchSampler | None = None,
 ) -> DataLoader[Sample | None]:
     """A DataLoader of :class:`Batch` over ``dataset`` that skips unusable items.
 
@@ -153,6 +228,8 @@ def build_loader(
             (``seed``-derived base + worker id); with ``workers=0`` transforms draw
             from the global torch RNG.
         drop_last: drop the last incomplete batch.
+        batch_sampler: draw the batches from it instead (``batch_size``, ``shuffle``
+            and ``drop_last`` are then its own); see :class:`TrainBatchSampler`.
 
     ``loader.dataset`` is a :class:`SkipBadItems` (``loader.dataset.dataset`` is the
     original); it has the dataset protocol members. Batches may be empty; skip them.
@@ -161,8 +238,18 @@ def build_loader(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
+    view = SkipBadItems(dataset, transforms=transforms)
+    if batch_sampler is not None:
+        return DataLoader(
+            view,
+            batch_sampler=batch_sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            generator=generator,
+            persistent_workers=workers > 0,
+        )
     return DataLoader(
-        SkipBadItems(dataset, transforms=transforms),
+        view,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,

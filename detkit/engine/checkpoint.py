@@ -16,6 +16,7 @@ A checkpoint is a plain dict saved with :func:`torch.save`::
             "metrics": {"bbox": {"AP": 0.41, ...}},
             "created": "2025-01-01T12:00:00+00:00",
         },
+        "train_state": {...},            # last.pt only: what a resumed run needs
     }
 
 It holds only dicts, lists, strings, numbers, ``None`` and tensors, so
@@ -85,6 +86,7 @@ def make_checkpoint(
     config: Mapping[str, Any],
     class_names: Sequence[str],
     meta: Mapping[str, Any] | None = None,
+    train_state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of ``model`` (see the module docstring).
 
@@ -93,6 +95,8 @@ def make_checkpoint(
             ``detkit_version``, ``torch_version`` and ``created`` are filled in
             when absent, ``iteration``/``epoch`` default to ``None`` and
             ``metrics`` to ``{}``.
+        train_state: the trainer's state for resuming (optimizer, schedule, RNG
+            states, ...; see :mod:`detkit.engine.resume`), stored as given.
     """
     full_meta: dict[str, Any] = {
         "detkit_version": detkit.__version__,
@@ -103,7 +107,7 @@ def make_checkpoint(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     full_meta.update(meta or {})
-    return {
+    checkpoint = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": to_plain(config, where="config"),
@@ -111,6 +115,9 @@ def make_checkpoint(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": to_plain(full_meta, where="meta"),
     }
+    if train_state is not None:
+        checkpoint["train_state"] = dict(train_state)
+    return checkpoint
 
 
 def save_checkpoint(
@@ -120,12 +127,15 @@ def save_checkpoint(
     config: Mapping[str, Any],
     class_names: Sequence[str],
     meta: Mapping[str, Any] | None = None,
+    train_state: Mapping[str, Any] | None = None,
 ) -> Path:
     """Atomically write a checkpoint of ``model`` to ``path`` (parents are created).
 
     See :func:`make_checkpoint` for the arguments. Returns the path written.
     """
-    checkpoint = make_checkpoint(model=model, config=config, class_names=class_names, meta=meta)
+    checkpoint = make_checkpoint(
+        model=model, config=config, class_names=class_names, meta=meta, train_state=train_state
+    )
     target = Path(path)
     with atomic_path(target) as tmp:
         torch.save(checkpoint, tmp)

@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from detkit.data.base import DetectionDataset
 from detkit.data.check import probe_image
 from detkit.data.loader import build_loader
 from detkit.device import autocast
+from detkit.engine import distributed
 from detkit.errors import DataError
 from detkit.evaluation.coco import CocoEvaluator, write_results
+from detkit.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def evaluate_dataset(
     label_map: torch.Tensor | None = None,
     skip_unreadable: bool = True,
     precision: str = "fp32",
+    shard: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """COCO metrics of ``model`` on ``dataset`` (see :mod:`detkit.evaluation.coco`), and the images they cover.
@@ -60,6 +62,9 @@ def evaluate_dataset(
             ``metrics["images"]`` records the images evaluated and skipped.
         precision: ``fp32``, or ``fp16``/``bf16`` to run the model under autocast
             (see :func:`detkit.device.autocast`); recorded as ``metrics["precision"]``.
+        shard: in a distributed run, each rank runs the model on every
+            ``world_size``-th image and rank 0 gathers the detections and scores them;
+            the other ranks return ``{}``.
 
     Raises:
         DataError: an image cannot be used and not ``skip_unreadable`` (named, with
@@ -75,6 +80,15 @@ def evaluate_dataset(
     else:
         source = dataset
     total = len(source)
+    info = distributed.current() if shard else distributed.DistInfo()
+    if info.distributed:
+        indices = range(info.rank, total, info.world_size)
+        part: Any = torch.utils.data.Subset(source, indices)
+        for attr in ("class_names", "category_ids", "image_ids", "coco_gt", "image_path"):
+            setattr(part, attr, getattr(dataset, attr))
+        mine = part
+    else:
+        indices, mine = range(total), source
     if not skip_unreadable:
         _refuse_unreadable(_unreadable_headers(dataset, total), total, what="unreadable")
     if iou_types is None:
@@ -83,11 +97,12 @@ def evaluate_dataset(
         dataset.coco_gt(), class_names=dataset.class_names, category_ids=dataset.category_ids,
         iou_types=iou_types,
     )
-    loader = build_loader(source, batch_size=batch_size, shuffle=False)
+    loader = build_loader(mine, batch_size=batch_size, shuffle=False)
+    found: list[tuple[int, Any]] = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc="evaluate", unit="batch", enabled=progress and info.main, leave=False):
             if not batch.images:
                 continue
             with autocast(device, precision):
@@ -97,9 +112,16 @@ def evaluate_dataset(
                 if label_map is not None:
                     mapped = label_map[dets.labels]
                     dets = dets[mapped >= 0].replace(labels=mapped[mapped >= 0])
-                evaluator.add(image_id, dets)
+                found.append((image_id, dets))
     model.train(was_training)
-    skipped = _skipped(dataset, loader.dataset)
+    skipped = _skipped(dataset, loader.dataset, indices)
+    if info.distributed:
+        found = distributed.gather_to_main(found)
+        skipped = sorted(distributed.gather_to_main(skipped), key=lambda s: s["index"])
+        if not info.main:
+            return {}
+    for image_id, dets in found:
+        evaluator.add(image_id, dets)
     if skipped and not skip_unreadable:
         _refuse_unreadable(skipped, total, what="unusable")
     if len(skipped) == total:
@@ -119,17 +141,20 @@ def evaluate_dataset(
     return metrics
 
 
-def _skipped(dataset: DetectionDataset, view: Any) -> list[dict[str, Any]]:
-    """The items the loader's :class:`~detkit.data.loader.SkipBadItems` skipped, with their files and reasons."""
+def _skipped(dataset: DetectionDataset, view: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """The items the loader's :class:`~detkit.data.loader.SkipBadItems` skipped, with their files and reasons.
+
+    ``indices[k]`` is the dataset index of the loader's item ``k``.
+    """
     reasons: dict[int, str] = getattr(view, "reasons", {})
     return [
         {
-            "index": i,
-            "image_id": dataset.image_ids[i],
-            "file": str(dataset.image_path(i)),
-            "reason": reasons.get(i, "could not be read"),
+            "index": indices[k],
+            "image_id": dataset.image_ids[indices[k]],
+            "file": str(dataset.image_path(indices[k])),
+            "reason": reasons.get(k, "could not be read"),
         }
-        for i in sorted(getattr(view, "bad_items", ()))
+        for k in sorted(getattr(view, "bad_items", ()))
     ]
 
 

@@ -1,49 +1,78 @@
 """From a resolved detection config to a finished run, and the other whole jobs the commands start.
 
-:func:`run_training` is ``detkit train`` without the argument parsing: seeding and
-threads, plugins and their ``detkit_configure`` check, the data check (``data.check``),
-datasets and class names, the model (and ``train.init_weights``), the training loader,
-the evaluation callback and the :class:`~detkit.engine.trainer.Trainer`. :func:`import_torchvision` is
+:func:`run_training` is ``detkit train`` without the argument parsing: joining a
+distributed job (:mod:`detkit.engine.distributed`), seeding, threads and deterministic
+algorithms, plugins and their ``detkit_configure`` check, the data check
+(``data.check``), datasets and class names, the model (and ``train.init_weights``),
+the training loader, the evaluation callback, the checkpoint to resume from and the
+:class:`~detkit.engine.trainer.Trainer`. :func:`import_torchvision` is
 ``detkit import-torchvision``; :func:`proposals_report` assembles what
 ``detkit proposals`` writes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from detkit.data.base import DetectionDataset
 from detkit.data.check import check_before_training
-from detkit.data.loader import build_loader
+from detkit.data.loader import TrainBatchSampler, build_loader
 from detkit.data.transforms import RandomHorizontalFlip
-from detkit.device import resolve_device
+from detkit.engine import distributed
 from detkit.engine.build import build_dataset, model_and_components, plugins_for
 from detkit.engine.checkpoint import load_state, save_checkpoint
 from detkit.engine.evaluate import evaluate_dataset
+from detkit.engine.resume import resume_checkpoint
 from detkit.engine.trainer import EvaluateFn, Trainer
 from detkit.engine.transfer import init_weights
-from detkit.errors import DetkitError
+from detkit.errors import ConfigError, DetkitError
 from detkit.plugins import load_plugins
 from detkit.weights import read_state_dict
 
+logger = logging.getLogger(__name__)
 
-def seed_and_threads(train: Mapping[str, Any]) -> None:
-    """Seed torch with ``train.seed`` and cap its CPU threads at ``train.threads`` (when set)."""
-    torch.manual_seed(int(train["seed"]))
+
+def seed_and_threads(train: Mapping[str, Any], *, rank: int = 0) -> None:
+    """Seed torch, numpy and Python with ``train.seed`` (+ ``rank``), cap torch's CPU threads at
+    ``train.threads`` (when set), and with ``train.deterministic`` choose deterministic algorithms.
+
+    The data order does not depend on these seeds (see
+    :class:`~detkit.data.loader.TrainBatchSampler`); the model's own random choices
+    (proposal sampling) do, and each rank of a distributed run draws its own.
+    """
+    seed = int(train["seed"]) + rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
     if train.get("threads"):
         torch.set_num_threads(int(train["threads"]))
+    if train.get("deterministic"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable GEMMs
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 
-def train_loader(config: Mapping[str, Any], dataset: DetectionDataset) -> Any:
-    """The shuffled training loader of ``config`` (batch size, workers, horizontal flips, seed)."""
+def train_loader(config: Mapping[str, Any], dataset: DetectionDataset, *, rank: int = 0, world_size: int = 1) -> Any:
+    """The training loader of ``config`` for one process: batch size, workers, horizontal flips, seed.
+
+    Batches come from a :class:`~detkit.data.loader.TrainBatchSampler`, so a run
+    resumes mid-epoch exactly and ``world_size`` processes share each epoch.
+    """
     train, data = config["train"], config["data"]
     hflip = float(data["augment"]["hflip"])
+    sampler = TrainBatchSampler(
+        len(dataset), batch_size=int(train["batch_size"]), seed=int(train["seed"]), rank=rank, world_size=world_size
+    )
     return build_loader(
         dataset,
         batch_size=int(train["batch_size"]),
@@ -51,7 +80,7 @@ def train_loader(config: Mapping[str, Any], dataset: DetectionDataset) -> Any:
         workers=int(data["workers"]),
         transforms=RandomHorizontalFlip(p=hflip) if hflip > 0 else None,
         seed=int(train["seed"]),
-        drop_last=True,
+        batch_sampler=sampler,
     )
 
 
@@ -68,47 +97,106 @@ def coco_evaluation(
             batch_size=int(settings["batch_size"]),
             max_images=settings.get("max_images"),
             results_path=results_path,
+            precision=str(config["train"].get("precision", "fp32")),
+            shard=True,
             progress=progress,
         )
 
     return evaluate
 
 
+def resume_source(config: Mapping[str, Any], resume: str | os.PathLike[str] | None) -> Path | None:
+    """The ``last.pt`` a run continues from: ``resume`` (a run folder or checkpoint), or with
+    ``train.resume=auto`` the output folder's when it has one; None for a new run.
+
+    Raises:
+        ConfigError: ``resume`` holds no checkpoint, or ``train.resume`` is not ``auto``/null.
+    """
+    if resume is not None:
+        path = Path(resume)
+        found = resume_checkpoint(path) if path.is_dir() else (path if path.is_file() else None)
+        if found is None:
+            raise ConfigError(f"--resume {str(resume)!r}: no last.pt there to continue from")
+        return found
+    mode = config["train"].get("resume")
+    if mode in (None, False):
+        return None
+    if mode != "auto":
+        raise ConfigError(f"train.resume must be auto or null, got {mode!r}")
+    found = resume_checkpoint(config["output"]["dir"])
+    if found is None:
+        logger.info("train.resume=auto: %s holds no last.pt; starting a new run", config["output"]["dir"])
+    return found
+
+
 def run_training(
-    config: dict[str, Any], cli_plugins: Sequence[str] = (), *, progress: bool = True
+    config: dict[str, Any],
+    cli_plugins: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    resume: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate the detector a resolved config describes; returns the final metrics.
 
     ``config["model"]`` gets the class names (from the training set unless the config
-    names them) and their count; the output folder is ``output.dir``.
+    names them) and their count; the output folder is ``output.dir``. Under
+    ``torchrun`` each process runs this; rank 0 prepares the data and writes the files.
+
+    Args:
+        resume: a run folder (or its ``last.pt``) to continue; see :func:`resume_source`.
     """
     train = config["train"]
-    resolve_device(str(train["device"]))  # fail on a bad device before any work (datasets may be generated)
-    seed_and_threads(train)
+    info, device = distributed.init_from_env(str(train["device"]))  # a bad device fails before any work
+    try:
+        return _run_training(config, cli_plugins, info=info, device=device, progress=progress, resume=resume)
+    finally:
+        distributed.shutdown()
+
+
+def _run_training(
+    config: dict[str, Any],
+    cli_plugins: Sequence[str],
+    *,
+    info: distributed.DistInfo,
+    device: torch.device,
+    progress: bool,
+    resume: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    train = config["train"]
+    seed_and_threads(train, rank=info.rank)
+    resume_from = resume_source(config, resume)
     plugins = plugins_for(config, cli_plugins)
     plugins.hook.detkit_configure(config=config)
     out_dir = Path(config["output"]["dir"])
-    check_before_training(config, plugins.registry, out_dir=out_dir, progress=progress)  # data.check
+    if not info.main:
+        distributed.barrier()  # rank 0 generates, checks and reads the data first
+    else:
+        check_before_training(config, plugins.registry, out_dir=out_dir, progress=progress)  # data.check
     train_set = build_dataset(config, "train", plugins)
     val_set = build_dataset(config, "val", plugins)
+    if info.main:
+        distributed.barrier()
     class_names = list(config["model"].get("class_names") or train_set.class_names)
     config["model"]["class_names"] = class_names
     config["model"]["num_classes"] = len(class_names)
     model, components = model_and_components(config, plugins, class_names=class_names)
-    if train.get("init_weights"):
+    if train.get("init_weights") and resume_from is None:
         report = init_weights(
             model, str(train["init_weights"]), class_names=class_names, registry=plugins.registry,
             strict=bool(train["init_weights_strict"]),
         )
-        print(report.summary())
+        if info.main:
+            print(report.summary())
     trainer = Trainer(
         model=model,
-        train_loader=train_loader(config, train_set),
+        train_loader=train_loader(config, train_set, rank=info.rank, world_size=info.world_size),
         evaluate=coco_evaluation(config, val_set, out_dir / "results.json", progress=progress),
         out_dir=out_dir,
         config=config,
         class_names=class_names,
-        checkpoint_meta={"components": components},
+        checkpoint_meta={"components": components, "world_size": info.world_size},
+        resume_from=resume_from,
+        device=device,
         progress=progress,
     )
     return dict(trainer.train().final_metrics)
@@ -181,6 +269,7 @@ __all__ = [
     "coco_evaluation",
     "import_torchvision",
     "proposals_report",
+    "resume_source",
     "run_training",
     "seed_and_threads",
     "train_loader",
