@@ -70,3 +70,29 @@ def test_train_and_detect_from_cli_on_cuda(tmp_path):
     assert main(["-q", "detect", "--weights", str(out / "best.pt"), "--out", str(tmp_path / "det"),
                  "--device", "cuda", "--score-thresh", "0", str(data / "val")]) == 0
     assert isinstance(json.loads((tmp_path / "det" / "detections.json").read_text()), list)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_training_and_resume_on_cuda(tmp_path, precision):
+    out, data = tmp_path / "run", tmp_path / "data"
+    overrides = [f"data.train.root={data}", f"data.val.root={data}", "data.train.num_train=16",
+                 "data.train.num_val=8", "data.val.num_train=16", "data.val.num_val=8", "train.max_iters=4",
+                 "train.batch_size=4", f"train.precision={precision}", "train.ema=true", f"output.dir={out}"]
+    assert main(["-q", "train", str(CONFIG_DIR / "shapes_faster_rcnn.yaml"), *overrides, "--device", "cuda"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in records if r["type"] == "train")  # finite, not NaN
+    assert main(["-q", "train", "--resume", str(out), "train.max_iters=6"]) == 0
+    state = torch.load(out / "last.pt", weights_only=True)["train_state"]
+    assert state["iteration"] == 6 and ("scaler" in state) == (precision == "fp16")
+
+
+def test_two_processes_with_nccl(tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    out, data = tmp_path / "run", tmp_path / "data"
+    overrides = [f"data.train.root={data}", f"data.val.root={data}", "data.train.num_train=16",
+                 "data.train.num_val=8", "data.val.num_train=16", "data.val.num_val=8", "train.max_iters=4",
+                 "train.batch_size=2", f"output.dir={out}", "train.sync_bn=true"]
+    assert main(["-q", "train", str(CONFIG_DIR / "shapes_faster_rcnn.yaml"), *overrides, "--device", "cuda",
+                 "--nproc", "2"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["meta"]["world_size"] == 2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check in one call: install detkit without dependencies into the machine's torch
-# environment, run the CUDA tests, the benchmark on the GPU, and a BCCD training run.
+# environment, run the CUDA tests, the benchmark on the GPU, the training throughput at
+# fp32/fp16/bf16 and a BCCD training run (box AP after BCCD_MINUTES, default 2).
 #
 #   bash tools/gpu_check.sh OUT_DIR [BCCD_MINUTES] [DEMO_MINUTES]
 #
@@ -8,7 +9,7 @@
 # data sets in $DETKIT_DATA (default ../shared/data).
 set -uo pipefail
 out=${1:-gpu_out}
-minutes=${2:-4}
+minutes=${2:-2}
 demo_minutes=${3:-2}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -29,6 +30,11 @@ python3 tools/benchmark.py --device cuda --runs 20 --warmup 3 --json "$out/bench
 echo "== demo on the GPU ($demo_minutes min of training)"
 python3 -m detkit.cli -q demo --out "$out/demo" --device cuda "train.max_minutes=$demo_minutes" data.workers=4 2>&1 | tail -8
 rm -rf "$out/demo/data" "$out/demo/detections" "$out"/demo/*.pt
+
+echo "== training throughput on BCCD (fp32, fp16, bf16)"
+python3 tools/train_throughput.py configs/bccd_faster_rcnn.yaml --device cuda --precisions fp32 fp16 bf16 \
+  --warmup 10 --iters 50 --out "$out/throughput.json" train.batch_size=16 data.workers=8 \
+  "data.train.root=${DETKIT_DATA:-../shared/data}/BCCD" "data.val.root=${DETKIT_DATA:-../shared/data}/BCCD" 2>&1 | tail -5
 
 echo "== BCCD training on the GPU ($minutes min)"
 python3 -m detkit.cli -q train configs/bccd_faster_rcnn.yaml --device cuda \

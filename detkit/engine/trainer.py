@@ -13,7 +13,7 @@ and writes into ``out_dir`` (rank 0 only, in a distributed run):
 * ``config.yaml``   the resolved config it was given;
 * ``metrics.jsonl`` one ``{"type": "train", ...}`` record per ``log_period``
   iterations (iteration, epoch, lr, the mean of each loss term and of the total
-  over the finite steps of the period and over the ranks, wall seconds) and one
+  over the finite steps of the period and over the ranks, resident memory, wall seconds) and one
   ``{"type": "eval", ...}`` record per evaluation; appended and flushed as it goes;
 * ``loss_curve.png`` redrawn after each evaluation and at the end;
 * ``last.pt`` every ``checkpoint_period`` iterations, after each evaluation, at the
@@ -261,6 +261,19 @@ class TrainResult:
     stopped_early: bool
     out_dir: Path
     resumed_from: int = 0
+
+
+def memory_mb(device: torch.device) -> dict[str, float]:
+    """``rss_mb``: this process's resident memory now; on CUDA ``cuda_max_mb``: the peak allocated."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            out["rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):  # not Linux
+        pass
+    if device.type == "cuda":
+        out["cuda_max_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
 
 
 def _json_default(value: Any) -> Any:
@@ -798,6 +811,7 @@ class Trainer:
             record["nonfinite_steps"] = window.bad_steps
         if self.scaler is not None:
             record["grad_scale"] = float(self.scaler.get_scale())
+        record.update(memory_mb(self.device))
         record["seconds"] = round(self.clock() - self._start, 3)
         self._log(record)
         self._window = _Window()
