@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import warnings
@@ -70,6 +71,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=40, help="timed iterations, a multiple of --warmup (default 40)")
     parser.add_argument("--out", default="runs/train_throughput.json", help="where the JSON goes")
     args = parser.parse_args()
+    logging.getLogger("detkit.engine.trainer").setLevel(logging.ERROR)  # no evaluation here, and no AP to miss
     if args.iters % args.warmup:
         parser.error("--iters must be a multiple of --warmup")
     rows = [measure(args.recipe, args.overrides, p, device=args.device, warmup=args.warmup, iters=args.iters)
