@@ -2,10 +2,13 @@
 
 Both run on the same images with the same preset, single-threaded; detkit runs
 in this process, OpenCV contrib in a separate Python environment (it clashes with
-``opencv-python-headless``) through a small worker script. Reports recall at IoU
+``opencv-python-headless``) through a small worker process. The two take turns
+image by image (OpenCV, then detkit for each seed), each waiting while the other
+works, so a change of machine load during the run weighs on both alike. Reports recall at IoU
 0.5 and 0.7 and COCO-style average recall (IoU 0.5:0.05:0.95) at a proposal
 budget (both methods capped to their top-ranked ``--budget`` boxes), the mean
-number of boxes per image (uncapped and capped) and the mean seconds per image.
+number of boxes per image (uncapped and capped), the mean seconds per image and
+each method's total time over OpenCV contrib's (``time``).
 
 Example::
 
@@ -28,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -48,11 +50,10 @@ import numpy as np
 import cv2
 
 cv2.setNumThreads(1)
-list_file, preset, out = sys.argv[1], sys.argv[2], sys.argv[3]
-paths = [line.rstrip("\n") for line in open(list_file) if line.strip()]
+preset = sys.argv[1]
 search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
-boxes, counts, seconds = [], [], []
-for path in paths:
+for line in sys.stdin:  # one request a line: image path <TAB> output .npy path
+    path, out = line.rstrip("\n").split("\t")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     start = time.perf_counter()
     search.setBaseImage(image)
@@ -63,13 +64,44 @@ for path in paths:
     else:
         search.switchToSingleStrategy()
     rects = np.asarray(search.process(), dtype=np.float32).reshape(-1, 4)
-    seconds.append(time.perf_counter() - start)
-    xyxy = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
-    boxes.append(xyxy)
-    counts.append(len(xyxy))
-np.savez(out, boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
-         counts=np.asarray(counts, np.int64), seconds=np.asarray(seconds, np.float64))
+    seconds = time.perf_counter() - start
+    np.save(out, np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1))
+    print(seconds, flush=True)
 """
+
+
+class OpenCVWorker:
+    """OpenCV contrib's selective search in a worker process of another Python, one image per call."""
+
+    def __init__(self, python: str, preset: str) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        worker = Path(self._tmp.name) / "worker.py"
+        worker.write_text(_WORKER)
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        self._process = subprocess.Popen(
+            [python, str(worker), preset], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self._calls = 0
+
+    def __call__(self, path: str) -> tuple[np.ndarray, float]:
+        """Boxes ``(R, 4)`` xyxy of the image at ``path`` and the seconds OpenCV took."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        out = Path(self._tmp.name) / f"{self._calls}.npy"
+        self._calls += 1
+        self._process.stdin.write(f"{path}\t{out}\n")
+        self._process.stdin.flush()
+        reply = self._process.stdout.readline()
+        if not reply:
+            raise RuntimeError(f"the OpenCV worker ({self._process.args[0]}) stopped on {path}")
+        boxes = np.load(out)
+        out.unlink()
+        return boxes, float(reply)
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait()
+        self._tmp.cleanup()
 
 
 def score(gt_per_image: list[torch.Tensor], boxes_per_image: list[np.ndarray], budget: int) -> dict[str, float]:
@@ -81,30 +113,28 @@ def score(gt_per_image: list[torch.Tensor], boxes_per_image: list[np.ndarray], b
     return {"recall@0.5": summary["recall@0.5"], "recall@0.7": summary["recall@0.7"], "AR": summary["curve"]["AR"][-1]}
 
 
-def run_opencv(python: str, paths: list[str], preset: str) -> tuple[list[np.ndarray], np.ndarray]:
-    print(f"OpenCV contrib on {len(paths)} images ...", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        worker = Path(tmp) / "worker.py"
-        worker.write_text(_WORKER)
-        list_file = Path(tmp) / "images.txt"
-        list_file.write_text("\n".join(paths) + "\n")
-        out = Path(tmp) / "boxes.npz"
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        subprocess.run([python, str(worker), str(list_file), preset, str(out)], check=True, env=env)
-        data = np.load(out)
-        boxes = np.split(data["boxes"], np.cumsum(data["counts"])[:-1])
-        return boxes, data["seconds"]
-
-
-def run_detkit(paths: list[str], preset: str, seed: int, nms_iou: float | None) -> tuple[list[np.ndarray], np.ndarray]:
+def run_interleaved(
+    python: str, paths: list[str], preset: str, seeds: list[int], nms_iou: float | None
+) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """Boxes and seconds per image of OpenCV contrib and of detkit at each seed, taking turns on every image."""
     cv2.setNumThreads(1)
-    boxes, seconds = [], []
-    for path in tqdm(paths, desc=f"detkit seed={seed}", unit="img", leave=False):
-        image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        start = time.perf_counter()
-        boxes.append(selective_search(image, preset=preset, seed=seed, nms_iou=nms_iou))
-        seconds.append(time.perf_counter() - start)
-    return boxes, np.asarray(seconds)
+    names = ["opencv_contrib"] + ["detkit" if len(seeds) == 1 else f"detkit seed={seed}" for seed in seeds]
+    boxes: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    opencv = OpenCVWorker(python, preset)
+    try:
+        for path in tqdm(paths, desc="OpenCV contrib and detkit", unit="img", leave=False):
+            found, took = opencv(path)
+            boxes[names[0]].append(found)
+            seconds[names[0]].append(took)
+            image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            for name, seed in zip(names[1:], seeds):
+                start = time.perf_counter()
+                boxes[name].append(selective_search(image, preset=preset, seed=seed, nms_iou=nms_iou))
+                seconds[name].append(time.perf_counter() - start)
+    finally:
+        opencv.close()
+    return {name: (boxes[name], np.asarray(seconds[name])) for name in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,25 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     paths = [str(dataset.image_path(i)) for i in range(count)]
     gt = [dataset[i].targets.without_crowd().boxes for i in range(count)]
 
-    runners: list[tuple[str, Callable[[], tuple[list[np.ndarray], np.ndarray]]]] = [
-        ("opencv_contrib", lambda: run_opencv(args.opencv_python, paths, args.preset))
-    ]
-    for seed in args.seed:
-        name = "detkit" if len(args.seed) == 1 else f"detkit seed={seed}"
-        runners.append((name, lambda seed=seed: run_detkit(paths, args.preset, seed, args.nms_iou)))
     results: dict[str, dict[str, float]] = {}
-    for name, runner in runners:
-        boxes, seconds = runner()
+    runs = run_interleaved(args.opencv_python, paths, args.preset, args.seed, args.nms_iou)
+    for name, (boxes, seconds) in runs.items():
         row = score(gt, boxes, args.budget)
         row["boxes_per_image"] = float(np.mean([len(b) for b in boxes]))
         row["boxes_per_image_capped"] = float(np.mean([min(len(b), args.budget) for b in boxes]))
         row["seconds_per_image"] = float(np.mean(seconds))
+        row["time_vs_opencv"] = float(np.sum(seconds) / max(np.sum(runs["opencv_contrib"][1]), 1e-12))
         results[name] = row
     if len(args.seed) > 1:
         seeded = [row for name, row in results.items() if name.startswith("detkit seed=")]
         results["detkit mean"] = {key: float(np.mean([row[key] for row in seeded])) for key in seeded[0]}
 
-    header = f"{'method':<20}{'R@0.5':>8}{'R@0.7':>8}{'AR':>8}{'boxes':>9}{'capped':>8}{'s/img':>8}"
+    header = f"{'method':<20}{'R@0.5':>8}{'R@0.7':>8}{'AR':>8}{'boxes':>9}{'capped':>8}{'s/img':>8}{'time':>7}"
     print(
         f"{args.data} ({count} images, {sum(len(g) for g in gt)} objects), preset={args.preset}, budget={args.budget}"
     )
@@ -164,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:<20}{row['recall@0.5']:>8.3f}{row['recall@0.7']:>8.3f}{row['AR']:>8.3f}"
             f"{row['boxes_per_image']:>9.0f}{row['boxes_per_image_capped']:>8.0f}{row['seconds_per_image']:>8.3f}"
+            f"{row['time_vs_opencv']:>6.2f}x"
         )
     if args.out:
         write_json(
