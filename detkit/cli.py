@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             --data ../shared/data/tiny_coco/annotations/instances_val2017.json --out runs/eval
         detkit eval --weights runs/bccd/best.pt --data ../shared/data/BCCD --split test
         detkit eval --weights runs/demo/best.pt
+        detkit eval --weights runs/bccd/best.pt --device cuda --precision bf16
     """,
     )
     p.add_argument("config", nargs="?", default=None, help="config to apply over the checkpoint's (optional)")
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-unreadable", action="store_true",
         help="evaluate the images that can be read and list the others in metrics.json (default: stop and name them)",
     )
+    _add_precision(p)
     add_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         detkit detect --weights runs/demo/best.pt --out runs/detect runs/demo/data/val/
         detkit detect --weights coco.pt --out runs/detect_coco '../shared/data/tiny_coco/val2017/*.jpg' \\
             ../shared/data/balloon/val/24631331976_defa3bb61f_k.jpg --score-thresh 0.7
+        detkit detect --weights coco.pt --out runs/detect_bf16 --precision bf16 ../shared/data/tiny_coco/val2017/
     """,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.5, help="drop detections below (default 0.5)")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
+    _add_precision(p)
     add_common(p)
     p.set_defaults(func=cmd_detect)
 
@@ -206,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
 _SPLIT_HELP = "ImageSets/Main split of a VOC folder (default: test), or split of a YOLO data.yaml (default: val)"
 
 
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|fp16|bf16`` of the commands that run a model at inference."""
+    parser.add_argument(
+        "--precision", default="fp32", metavar="fp32|fp16|bf16",
+        help="run the model in fp32 (default), or under fp16/bf16 autocast; box decoding, NMS and the "
+        "detections stay fp32",
+    )
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -257,6 +270,23 @@ def _check_device_flag(args: argparse.Namespace) -> None:
         resolve_device(args.device, source=DEVICE_FLAG)
 
 
+def _check_precision_flag(args: argparse.Namespace) -> None:
+    """Fail on an unknown ``--precision`` before reading any file."""
+    from detkit.device import PRECISION_FLAG, check_precision_name
+
+    check_precision_name(args.precision, source=PRECISION_FLAG)
+
+
+def _precision(args: argparse.Namespace, device: Any) -> str:
+    """``--precision`` checked for the resolved ``device``.
+
+    bf16 on a GPU without it is refused; fp16/bf16 on a CPU without AMX runs, with a warning.
+    """
+    from detkit.device import PRECISION_FLAG, check_precision
+
+    return check_precision(args.precision, device, source=PRECISION_FLAG)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from detkit.config import load_config
     from detkit.engine.run import run_training
@@ -280,10 +310,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detkit.io import write_json
 
     _check_device_flag(args)
+    _check_precision_flag(args)
     loaded, plugins = load_model(
         args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins
     )
     device = _checkpoint_device(args, loaded.config)
+    precision = _precision(args, device)
     if args.data is None:  # the validation set the checkpoint was trained with (a held-out split too)
         if not loaded.config["data"].get("val"):
             raise DetkitError(f"checkpoint {args.weights!r} names no data.val to evaluate on; give --data")
@@ -300,6 +332,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         skip_unreadable=args.skip_unreadable,
         results_path=out / "results.json",
         label_map=label_map,
+        precision=precision,
         progress=not args.quiet,
     )
     write_json(out / "metrics.json", metrics)
@@ -314,9 +347,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.engine.predict import detect_files
 
     _check_device_flag(args)
+    _check_precision_flag(args)
     files = find_images(args.inputs)
     loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
     device = _checkpoint_device(args, loaded.config)
+    precision = _precision(args, device)
     report = detect_files(
         loaded.model.to(device),
         files,
@@ -324,6 +359,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         class_names=loaded.class_names,
         score_thresh=args.score_thresh,
         draw=not args.no_draw,
+        precision=precision,
         progress=not args.quiet,
     )
     for _, why in report.failed:  # each message names its file

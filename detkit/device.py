@@ -59,6 +59,9 @@ def command_device(flag: str | None, configured: str, *, source: str = "train.de
 #: The precisions ``train.precision`` and ``--precision`` take.
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 
+#: The source of a precision given on the command line.
+PRECISION_FLAG = "--precision"
+
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def _cpu_has(feature: str) -> bool:
@@ -67,6 +70,20 @@ def _cpu_has(feature: str) -> bool:
         return bool(check()) if callable(check) else False
     except RuntimeError:
         return False
+
+
+def check_precision_name(precision: str, *, source: str = "train.precision") -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`, before the device is known.
+
+    Commands call it before reading any file, then :func:`check_precision` once the
+    device is resolved.
+
+    Raises:
+        ConfigError: an unknown precision, naming ``source``.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{source} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def check_precision(precision: str, device: torch.device, *, source: str = "train.precision") -> str:
@@ -79,8 +96,7 @@ def check_precision(precision: str, device: torch.device, *, source: str = "trai
     Raises:
         ConfigError: an unknown precision, or bf16 on a GPU without it, naming ``source``.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"{source} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision_name(precision, source=source)
     if precision == "fp32":
         return precision
     if device.type == "cpu":
@@ -107,4 +123,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
-__all__ = ["DEVICE_FLAG", "PRECISIONS", "autocast", "check_precision", "command_device", "resolve_device"]
+__all__ = [
+    "DEVICE_FLAG",
+    "PRECISIONS",
+    "PRECISION_FLAG",
+    "autocast",
+    "check_precision",
+    "check_precision_name",
+    "command_device",
+    "resolve_device",
+]

@@ -8,12 +8,17 @@ a busy image would be.
 
     python tools/benchmark.py                      # CPU, 2 threads
     python tools/benchmark.py --device cuda --runs 20
+    python tools/benchmark.py --precision bf16     # both models under bf16 autocast
     python tools/benchmark.py --image photo.jpg --threads 4
     python tools/benchmark.py --single-shot          # also detkit's single-shot recipes vs
                                                      # torchvision's ssd300_vgg16 and ssdlite320
 
 The single-shot table times each model at its own input size (SSD300 300x300, YOLOv1
 448x448, the YOLOv3-style grid at 416) with random weights and the score threshold at 0.
+
+--precision fp16|bf16 times every model under the same autocast (detkit's `--precision`).
+The agreement check runs in fp32 first: with random weights the scores nearly tie, so
+half-precision rounding reorders them differently in any two implementations.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,6 +38,7 @@ import torchvision
 from detkit.backbones.fold import fold_frozen_batchnorm
 from detkit.data.images import image_to_tensor, read_image
 from detkit.detectors import build_detector
+from detkit.device import PRECISION_FLAG, PRECISIONS, autocast, check_precision
 from detkit.errors import run_tool
 from detkit.importers import fasterrcnn_resnet50_fpn
 from detkit.plugins import load_plugins
@@ -54,10 +62,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_model(fn, image: torch.Tensor, device: torch.device) -> float:
+def time_model(fn, image: torch.Tensor, device: torch.device, precision: str = "fp32") -> float:
     sync(device)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         fn([image])
     sync(device)
     return time.perf_counter() - start
@@ -72,9 +80,18 @@ def main() -> int:
     parser.add_argument("--image", default=None, help="image file (default: a tiny_coco photo)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--single-shot", action="store_true", help="also time the single-shot recipes")
+    parser.add_argument(
+        "--precision", default="fp32", metavar="|".join(PRECISIONS),
+        help="time the models under this autocast precision (default fp32)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    with warnings.catch_warnings(record=True) as caught:  # a CPU without AMX: one line, as detkit's
+        warnings.simplefilter("always")
+        precision = check_precision(args.precision, device, source=PRECISION_FLAG)
+    for warning in caught:
+        print(f"benchmark.py: warning: {warning.message}", file=sys.stderr)
 
     torch.manual_seed(0)
     tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(
@@ -92,27 +109,33 @@ def main() -> int:
         a = tv([image])[0]
         b = ours([image])[0][0]
     same = len(a["boxes"]) == len(b) and torch.allclose(a["boxes"], b.boxes, atol=0.01)
-    print(f"image: {image_name} {tuple(image.shape[1:])}, device {device}, threads {torch.get_num_threads()}")
-    print(f"detections: torchvision {len(a['boxes'])}, detkit {len(b)}, identical boxes: {same}")
+    print(
+        f"image: {image_name} {tuple(image.shape[1:])}, device {device}, threads {torch.get_num_threads()}, "
+        f"precision {precision}"
+    )
+    print(f"detections (fp32): torchvision {len(a['boxes'])}, detkit {len(b)}, identical boxes: {same}")
 
     for _ in range(args.warmup):
-        time_model(tv, image, device)
-        time_model(ours, image, device)
+        time_model(tv, image, device, precision)
+        time_model(ours, image, device, precision)
     tv_times, our_times = [], []
     for _ in range(args.runs):  # interleaved, so drifts in machine load hit both alike
-        tv_times.append(time_model(tv, image, device))
-        our_times.append(time_model(ours, image, device))
+        tv_times.append(time_model(tv, image, device, precision))
+        our_times.append(time_model(ours, image, device, precision))
     tv_ms = statistics.median(tv_times) * 1000
     our_ms = statistics.median(our_times) * 1000
     ratio = tv_ms / our_ms
-    print(f"{'model':<34}{'median ms':>12}")
+    print(f"{'model (' + precision + ')':<34}{'median ms':>12}")
     print(f"{'torchvision fasterrcnn_resnet50_fpn':<34}{tv_ms:>12.1f}")
     print(f"{'detkit faster_rcnn_r50_fpn':<34}{our_ms:>12.1f}")
     print(f"speed-up (torchvision / detkit): {ratio:.2f}x")
     figures: dict = {"device": str(device), "threads": torch.get_num_threads(), "image": image_name,
-                     "torchvision_ms": tv_ms, "detkit_ms": our_ms, "ratio": ratio, "identical": same}
+                     "precision": precision, "torchvision_ms": tv_ms, "detkit_ms": our_ms, "ratio": ratio,
+                     "identical": same}
     if args.single_shot:
-        figures["single_shot_ms"] = time_single_shot(image, device, runs=args.runs, warmup=args.warmup)
+        figures["single_shot_ms"] = time_single_shot(
+            image, device, runs=args.runs, warmup=args.warmup, precision=precision
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0 if same else 1
@@ -121,7 +144,9 @@ def main() -> int:
 SINGLE_SHOT_CONFIGS = ("ssd300_vgg16.yaml", "yolo_v1.yaml", "yolo_grid.yaml")
 
 
-def time_single_shot(image: torch.Tensor, device: torch.device, *, runs: int, warmup: int) -> dict[str, float]:
+def time_single_shot(
+    image: torch.Tensor, device: torch.device, *, runs: int, warmup: int, precision: str = "fp32"
+) -> dict[str, float]:
     """Median ms of detkit's single-shot recipes and torchvision's SSDs, interleaved."""
     from detkit.config import load_config
     from detkit.importers import CONFIG_DIR, torchvision_coco_classes
@@ -143,11 +168,11 @@ def time_single_shot(image: torch.Tensor, device: torch.device, *, runs: int, wa
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + runs):
         for name, model in models.items():
-            elapsed = time_model(model, image, device)
+            elapsed = time_model(model, image, device, precision)
             if i >= warmup:
                 times[name].append(elapsed)
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    print(f"\n{'single-shot model (random weights)':<46}{'median ms':>12}")
+    print(f"\n{'single-shot model (random weights, ' + precision + ')':<46}{'median ms':>12}")
     for name, ms in medians.items():
         print(f"{name:<46}{ms:>12.1f}")
     return medians

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from detkit.data.images import image_to_tensor, read_image
+from detkit.device import autocast
 from detkit.errors import DataError
 from detkit.io import write_json
 from detkit.structures import Detections, xyxy_to_xywh
@@ -90,6 +91,7 @@ def detect_files(
     class_names: Sequence[str],
     score_thresh: float = 0.5,
     draw: bool = True,
+    precision: str = "fp32",
     progress: bool = True,
 ) -> DetectReport:
     """Detect objects in ``files``; write ``out_dir/<stem>.png`` and ``out_dir/detections.json``.
@@ -97,6 +99,11 @@ def detect_files(
     Detections scoring below ``score_thresh`` are neither drawn nor written. Images
     are drawn at least :data:`DRAW_MIN_SIZE` pixels on the shorter side (enlarged by
     an integer factor), so that labels stay readable on small images.
+
+    Args:
+        precision: ``fp32``, or ``fp16``/``bf16`` to run the model under autocast
+            (see :func:`detkit.device.autocast`); the post-processing gives float32
+            boxes, scores and masks either way.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +119,7 @@ def detect_files(
             report.failed.append((path, str(exc)))
             continue
         report.num_images += 1
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             detections, _ = model([image_to_tensor(image).to(device)])
         dets = detections[0].to("cpu")
         kept = dets.scores >= score_thresh

@@ -6,6 +6,8 @@ says otherwise.
 
 from detkit.ops.box_coder import BoxCoder
 from detkit.ops.boxes import (
+    HALF_DTYPES,
+    at_least_float32,
     batched_nms,
     box_area,
     box_intersection,
@@ -23,9 +25,11 @@ from detkit.ops.roi_align import roi_align
 from detkit.ops.sampler import BalancedSampler
 
 __all__ = [
+    "HALF_DTYPES",
     "BalancedSampler",
     "BoxCoder",
     "Matcher",
+    "at_least_float32",
     "batched_nms",
     "box_area",
     "box_intersection",

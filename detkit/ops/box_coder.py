@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from detkit.ops.boxes import at_least_float32
+
 
 class BoxCoder:
     """``(dx, dy, dw, dh)`` deltas <-> xyxy boxes.
@@ -52,8 +54,11 @@ class BoxCoder:
             reference_boxes: ``(M, 4)``.
 
         Returns:
-            ``(M, K, 4)`` decoded boxes.
+            ``(M, K, 4)`` decoded boxes, in float32 for float16/bfloat16 deltas (a
+            model run under autocast): half precision would round box corners by
+            pixels.
         """
+        deltas = at_least_float32(deltas)
         reference_boxes = reference_boxes.to(deltas.dtype)
         wx, wy, ww, wh = self.weights
         widths = reference_boxes[:, 2] - reference_boxes[:, 0]

@@ -11,6 +11,19 @@ import torch
 import torchvision
 from torch import Tensor
 
+#: The half-precision float dtypes autocast computes in.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def at_least_float32(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32 when it is float16 or bfloat16, else ``tensor`` itself.
+
+    What a model run under autocast (``--precision bf16``) hands to box decoding,
+    scoring and NMS: a half-precision box corner near 600 px is off by up to 2 px,
+    and half-precision scores tie. float32 and float64 tensors pass unchanged.
+    """
+    return tensor.float() if tensor.dtype in HALF_DTYPES else tensor
+
 
 def _upcast(boxes: Tensor) -> Tensor:
     """Boxes in a dtype whose products do not overflow: float16/bfloat16 -> float32, smaller ints -> int64.
@@ -123,18 +136,21 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
 
     Returns the kept indices sorted by decreasing score. Uses torchvision's
     compiled NMS; callers cap the number of candidates first (NMS is quadratic).
+    float16/bfloat16 boxes and scores are upcast to float32: torchvision has no CPU
+    kernel for them, and its per-group box offsets would not fit their precision.
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    return torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)
+    return torchvision.ops.batched_nms(at_least_float32(boxes), at_least_float32(scores), groups, iou_threshold)
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression: indices of the kept boxes by decreasing score.
 
     A box is dropped when its IoU with a higher-scored kept box exceeds
-    ``iou_threshold``. Uses torchvision's compiled NMS.
+    ``iou_threshold``. Uses torchvision's compiled NMS (float16/bfloat16 inputs upcast
+    to float32, as in :func:`batched_nms`).
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    return torchvision.ops.nms(boxes, scores, iou_threshold)
+    return torchvision.ops.nms(at_least_float32(boxes), at_least_float32(scores), iou_threshold)

@@ -6,6 +6,11 @@ into chunks and runs torchvision's own kernels on them in parallel threads (the
 kernels release the GIL), then sums the per-chunk feature gradients. Results
 equal torchvision's up to float summation order. On CUDA, for quantized input and
 for fewer than ``2 * MIN_ROIS_PER_THREAD`` regions it defers to torchvision.
+
+float16/bfloat16 features (a model run under autocast) are pooled in float32, with
+float32 boxes, and the result is cast back, as torchvision's autocast kernel does:
+torchvision has no half-precision CPU kernel, and the worker threads do not inherit
+the caller's autocast state.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import torch
 import torchvision
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
+
+from detkit.ops.boxes import HALF_DTYPES, at_least_float32
 
 #: Fewer regions than this per thread are not worth a thread.
 MIN_ROIS_PER_THREAD = 64
@@ -93,7 +100,8 @@ def roi_align(
 
     Args:
         features: ``(N, C, H, W)`` feature maps (quantized ones need ``N == 1`` and
-            quantized ``boxes``, as in torchvision).
+            quantized ``boxes``, as in torchvision; float16/bfloat16 ones are pooled
+            in float32 and the result cast back to their dtype).
         boxes: ``(R, 5)`` rois ``(image index, x1, y1, x2, y2)``, or one ``(R_n, 4)``
             xyxy tensor per image (``R = sum R_n``).
         output_size: ``h`` and ``w`` as one int (square) or a pair ``(h, w)``.
@@ -101,6 +109,13 @@ def roi_align(
         sampling_ratio: samples per bin side; ``<= 0`` adapts it to the region size.
         aligned: shift the boxes by half a pixel (Detectron2's RoIAlign).
     """
+    if features.dtype in HALF_DTYPES:
+        boxes = at_least_float32(boxes) if isinstance(boxes, Tensor) else [at_least_float32(b) for b in boxes]
+        pooled = roi_align(
+            features.float(), boxes, output_size,
+            spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
+        )
+        return pooled.to(features.dtype)
     if features.is_quantized or features.device.type != "cpu" or _num_rois(boxes) < 2 * MIN_ROIS_PER_THREAD:
         # torchvision takes the boxes and output_size as given (and checks them)
         return torchvision.ops.roi_align(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detkit.ops import batched_nms, clip_boxes, remove_small_boxes, scale_boxes
+from detkit.ops import at_least_float32, batched_nms, clip_boxes, remove_small_boxes, scale_boxes
 from detkit.stages.base import PostProcess
 from detkit.structures import Detections, ImageBatch
 
@@ -57,6 +57,9 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int], *, padding:
 class DetectionPostProcess(PostProcess):
     """Clip, score threshold, drop tiny boxes, class-wise NMS, top-k; then rescale and paste masks.
 
+    Boxes, scores and masks are handled and returned in float32 (float64 stays), also
+    when a head ran under autocast and gave them in float16/bfloat16.
+
     Args:
         score_thresh: detections scoring at or below this are dropped.
         nms_thresh: IoU threshold of the class-wise NMS.
@@ -92,7 +95,7 @@ class DetectionPostProcess(PostProcess):
         ]
 
     def _select_per_image(self, dets: Detections, size: tuple[int, int]) -> Detections:
-        dets = dets.replace(boxes=clip_boxes(dets.boxes, size))
+        dets = dets.replace(boxes=clip_boxes(at_least_float32(dets.boxes), size), scores=at_least_float32(dets.scores))
         dets = dets[dets.scores > self.score_thresh]
         if self.min_box_size > 0:
             dets = dets[remove_small_boxes(dets.boxes, self.min_box_size)]
@@ -102,6 +105,6 @@ class DetectionPostProcess(PostProcess):
         return dets[keep[: self.detections_per_img]]
 
     def _rescale_per_image(self, dets: Detections, size: tuple[int, int], original: tuple[int, int]) -> Detections:
-        boxes = scale_boxes(dets.boxes, size, original)
-        masks = paste_masks(dets.masks, boxes, original) if dets.masks is not None else None
+        boxes = scale_boxes(at_least_float32(dets.boxes), size, original)
+        masks = paste_masks(at_least_float32(dets.masks), boxes, original) if dets.masks is not None else None
         return dets.replace(boxes=boxes, masks=masks)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_pool
 
-from detkit.ops import box_area, roi_align
+from detkit.ops import HALF_DTYPES, at_least_float32, box_area, roi_align
 from detkit.stages.base import RegionExtractor
 from detkit.structures import FeatureMaps, ImageBatch, RegionFeatures
 
@@ -84,9 +84,14 @@ class MultiScaleRoIAlign(RegionExtractor):
 
     def _pool(self, feature: Tensor, rois: Tensor, stride: int) -> Tensor:
         return roi_align(
-            feature, rois.to(feature.dtype), self.output_size, spatial_scale=1.0 / stride,
+            feature, rois.to(_box_dtype(feature)), self.output_size, spatial_scale=1.0 / stride,
             sampling_ratio=self.sampling_ratio, aligned=self.aligned,
         )
+
+
+def _box_dtype(feature: Tensor) -> torch.dtype:
+    """The dtype boxes are pooled with: the features', float32 for float16/bfloat16 features (autocast)."""
+    return torch.float32 if feature.dtype in HALF_DTYPES else feature.dtype
 
 
 class MultiScaleRoIPool(MultiScaleRoIAlign):
@@ -117,7 +122,10 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
         )
 
     def _pool(self, feature: Tensor, rois: Tensor, stride: int) -> Tensor:
-        return roi_pool(feature, rois.to(feature.dtype), self.output_size, spatial_scale=1.0 / stride)
+        # torchvision has no float16/bfloat16 CPU kernel: pool those in float32, cast back
+        pooled = roi_pool(at_least_float32(feature), rois.to(_box_dtype(feature)), self.output_size,
+                          spatial_scale=1.0 / stride)
+        return pooled.to(feature.dtype)
 
 
 def context_boxes(boxes: Tensor, *, crop_size: int, context_padding: int) -> Tensor:

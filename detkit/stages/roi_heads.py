@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.ops import BalancedSampler, BoxCoder, Matcher, box_iou
+from detkit.ops import BalancedSampler, BoxCoder, Matcher, at_least_float32, box_iou
 from detkit.stages.base import ClassRows, Losses, MaskHead, RegionExtractor, RoIHead, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Proposals, SampledProposals, Targets
 
@@ -181,9 +181,12 @@ class FastRCNNHead(RoIHead):
         return [d.replace(masks=p) for d, p in zip(detections, probs)]
 
     def _raw_detections(self, pred_logits: Tensor, pred_deltas: Tensor, boxes: list[Tensor]) -> list[Detections]:
-        """Every (proposal, foreground class) pair: ``R_i * K`` detections per image."""
+        """Every (proposal, foreground class) pair: ``R_i * K`` detections per image.
+
+        Scores and boxes are float32 also under autocast (half-precision logits and deltas).
+        """
         num_per_image = [b.shape[0] for b in boxes]
-        scores = F.softmax(pred_logits, dim=-1)
+        scores = F.softmax(at_least_float32(pred_logits), dim=-1)
         reference = torch.cat(boxes) if boxes else pred_deltas.new_zeros((0, 4))
         pred_boxes = self.box_coder.decode(pred_deltas, reference)  # (R, K + 1, 4)
         result = []

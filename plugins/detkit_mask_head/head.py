@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit import ConfigError
+from detkit.ops import at_least_float32
 from detkit.stages import ClassRows, MaskHead, MultiScaleRoIAlign
 from detkit.structures import FeatureMaps, ImageBatch, SampledProposals, Targets
 from detkit_mask_head.targets import mask_loss, mask_targets
@@ -124,6 +125,9 @@ class MaskRCNNHead(MaskHead):
         return mask_loss(logits, SampledProposals.cat(positives).gt_labels, torch.cat(gt_crops))
 
     def predict(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Probabilities ``(R, M, M)`` of each region's predicted class (``labels`` ``(R,)``)."""
+        """Probabilities ``(R, M, M)`` of each region's predicted class (``labels`` ``(R,)``).
+
+        float32 also for half-precision logits (a model under autocast).
+        """
         # (R, K, M, M) -> (R, M, M)
-        return logits[torch.arange(labels.shape[0], device=labels.device), labels].sigmoid()
+        return at_least_float32(logits[torch.arange(labels.shape[0], device=labels.device), labels]).sigmoid()

@@ -13,7 +13,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detkit import ConfigError
-from detkit.ops import BalancedSampler, BoxCoder, Matcher, batched_nms, box_ioa, box_iou, clip_boxes, remove_small_boxes
+from detkit.ops import (
+    BalancedSampler,
+    BoxCoder,
+    Matcher,
+    at_least_float32,
+    batched_nms,
+    box_ioa,
+    box_iou,
+    clip_boxes,
+    remove_small_boxes,
+)
 from detkit.stages import Losses, Proposer
 from detkit.structures import FeatureMaps, ImageBatch, Proposals, Targets
 from detkit_rpn.anchors import AnchorGenerator
@@ -164,7 +174,7 @@ class RPN(Proposer):
         idx = torch.cat(top_idx, dim=1)  # (N, K)
         level_ids = torch.cat(levels)  # (K,)
         image_range = torch.arange(len(image_sizes), device=pred_logits.device)[:, None]
-        scores = torch.sigmoid(pred_logits[image_range, idx])  # (N, K)
+        scores = torch.sigmoid(at_least_float32(pred_logits[image_range, idx]))  # (N, K), float32 under autocast too
         top_boxes = pred_boxes[image_range, idx]  # (N, K, 4)
 
         proposals = []

@@ -215,3 +215,26 @@ def test_integer_boxes_do_not_wrap_or_overflow():
     big = torch.tensor([[0, 0, 50000, 50000]], dtype=torch.int32)
     assert box_area(big).tolist() == [2_500_000_000]
     assert box_iou(big, big).tolist() == [[1.0]]
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_nms_of_half_precision_boxes_runs_in_float32(dtype):
+    # torchvision has no float16/bfloat16 CPU NMS, and batched NMS offsets each group by the
+    # largest coordinate: with corners near 600 the offset boxes would not fit 8 bits of mantissa
+    boxes, g = random_boxes(80, 6, size=600.0).to(dtype), torch.Generator().manual_seed(6)
+    scores = torch.rand(80, generator=g).to(dtype)
+    groups = torch.randint(0, 3, (80,), generator=g)
+    wide_boxes, wide_scores = boxes.float(), scores.float()
+    assert nms(boxes, scores, 0.5).tolist() == nms(wide_boxes, wide_scores, 0.5).tolist()
+    kept = batched_nms(boxes, scores, groups, 0.5).tolist()
+    assert kept == slow_nms(wide_boxes, wide_scores, groups, 0.5)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_box_coder_decodes_half_precision_deltas_in_float32(dtype):
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    reference = random_boxes(30, 7, size=900.0)
+    deltas = (torch.randn(30, 8, generator=torch.Generator().manual_seed(7)) * 0.5).to(dtype)
+    out = coder.decode(deltas, reference)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, coder.decode(deltas.float(), reference))

@@ -1,5 +1,6 @@
 """The threaded RoIAlign equals torchvision's, values and gradients."""
 
+import contextlib
 import sys
 
 import pytest
@@ -141,3 +142,29 @@ def test_quantized_input_matches_torchvision(num_rois, output_size):
         ref = torchvision.ops.roi_align(q_features, boxes, output_size, spatial_scale=0.25, sampling_ratio=2)
         assert out.is_quantized and (out.q_scale(), out.q_zero_point()) == (ref.q_scale(), ref.q_zero_point())
         assert torch.equal(out.int_repr(), ref.int_repr())
+
+
+# Half-precision features (a model under autocast) are pooled in float32 with float32 boxes,
+# then cast back: the result equals torchvision's float32 pooling of the same (upcast)
+# features, rounded once. Without autocast torchvision has no such CPU kernel, and the
+# threaded path's workers would not see the caller's autocast.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("num_rois", [100, 300])
+@pytest.mark.parametrize("under_autocast", [False, True])
+def test_half_precision_features_pool_in_float32(dtype, num_rois, under_autocast, threaded_calls):
+    features, rois = make_inputs(num_rois)
+    rois[:, 1:] *= 8  # corners up to 960 px, where half-precision boxes would be off by pixels
+    half = features.to(dtype)
+    kwargs = {"spatial_scale": 1 / 32, "sampling_ratio": 2}
+    expected = torchvision.ops.roi_align(half.float(), rois, 7, **kwargs).to(dtype)
+    expected_list = torchvision.ops.roi_align(half.float(), per_image_boxes(rois), 7, **kwargs).to(dtype)
+    context = torch.autocast("cpu", dtype=dtype) if under_autocast else contextlib.nullcontext()
+    with context:
+        out = roi_align(half, rois, 7, **kwargs)
+        out_list = roi_align(half, per_image_boxes(rois), 7, **kwargs)
+    assert threaded_calls == ([num_rois, num_rois] if num_rois >= 128 else [])
+    assert out.dtype == out_list.dtype == dtype
+    assert torch.equal(out, expected) and torch.equal(out_list, expected_list)
+    x = half.clone().requires_grad_(True)
+    roi_align(x, rois, 7, **kwargs).float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == dtype
