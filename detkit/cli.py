@@ -63,11 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
         detkit train configs/faster_rcnn_r50_fpn.yaml --device cuda train.lr=0.01 output.dir=runs/tiny_coco \\
             data.train.name=coco data.train.ann_file=../shared/data/tiny_coco/annotations/instances_train2017.json \\
             data.val.name=coco data.val.ann_file=../shared/data/tiny_coco/annotations/instances_val2017.json
+        detkit train --resume runs/bccd                      # continue a stopped run exactly
+        detkit train configs/bccd_faster_rcnn.yaml --nproc 2   # two processes (GPUs, or gloo on the CPU)
     """,
     )
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", nargs="?", default=None, help="YAML config file (with --resume: the run's own)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--out", default=None, help="output folder (default: the config's output.dir)")
+    p.add_argument(
+        "--resume", default=None, metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last.pt (its config.yaml unless a config is given)",
+    )
+    p.add_argument(
+        "--nproc", type=int, default=None, metavar="N",
+        help="train with N processes on this machine through torchrun (one per GPU; gloo on the CPU)",
+    )
     add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -289,18 +299,67 @@ def _precision(args: argparse.Namespace, device: Any) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from detkit.config import load_config
+    from detkit.engine.distributed import env_info
     from detkit.engine.run import run_training
     from detkit.evaluation.coco import format_metrics
 
-    config = load_config(args.config, args.overrides)
+    if args.nproc is not None and args.nproc > 1 and not env_info().distributed:
+        return _launch_torchrun(args)
+    if args.resume is not None and args.config is not None and "=" in args.config and not Path(args.config).exists():
+        args.overrides, args.config = [args.config, *args.overrides], None  # `--resume RUN key=value`
+    if args.config is None and args.resume is None:
+        raise DetkitError("detkit train needs a config file, or --resume RUN_DIR (see detkit train --help)")
+    config_path = args.config if args.config is not None else Path(args.resume) / "config.yaml"
+    if args.config is None and not Path(config_path).is_file():
+        raise DetkitError(f"--resume {args.resume!r}: no config.yaml there; is it a detkit run folder?")
+    config = load_config(config_path, args.overrides)
     _device(config, args)
     if args.out:
         config["output"]["dir"] = args.out
-    metrics = run_training(config, args.plugins, progress=not args.quiet)
-    print(format_metrics(metrics))
-    out = config["output"]["dir"]
-    print(f"outputs in {out}/: best.pt, last.pt, metrics.json, metrics.jsonl, loss_curve.png, config.yaml")
+    elif args.resume is not None and Path(args.resume).is_dir():
+        config["output"]["dir"] = str(args.resume)
+    main_rank = not env_info().rank
+    if not main_rank:  # one copy of each warning: rank 0's
+        logging.getLogger().setLevel(logging.ERROR)
+    metrics = run_training(config, args.plugins, progress=not args.quiet, resume=args.resume)
+    if main_rank:
+        print(format_metrics(metrics))
+        out = config["output"]["dir"]
+        print(f"outputs in {out}/: best.pt, last.pt, metrics.json, metrics.jsonl, loss_curve.png, config.yaml")
     return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``detkit train ... --nproc N``: the same command under ``torchrun --standalone --nproc_per_node=N``."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    argv = _without_option(args.argv, "--nproc")
+    # torchrun gives each process one thread unless told; share the cores instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    launcher = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "detkit", *argv]
+    )
+    try:
+        run(launcher)
+    except ChildFailedError as exc:
+        ranks = ", ".join(f"rank {rank} (exit code {failure.exitcode})" for rank, failure in exc.failures.items())
+        raise DetkitError(f"the training job failed: {ranks}; the message of the failing rank is above") from exc
+    return 0
+
+
+def _without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -513,9 +572,17 @@ def _debug_env() -> bool:
     return os.environ.get("DETKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _rank_prefix() -> str:
+    """``"rank R: "`` in a process of a distributed job (torchrun sets ``RANK``), else ``""``."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f"rank {rank}: " if world not in ("", "1") else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     # KEY=VALUE overrides may follow options (`train C --device cuda a.b=1`)
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
@@ -538,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback or _debug_env():
             traceback.print_exc()
         else:
-            print(f"detkit: error: {exc}", file=sys.stderr)
+            print(f"detkit: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("detkit: interrupted", file=sys.stderr)

@@ -102,9 +102,11 @@ def check_precision(precision: str, device: torch.device, *, source: str = "trai
     if device.type == "cpu":
         fast = _cpu_has("amx_tile") if precision == "bf16" else _cpu_has("amx_fp16")
         if not fast:
+            partly = precision == "bf16" and _cpu_has("avx512_bf16")
             warnings.warn(
                 f"{source}={precision} on a CPU without AMX{'-FP16' if precision == 'fp16' else ''}: "
-                "it runs, but slower than fp32",
+                + ("large convolutions gain from AVX512-BF16, but training usually runs slower than fp32"
+                   if partly else "it runs, but slower than fp32"),
                 stacklevel=2,
             )
     elif device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():

@@ -107,6 +107,8 @@ def written(args: argparse.Namespace) -> list[str]:
     if name in ("train", "classify train"):
         if args.out:
             return [_rel(args.out)]
+        if getattr(args, "resume", None) and args.config is None:  # continues the run folder it names
+            return [_rel(args.resume)]
         load = load_config if name == "train" else load_classify_config
         if not Path(args.config).is_file():  # a placeholder (your own config): nothing known
             return []
@@ -128,6 +130,8 @@ def read(args: argparse.Namespace) -> list[str]:
             paths.append(value)
     if getattr(args, "config", None):
         paths.append(args.config)
+    if getattr(args, "resume", None):
+        paths.append(args.resume)
     if getattr(args, "data", None) not in (None, "digits"):
         paths.append(args.data)
     paths += getattr(args, "inputs", None) or []

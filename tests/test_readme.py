@@ -79,6 +79,20 @@ PLANS: dict[str, Plan] = {
         extra=["train.max_iters=1", "train.batch_size=1", "eval.max_images=1",
                "model.preprocess.min_size=[320]", "model.preprocess.max_size=320"]
     ),
+    "detkit train configs/bccd_faster_rcnn.yaml train.checkpoint_period=100 output.dir=runs/bccd-long": Plan(
+        extra=["train.max_iters=2", "train.batch_size=2", "eval.max_images=2", "train.checkpoint_period=1"]
+    ),
+    "detkit train --resume runs/bccd-long": Plan(extra=["train.max_iters=3"]),
+    "detkit train configs/bccd_faster_rcnn.yaml --nproc 2 train.batch_size=2 output.dir=runs/bccd-ddp": Plan(
+        extra=["train.max_iters=2", "train.batch_size=1", "eval.max_images=2", "model.preprocess.min_size=[320]",
+               "model.preprocess.max_size=320"]
+    ),
+    "torchrun --nproc_per_node=8 -m detkit train configs/bccd_faster_rcnn.yaml train.precision=bf16 "
+    "output.dir=runs/bccd-8gpu": Plan(skip="needs 8 GPUs (the same path runs above with --nproc 2 on the CPU)"),
+    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=node0.example.org:29500 "
+    "--rdzv-id=bccd -m detkit train configs/bccd_faster_rcnn.yaml output.dir=/shared/runs/bccd": Plan(
+        skip="needs two machines"
+    ),
     "detkit classify train configs/classify_lenet_digits.yaml": Plan(extra=["train.epochs=1"]),
     "detkit classify eval --weights runs/lenet_digits/best.pt --data digits": Plan(),
     "detkit classify compare-linear": Plan(),
