@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch import nn
-from tqdm.auto import tqdm
 
 from detkit.data.images import image_to_tensor, read_image
 from detkit.device import autocast
 from detkit.errors import DataError
 from detkit.io import write_json
+from detkit.progress import progress as progress_bar
 from detkit.structures import Detections, xyxy_to_xywh
 from detkit.viz.draw import draw_detections, save_image
 
@@ -112,7 +112,7 @@ def detect_files(
     report = DetectReport(score_thresh=score_thresh)
     records: list[dict[str, Any]] = []
     used_names: set[str] = set()
-    for path in tqdm(files, desc="detect", unit="image", disable=not progress):
+    for path in progress_bar(files, desc="detect", unit="image", enabled=progress):
         try:
             image = read_image(path)
         except DataError as exc:
