@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from detkit_selective_search import SelectiveSearch, cached_selective_search, make_cache, make_config, selective_search
+from detkit_selective_search import (
+    SelectiveSearch,
+    cached_selective_search,
+    features,
+    make_cache,
+    make_config,
+    selective_search,
+)
 from detkit_selective_search.features import (
     COLOUR_BINS,
     TEXTURE_BINS,
@@ -14,6 +22,9 @@ from detkit_selective_search.features import (
     oriented_responses,
     region_boxes,
     region_sizes,
+    segmentation_boxes,
+    segmentation_sizes,
+    texture_bin_scales,
     texture_codes,
     texture_histograms,
 )
@@ -25,7 +36,15 @@ from detkit_selective_search.grouping import (
     similarity_size,
 )
 from detkit_selective_search.search import rank_boxes, run_search
-from detkit_selective_search.segmentation import convert_colour, segment, segment_at_scale
+from detkit_selective_search.segmentation import (
+    Segmentation,
+    convert_colour,
+    nearest_map,
+    prepare_segmentation,
+    segment,
+    segment_at_scale,
+)
+from skimage.segmentation import felzenszwalb
 
 from detkit.plugins import load_plugins
 from detkit.stages.preprocess import ResizeNormalize
@@ -64,6 +83,59 @@ def test_segment_at_half_scale_keeps_quadrants_and_compact_labels() -> None:
     interiors = [labels[2:14, 2:14], labels[2:14, 26:38], labels[26:38, 2:14], labels[26:38, 26:38]]
     assert all((q == q[0, 0]).all() for q in interiors)
     assert len({int(q[0, 0]) for q in interiors}) == 4
+
+
+def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth colour blobs with noise: segments of many sizes."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(max(2, h // 8), max(2, w // 8), 3)).astype(np.float32)
+    image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR) + rng.normal(0, 6, size=(h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape,scale,channels", [((37, 51), 0.5, 3), ((40, 40), 1.0, 3), ((45, 29), 0.4, 1)])
+def test_prepared_segmentation_is_felzenszwalb_of_the_resized_image(shape, scale, channels) -> None:
+    # the slow path: felzenszwalb smoothing the resized uint8 image itself, labels enlarged by cv2
+    image = _photo_like(*shape, seed=4)[:, :, :channels]
+    h, w = shape
+    prepared = prepare_segmentation(image, sigma=0.8, scale=scale)
+    small_w, small_h = (max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1 else (w, h)
+    small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA).reshape(small_h, small_w, -1)
+    area = small_w * small_h / (w * h)
+    for k in (50.0, 150.0, 400.0):
+        ref = felzenszwalb(small, scale=k * area, sigma=0.8, min_size=max(1, round(20 * area)), channel_axis=-1)
+        ref = cv2.resize(ref.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+        found = prepared.segment(k=k, min_size=20)
+        assert np.array_equal(found.full_labels(), ref)
+        assert np.array_equal(found.labels[found.rows][:, found.cols], ref)
+        assert np.array_equal(np.unique(ref), np.arange(found.num_regions))  # enlarging keeps every label
+
+
+@pytest.mark.parametrize("size,new_size", [(5, 5), (5, 9), (7, 13), (1, 4), (64, 127), (213, 427)])
+def test_nearest_map_is_cv2_nearest_enlargement(size, new_size) -> None:
+    rng = np.random.default_rng(size)
+    grid = rng.integers(0, 1000, size=(size, size + 3)).astype(np.int32)
+    rows, cols = nearest_map(size, new_size), nearest_map(size + 3, new_size + 5)
+    big = cv2.resize(grid, (new_size + 5, new_size), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(grid[rows][:, cols], big)
+    assert (np.diff(rows) >= 0).all() and np.array_equal(np.unique(rows), np.arange(size))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sizes_boxes_adjacency_on_the_grid_equal_those_of_the_full_labels(seed) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(3, 14, size=2)
+    n = int(rng.integers(1, 7))
+    grid = rng.integers(0, n, size=(h, w)).astype(np.int32)
+    grid[0, :n] = np.arange(n)[: min(n, w)] if n <= w else grid[0, :n]
+    grid = np.unique(grid, return_inverse=True)[1].reshape(h, w).astype(np.int32)  # compact
+    big_h, big_w = int(h + rng.integers(0, 20)), int(w + rng.integers(0, 20))
+    seg = Segmentation(labels=grid, rows=nearest_map(int(h), big_h), cols=nearest_map(int(w), big_w))
+    full = seg.full_labels()
+    assert full.shape == (big_h, big_w)
+    assert np.array_equal(segmentation_sizes(seg), region_sizes(full, seg.num_regions))
+    assert np.array_equal(segmentation_boxes(seg), region_boxes(full, seg.num_regions))
+    assert np.array_equal(adjacency(grid), adjacency(full))
 
 
 @pytest.mark.parametrize("space,channels", [("rgb", 3), ("hsv", 3), ("lab", 3), ("I", 1), ("h", 1), ("rgI", 3)])
@@ -122,6 +194,31 @@ def test_texture_histograms_against_per_region_reference() -> None:
         np.testing.assert_allclose(hist[r], ref_hist / ref_hist.sum(), atol=1e-6)
 
 
+def _texture_codes_reference(image: np.ndarray) -> set[tuple[int, int]]:
+    """(pixel, code) of every bin above 0, binned from the full (H, W, C, 8) response array."""
+    responses = oriented_responses(image)
+    h, w, c, o = responses.shape
+    flat = responses.reshape(h * w, c * o)
+    bins = np.minimum((flat * texture_bin_scales(flat.max(axis=0))).astype(np.int32), TEXTURE_BINS - 1)
+    pixel, map_index = np.nonzero(bins)
+    return set(zip(pixel.tolist(), (map_index * TEXTURE_BINS + bins[pixel, map_index]).tolist()))
+
+
+@pytest.mark.parametrize("shape", [(12, 15, 3), (31, 20, 1), (9, 40, 3), (16, 16, 2)])
+def test_texture_codes_match_the_dense_reference(shape) -> None:
+    rng = np.random.default_rng(sum(shape))
+    for image in (rng.integers(0, 256, size=shape, dtype=np.uint8), _photo_like(*shape[:2], seed=1)[:, :, : shape[2]]):
+        codes = texture_codes(image)
+        assert codes.num_channels == shape[2]
+        assert set(zip(codes.pixel.tolist(), codes.code.tolist())) == _texture_codes_reference(image)
+        assert len(codes.pixel) == len(_texture_codes_reference(image))  # no pixel counted twice
+    flat = np.full(shape, 77, dtype=np.uint8)  # responses of float rounding only, the same everywhere
+    codes = texture_codes(flat)
+    assert set(zip(codes.pixel.tolist(), codes.code.tolist())) == _texture_codes_reference(flat)
+    zero = np.zeros(shape, dtype=np.uint8)  # no response anywhere: every peak is 0
+    assert len(texture_codes(zero).pixel) == 0 == len(_texture_codes_reference(zero))
+
+
 def test_oriented_responses_steer_with_the_gradient() -> None:
     # a ramp increasing along x: only the 0 degree (and 45/315 partly) responses, none at 180
     image = np.tile(np.arange(0, 200, 10, dtype=np.uint8), (20, 1))[:, :, None]
@@ -130,7 +227,10 @@ def test_oriented_responses_steer_with_the_gradient() -> None:
     assert np.allclose(resp[..., 2], 0, atol=1e-4)  # 90 degrees: no vertical change
 
 
-def test_adjacency_against_pixel_loop() -> None:
+@pytest.mark.parametrize("dense", [True, False])
+def test_adjacency_against_pixel_loop(dense: bool, monkeypatch) -> None:
+    if not dense:  # the sorting path of many labels
+        monkeypatch.setattr(features, "_DENSE_PAIR_KEYS", 0)
     labels = _random_labels(9, 11, 6, seed=3)
     ref = set()
     h, w = labels.shape

@@ -59,14 +59,15 @@ import torch
 from detkit.ops import nms
 from detkit_selective_search.features import (
     adjacency,
+    colour_codes,
     colour_histograms,
-    region_boxes,
-    region_sizes,
+    segmentation_boxes,
+    segmentation_sizes,
     texture_codes,
     texture_histograms,
 )
 from detkit_selective_search.grouping import Hierarchy, Strategy, hierarchical_grouping
-from detkit_selective_search.segmentation import canonical_colour_space, convert_colour, segment_at_scale
+from detkit_selective_search.segmentation import canonical_colour_space, convert_colour, prepare_segmentation
 
 #: Bumped whenever a change of the code changes the boxes (it keys the proposal cache).
 VERSION = "3"
@@ -206,17 +207,19 @@ def hierarchies(image: np.ndarray, config: SearchConfig) -> list[Hierarchy]:
     result = []
     for space in config.colour_spaces:
         converted = convert_colour(image, space)
-        codes = texture_codes(converted) if need_texture else None
+        # everything that does not depend on k, once per colour space
+        prepared = prepare_segmentation(converted, sigma=config.sigma, scale=config.segmentation_scale)
+        colours = colour_codes(converted) if need_colour else None
+        textures = texture_codes(converted) if need_texture else None
         for k in config.ks:
-            labels = segment_at_scale(
-                converted, k=k, sigma=config.sigma, min_size=config.min_size, scale=config.segmentation_scale
-            )
-            n = int(labels.max()) + 1
-            sizes = region_sizes(labels, n)
-            boxes = region_boxes(labels, n)
-            pairs = adjacency(labels)
-            colour = colour_histograms(converted, labels, n) if need_colour else None
-            texture = texture_histograms(codes, labels, n) if codes is not None else None
+            segmentation = prepared.segment(k=k, min_size=config.min_size)
+            n = segmentation.num_regions
+            sizes = segmentation_sizes(segmentation)
+            boxes = segmentation_boxes(segmentation)
+            pairs = adjacency(segmentation.labels)  # the enlargement keeps the adjacency
+            labels = segmentation.full_labels()
+            colour = colour_histograms(converted, labels, n, codes=colours) if colours is not None else None
+            texture = texture_histograms(textures, labels, n) if textures is not None else None
             for strategy in strategies:
                 result.append(
                     hierarchical_grouping(
