@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -29,11 +31,15 @@ from detkit_selective_search.features import (
     texture_histograms,
 )
 from detkit_selective_search.grouping import (
+    RegionGraph,
     Strategy,
     hierarchical_grouping,
+    hierarchical_groupings,
     similarity_fill,
     similarity_histogram,
     similarity_size,
+    strategy_histograms,
+    union_box_area,
 )
 from detkit_selective_search.search import rank_boxes, run_search
 from detkit_selective_search.segmentation import (
@@ -310,6 +316,98 @@ def test_grouping_single_region_and_no_regions() -> None:
         np.array([9]), np.array([[0, 0, 3, 3]]), np.zeros((0, 2)), Strategy.parse("sf"), image_size=9
     )
     assert one.boxes.tolist() == [[0, 0, 3, 3]] and len(one.merges) == 0
+
+
+def _grouping_reference(graph: RegionGraph, image_size: float) -> tuple[list, list, list]:
+    """Merges, similarities and boxes of one grouping: a heap, numpy similarities for each merge."""
+    import heapq
+
+    n = len(graph.sizes)
+    hist = strategy_histograms(graph.colour_hist, graph.texture_hist, graph.strategy)
+    hists = {} if hist is None else dict(enumerate(hist))
+    size = dict(enumerate(np.asarray(graph.sizes, dtype=np.float64).tolist()))
+    box = dict(enumerate(np.asarray(graph.boxes, dtype=np.float64)))
+    st = graph.strategy
+
+    def similarity(i: int, j: int) -> float:
+        total = np.zeros(1)
+        if hist is not None:
+            total += np.minimum(hists[i][None], hists[j][None]).sum(axis=-1)
+        both = np.float64(size[i] + size[j])
+        if st.size:
+            total += 1.0 - both / image_size
+        if st.fill:
+            total += 1.0 - (union_box_area(box[i], box[j]) - both) / image_size
+        return float(total[0] * (1.0 / st.num_terms))
+
+    neighbours = {i: set() for i in range(n)}
+    for a, b in graph.pairs.tolist():
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    heap = [(-similarity(a, b), a, b) for a, b in graph.pairs.tolist()]
+    heapq.heapify(heap)
+    merges, sims, new = [], [], n
+    while heap:
+        neg, a, b = heapq.heappop(heap)
+        if a not in neighbours or b not in neighbours:
+            continue
+        merges.append([a, b])
+        sims.append(-neg)
+        size[new] = size[a] + size[b]
+        if hist is not None:
+            hists[new] = ((hists[a] * np.float64(size[a]) + hists[b] * np.float64(size[b])) / size[new]).astype(
+                np.float32
+            )
+        box[new] = np.concatenate([np.minimum(box[a][:2], box[b][:2]), np.maximum(box[a][2:], box[b][2:])])
+        around = (neighbours.pop(a) | neighbours.pop(b)) - {a, b}
+        for r in around:
+            neighbours[r] -= {a, b}
+            neighbours[r].add(new)
+        neighbours[new] = around
+        for r in around:
+            heapq.heappush(heap, (-similarity(new, r), new, r))
+        new += 1
+    return merges, sims, [box[i].tolist() for i in range(new)]
+
+
+def _random_graph(seed: int, strategy: str) -> RegionGraph:
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(6, 20, size=2)
+    labels = segment(_photo_like(int(h) * 3, int(w) * 3, seed), k=float(rng.uniform(5, 60)), min_size=3)
+    n = int(labels.max()) + 1
+    colour = colour_histograms(_photo_like(int(h) * 3, int(w) * 3, seed), labels, n)
+    texture = texture_histograms(texture_codes(_photo_like(int(h) * 3, int(w) * 3, seed + 1)), labels, n)
+    if seed % 2:  # coarse histograms give exact ties between pairs
+        colour = np.round(colour * 4) / 4
+    return RegionGraph(
+        region_sizes(labels, n), region_boxes(labels, n), adjacency(labels), Strategy.parse(strategy), colour, texture
+    )
+
+
+def test_groupings_stepped_together_equal_a_reference_one_at_a_time() -> None:
+    graphs = [_random_graph(seed, strategy) for seed in range(6) for strategy in ("ctsf", "tsf", "sf", "c", "f", "ts")]
+    isolated = _random_graph(3, "ctsf")  # region 0 touches nothing: the hierarchy ends with two regions
+    graphs.append(replace(isolated, pairs=isolated.pairs[(isolated.pairs != 0).all(axis=1)]))
+    image_size = 1234.0
+    together = hierarchical_groupings(graphs, image_size=image_size)
+    assert len(together) == len(graphs)
+    assert any(len(g.sizes) > 20 for g in graphs)
+    for graph, hierarchy in zip(graphs, together):
+        merges, sims, boxes = _grouping_reference(graph, image_size)
+        assert hierarchy.merges.tolist() == merges
+        assert hierarchy.similarities.tolist() == sims  # exactly: the same float operations
+        assert hierarchy.boxes.tolist() == boxes
+        alone = hierarchical_grouping(
+            graph.sizes,
+            graph.boxes,
+            graph.pairs,
+            graph.strategy,
+            image_size=image_size,
+            colour_hist=graph.colour_hist,
+            texture_hist=graph.texture_hist,
+        )
+        assert np.array_equal(alone.merges, hierarchy.merges) and np.array_equal(alone.boxes, hierarchy.boxes)
+    assert hierarchical_groupings([], image_size=10.0) == []
 
 
 # ----------------------------------------------------------------------------- ranking

@@ -19,12 +19,22 @@ are the size-weighted averages of the parts (exactly the histogram of the union)
 its box is the union box, and its similarities to its neighbours are computed
 anew. A max-heap with lazy deletion holds the candidate pairs; entries that
 mention a region already merged are dropped when they surface.
+
+Selective search runs a dozen groupings per image (colour spaces x ``k`` x
+strategies), each a few hundred merges of a few neighbours, too small for numpy
+to pay off one merge at a time. :func:`hierarchical_groupings` therefore steps
+all of them together: at each step every unfinished grouping pops its best pair
+and updates its neighbour sets in Python, then one batch of numpy calls does the
+merges of all of them (sizes, boxes, histograms) and scores every new pair.
+Each grouping's merges are exactly those of running it alone: the batch applies
+the same float64 operations, element by element, as :func:`pair_similarities`.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -133,6 +143,275 @@ def strategy_histograms(
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
+def pair_similarities(
+    hist: np.ndarray | None,
+    sizes: np.ndarray,
+    boxes: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    strategy: Strategy,
+    image_size: float,
+) -> np.ndarray:
+    """``(E,)`` float64 similarity of regions ``i[e]`` and ``j[e]``: the strategy's terms, averaged.
+
+    Args:
+        hist: ``(m, D)`` the histograms the strategy compares (:func:`strategy_histograms`), or ``None``.
+        sizes: ``(m,)`` pixel counts.
+        boxes: ``(m, 4)`` xyxy (exclusive ends).
+        i, j: ``(E,)`` region indices.
+        strategy: the similarity terms to use.
+        image_size: pixels in the image.
+    """
+    total = np.zeros(len(j), dtype=np.float64)
+    if hist is not None:
+        total += np.minimum(hist[i], hist[j]).sum(axis=-1)
+    if strategy.size or strategy.fill:
+        both = sizes[i] + sizes[j]
+        if strategy.size:
+            total += 1.0 - both / image_size
+        if strategy.fill:
+            total += 1.0 - (union_box_area(boxes[i], boxes[j]) - both) / image_size
+    return total * (1.0 / strategy.num_terms)
+
+
+@dataclass(frozen=True)
+class RegionGraph:
+    """The initial regions of one grouping and the strategy that merges them.
+
+    Attributes:
+        sizes: ``(n,)`` pixel counts.
+        boxes: ``(n, 4)`` xyxy (exclusive ends).
+        pairs: ``(E, 2)`` adjacent region pairs.
+        strategy: the similarity terms to use.
+        colour_hist, texture_hist: ``(n, Dc)``, ``(n, Dt)`` L1-normalized, when the
+            strategy uses them.
+    """
+
+    sizes: np.ndarray
+    boxes: np.ndarray
+    pairs: np.ndarray
+    strategy: Strategy
+    colour_hist: np.ndarray | None = None
+    texture_hist: np.ndarray | None = None
+
+
+class _Grouping:
+    """The Python side of one grouping: its heap of candidate pairs, live regions and neighbour sets.
+
+    Its region ``i`` is row ``base + i`` of the :class:`_SharedRegions`.
+    """
+
+    def __init__(self, graph: RegionGraph, initial: np.ndarray, base: int) -> None:
+        n = int(graph.sizes.shape[0])
+        m = max(2 * n - 1, 0)
+        self.n, self.new, self.base = n, n, base
+        pairs = np.asarray(graph.pairs, dtype=np.int64).reshape(-1, 2)
+        # max-heap of (-similarity, i, j): ties go to the smaller indices
+        self.heap = list(zip((-initial).tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        heapq.heapify(self.heap)
+        self.alive = bytearray(m)
+        self.alive[:n] = b"\x01" * n
+        self.neighbours: list[set[int]] = [set() for _ in range(m)]
+        for a, b in pairs.tolist():
+            self.neighbours[a].add(b)
+            self.neighbours[b].add(a)
+        self.merges: list[tuple[int, int]] = []
+        self.similarities: list[float] = []
+
+    def pop_best(self) -> tuple[int, int] | None:
+        """The most similar pair of live regions, recorded as the next merge; ``None`` when none is left."""
+        heap, alive = self.heap, self.alive
+        if self.new == len(alive):
+            return None  # one region is left: every pair still in the heap is stale
+        while heap:
+            neg_sim, a, b = heapq.heappop(heap)
+            if alive[a] and alive[b]:
+                alive[a] = alive[b] = 0
+                alive[self.new] = 1
+                self.merges.append((a, b))
+                self.similarities.append(-neg_sim)
+                return a, b
+        return None  # only stale pairs were left: one of the two was merged already
+
+    def join_neighbours(self, a: int, b: int) -> list[int]:
+        """Give region ``new`` the neighbours of ``a`` and ``b``; returns them."""
+        neighbours, new = self.neighbours, self.new
+        around = neighbours[a] | neighbours[b]
+        around.discard(a)
+        around.discard(b)
+        neighbours[a] = neighbours[b] = set()
+        neighbours[new] = around
+        for r in around:
+            ring = neighbours[r]
+            ring.discard(a)
+            ring.discard(b)
+            ring.add(new)
+        return list(around)
+
+
+class _Step:
+    """The merges of one step of every grouping, and the new region's neighbours in each."""
+
+    def __init__(self) -> None:
+        self.grouping: list[int] = []  # index of each merge's grouping
+        self.new: list[int] = []  # the merged region and its two parts, in the grouping's own indices
+        self.a: list[int] = []
+        self.b: list[int] = []
+        self.neighbours: list[list[int]] = []  # the new region's neighbours, likewise
+
+    def rows(self, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``owners, new, a, b``: each merge's grouping and its regions as rows of the shared arrays."""
+        owners = np.asarray(self.grouping, dtype=np.int64)
+        base = bases[owners]
+        return owners, np.asarray(self.new) + base, np.asarray(self.a) + base, np.asarray(self.b) + base
+
+    def pairs(self, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``owners, i, j``: the new pairs (new region ``i``, neighbour ``j``) as rows of the shared arrays."""
+        counts = [len(others) for others in self.neighbours]
+        owners = np.repeat(np.asarray(self.grouping, dtype=np.int64), counts)
+        base = bases[owners]
+        i = np.repeat(np.asarray(self.new, dtype=np.int64), counts) + base
+        j = np.fromiter(chain.from_iterable(self.neighbours), dtype=np.int64, count=len(owners)) + base
+        return owners, i, j
+
+
+class _SharedRegions:
+    """Sizes, boxes and histograms of the regions of every grouping, one array each (per width for histograms).
+
+    Region ``i`` of grouping ``g`` is row ``bases[g] + i`` of :attr:`size` and
+    :attr:`box`, and row ``hist_bases[g] + i`` of the histogram array of its width.
+    """
+
+    def __init__(self, graphs: list[RegionGraph], hists: list[np.ndarray | None], image_size: float) -> None:
+        slots = [max(2 * int(g.sizes.shape[0]) - 1, 0) for g in graphs]
+        self.bases = [0, *np.cumsum(slots).tolist()][: len(graphs)]
+        total = sum(slots)
+        self.size = np.zeros(total, dtype=np.float64)
+        self.box = np.zeros((total, 4), dtype=np.float64)
+        # one histogram array per width; a grouping without histograms has width 0
+        widths = [0 if h is None else h.shape[1] for h in hists]
+        rows = dict.fromkeys(widths, 0)
+        self.hist_bases = []
+        for width, m in zip(widths, slots):
+            self.hist_bases.append(rows[width])
+            rows[width] += m
+        self.hists = {width: np.zeros((count, width), dtype=np.float32) for width, count in rows.items() if width}
+        for g, hist, base, hist_base in zip(graphs, hists, self.bases, self.hist_bases):
+            n = int(g.sizes.shape[0])
+            self.size[base : base + n] = g.sizes
+            self.box[base : base + n] = np.asarray(g.boxes, dtype=np.float64).reshape(-1, 4)
+            if hist is not None:
+                self.hists[hist.shape[1]][hist_base : hist_base + n] = hist
+        self.width = np.array(widths, dtype=np.int64)
+        self.hist_shift = np.array(self.hist_bases, dtype=np.int64) - np.array(self.bases, dtype=np.int64)
+        self.use_size = np.array([g.strategy.size for g in graphs], dtype=bool)
+        self.use_fill = np.array([g.strategy.fill for g in graphs], dtype=bool)
+        self.inv_terms = np.array([1.0 / g.strategy.num_terms for g in graphs], dtype=np.float64)
+        self.area = float(image_size)
+
+    def merge(self, owners: np.ndarray, new: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """Sizes, boxes and size-weighted histograms of regions ``new``, the unions of ``a`` and ``b``.
+
+        Args:
+            owners: ``(M,)`` the grouping of each merge.
+            new, a, b: ``(M,)`` rows of :attr:`size`.
+        """
+        size, box = self.size, self.box
+        sa, sb = size[a], size[b]
+        size[new] = sa + sb
+        box[new, :2] = np.minimum(box[a, :2], box[b, :2])
+        box[new, 2:] = np.maximum(box[a, 2:], box[b, 2:])
+        widths = self.width[owners]
+        for width, hist in self.hists.items():
+            mine = np.flatnonzero(widths == width)
+            if not len(mine):
+                continue
+            shift = self.hist_shift[owners[mine]]
+            wa, wb = sa[mine][:, None], sb[mine][:, None]
+            # the float32 rows are averaged in float64, then stored as float32
+            hist[new[mine] + shift] = (hist[a[mine] + shift] * wa + hist[b[mine] + shift] * wb) / (wa + wb)
+
+    def negated_similarities(self, owners: np.ndarray, i: np.ndarray, j: np.ndarray) -> list[float]:
+        """``-similarity`` of regions ``i`` and ``j`` (rows, of groupings ``owners``), as heap keys.
+
+        The float64 operations of :func:`pair_similarities`, element by element.
+        """
+        total = np.zeros(len(i), dtype=np.float64)
+        widths = self.width[owners]
+        for width, hist in self.hists.items():
+            mine = np.flatnonzero(widths == width)
+            if len(mine):
+                shift = self.hist_shift[owners[mine]]
+                total[mine] += np.minimum(hist[i[mine] + shift], hist[j[mine] + shift]).sum(axis=-1)
+        both = self.size[i] + self.size[j]
+        # an unused term adds 0.0, which leaves the float64 sum unchanged
+        total += np.where(self.use_size[owners], 1.0 - both / self.area, 0.0)
+        fill = 1.0 - (union_box_area(self.box[i], self.box[j]) - both) / self.area
+        total += np.where(self.use_fill[owners], fill, 0.0)
+        return (-(total * self.inv_terms[owners])).tolist()
+
+
+def hierarchical_groupings(graphs: list[RegionGraph], *, image_size: float) -> list[Hierarchy]:
+    """The hierarchies of :func:`hierarchical_grouping` for every graph of one image, stepped together.
+
+    Args:
+        graphs: the groupings to run (any strategies; histograms of any widths).
+        image_size: pixels in the image (H * W).
+
+    Returns:
+        One :class:`Hierarchy` per graph, in order, each equal to running it alone.
+    """
+    hists = [strategy_histograms(g.colour_hist, g.texture_hist, g.strategy) for g in graphs]
+    regions = _SharedRegions(graphs, hists, image_size)
+    groupings = []
+    for g, hist, base in zip(graphs, hists, regions.bases):
+        pairs = np.asarray(g.pairs, dtype=np.int64).reshape(-1, 2)
+        initial = pair_similarities(
+            hist, regions.size[base:], regions.box[base:], pairs[:, 0], pairs[:, 1], g.strategy, regions.area
+        )
+        groupings.append(_Grouping(g, initial, base))
+
+    bases = np.asarray(regions.bases, dtype=np.int64)
+    active = list(range(len(graphs)))
+    while active:
+        step = _Step()
+        still = []
+        for index in active:
+            grouping = groupings[index]
+            pair = grouping.pop_best()
+            if pair is None:
+                continue  # this grouping is done
+            still.append(index)
+            a, b = pair
+            step.grouping.append(index)
+            step.new.append(grouping.new)
+            step.a.append(a)
+            step.b.append(b)
+            step.neighbours.append(grouping.join_neighbours(a, b))
+            grouping.new += 1
+        active = still
+        if not active:
+            break
+        regions.merge(*step.rows(bases))
+        keys = regions.negated_similarities(*step.pairs(bases))
+        start = 0
+        for index, new, others in zip(step.grouping, step.new, step.neighbours):
+            heap, end = groupings[index].heap, start + len(others)
+            for entry in zip(keys[start:end], repeat(new), others):
+                heapq.heappush(heap, entry)
+            start = end
+
+    return [
+        Hierarchy(
+            boxes=regions.box[g.base : g.base + g.new].copy(),
+            merges=np.asarray(g.merges, dtype=np.int64).reshape(-1, 2),
+            similarities=np.asarray(g.similarities, dtype=np.float64),
+            num_initial=g.n,
+        )
+        for g in groupings
+    ]
+
+
 def hierarchical_grouping(
     sizes: np.ndarray,
     boxes: np.ndarray,
@@ -144,6 +423,8 @@ def hierarchical_grouping(
     texture_hist: np.ndarray | None = None,
 ) -> Hierarchy:
     """Greedily merge the most similar adjacent regions until none are left to merge.
+
+    Ties between equal similarities go to the pair of smaller region indices.
 
     Args:
         sizes: ``(n,)`` pixel counts.
@@ -157,83 +438,5 @@ def hierarchical_grouping(
     Returns:
         The :class:`Hierarchy`: ``2n - 1`` regions when the regions are connected.
     """
-    n = int(sizes.shape[0])
-    m = max(2 * n - 1, 0)
-    hist0 = strategy_histograms(colour_hist, texture_hist, strategy)
-    use_hist, use_size, use_fill = hist0 is not None, strategy.size, strategy.fill
-    inv_terms = 1.0 / strategy.num_terms
-    area = float(image_size)
-
-    hist = np.zeros((m, hist0.shape[1] if hist0 is not None else 0), dtype=np.float32)
-    if hist0 is not None:
-        hist[:n] = hist0
-    size = np.zeros(m, dtype=np.float64)
-    size[:n] = sizes
-    box = np.zeros((m, 4), dtype=np.float64)
-    box[:n] = boxes
-
-    def similarity(i: np.ndarray | int, j: np.ndarray) -> np.ndarray:
-        # (E,) similarity of regions i and j, averaged over the strategy's terms
-        total = np.zeros(j.shape[0], dtype=np.float64)
-        if use_hist:
-            total += np.minimum(hist[i], hist[j]).sum(axis=-1)
-        if use_size or use_fill:
-            both = size[i] + size[j]
-            if use_size:
-                total += 1.0 - both / area
-            if use_fill:
-                total += 1.0 - (union_box_area(box[i], box[j]) - both) / area
-        return total * inv_terms
-
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    neighbours: list[set[int] | None] = [set() for _ in range(n)] + [None] * (m - n)
-    for a, b in pairs.tolist():
-        neighbours[a].add(b)  # type: ignore[union-attr]
-        neighbours[b].add(a)  # type: ignore[union-attr]
-    initial = similarity(pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros(0)
-    # max-heap of (-similarity, i, j)
-    heap = list(zip((-initial).tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist()))
-    heapq.heapify(heap)
-    alive = bytearray(m)
-    alive[:n] = b"\x01" * n
-
-    merges: list[tuple[int, int]] = []
-    merge_similarity: list[float] = []
-    new = n
-    while heap:
-        neg_sim, a, b = heapq.heappop(heap)
-        if not (alive[a] and alive[b]):
-            continue  # a stale pair: one of the two was merged already
-        alive[a] = alive[b] = 0
-        alive[new] = 1
-        sa, sb = size[a], size[b]
-        size[new] = sa + sb
-        if use_hist:
-            hist[new] = (hist[a] * sa + hist[b] * sb) / (sa + sb)
-        ba, bb = box[a], box[b]
-        box[new] = (min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3]))
-        merges.append((a, b))
-        merge_similarity.append(-neg_sim)
-
-        around: set[int] = neighbours[a] | neighbours[b]  # type: ignore[operator]
-        around.discard(a)
-        around.discard(b)
-        neighbours[a] = neighbours[b] = None
-        neighbours[new] = around
-        if around:
-            for r in around:
-                ring = neighbours[r]
-                ring.discard(a)  # type: ignore[union-attr]
-                ring.discard(b)  # type: ignore[union-attr]
-                ring.add(new)  # type: ignore[union-attr]
-            others = np.fromiter(around, dtype=np.int64, count=len(around))
-            for s, r in zip((-similarity(new, others)).tolist(), others.tolist()):
-                heapq.heappush(heap, (s, new, r))
-        new += 1
-
-    return Hierarchy(
-        boxes=box[:new],
-        merges=np.asarray(merges, dtype=np.int64).reshape(-1, 2),
-        similarities=np.asarray(merge_similarity, dtype=np.float64),
-        num_initial=n,
-    )
+    graph = RegionGraph(sizes, boxes, pairs, strategy, colour_hist, texture_hist)
+    return hierarchical_groupings([graph], image_size=image_size)[0]

@@ -66,7 +66,7 @@ from detkit_selective_search.features import (
     texture_codes,
     texture_histograms,
 )
-from detkit_selective_search.grouping import Hierarchy, Strategy, hierarchical_grouping
+from detkit_selective_search.grouping import Hierarchy, RegionGraph, Strategy, hierarchical_groupings
 from detkit_selective_search.segmentation import canonical_colour_space, convert_colour, prepare_segmentation
 
 #: Bumped whenever a change of the code changes the boxes (it keys the proposal cache).
@@ -204,7 +204,7 @@ def hierarchies(image: np.ndarray, config: SearchConfig) -> list[Hierarchy]:
     strategies = [Strategy.parse(s) for s in config.strategies]
     need_colour = any(s.colour for s in strategies)
     need_texture = any(s.texture for s in strategies)
-    result = []
+    graphs: list[RegionGraph] = []
     for space in config.colour_spaces:
         converted = convert_colour(image, space)
         # everything that does not depend on k, once per colour space
@@ -220,13 +220,8 @@ def hierarchies(image: np.ndarray, config: SearchConfig) -> list[Hierarchy]:
             labels = segmentation.full_labels()
             colour = colour_histograms(converted, labels, n, codes=colours) if colours is not None else None
             texture = texture_histograms(textures, labels, n) if textures is not None else None
-            for strategy in strategies:
-                result.append(
-                    hierarchical_grouping(
-                        sizes, boxes, pairs, strategy, image_size=h * w, colour_hist=colour, texture_hist=texture
-                    )
-                )
-    return result
+            graphs.extend(RegionGraph(sizes, boxes, pairs, strategy, colour, texture) for strategy in strategies)
+    return hierarchical_groupings(graphs, image_size=h * w)
 
 
 def rank_boxes(
