@@ -41,7 +41,7 @@ from detkit_selective_search.grouping import (
     strategy_histograms,
     union_box_area,
 )
-from detkit_selective_search.search import rank_boxes, run_search
+from detkit_selective_search.search import first_occurrences, rank_boxes, run_search
 from detkit_selective_search.segmentation import (
     Segmentation,
     convert_colour,
@@ -50,8 +50,10 @@ from detkit_selective_search.segmentation import (
     segment,
     segment_at_scale,
 )
+from detkit_selective_search.suppression import greedy_nms_keep, overlapping_pairs
 from skimage.segmentation import felzenszwalb
 
+from detkit.ops import nms
 from detkit.plugins import load_plugins
 from detkit.stages.preprocess import ResizeNormalize
 from detkit.structures import ImageBatch
@@ -478,6 +480,55 @@ def test_rank_boxes_demotes_near_duplicates_like_a_slow_reference() -> None:
         assert 0 < len(kept) < len(ranked) and np.array_equal(reordered, expected)
         capped = rank_boxes([boxes], [positions], seed=4, nms_iou=threshold, max_proposals=7)
         assert np.array_equal(capped, reordered[:7])
+
+
+def _near_duplicate_boxes(seed: int, count: int = 400) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(0, 200, size=(count, 2))
+    wh = np.exp(rng.uniform(0, np.log(150), size=(count, 2))).round() + 1
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float64)
+    jitter = boxes[: count // 2] + rng.integers(-3, 4, size=(count // 2, 4))
+    jitter[:, 2:] = np.maximum(jitter[:, 2:], jitter[:, :2] + 1)
+    # [0, 0, 10, 10] and [0, 0, 10, 7] overlap by exactly 0.7
+    exact = np.array([[0, 0, 10, 10], [0, 0, 10, 7], [300, 300, 310, 310], [300, 300, 307, 310]], dtype=np.float64)
+    return np.concatenate([boxes, jitter, exact])
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6, 0.7, 0.8, 0.95])
+def test_sparse_nms_keeps_what_torchvision_nms_keeps(threshold: float) -> None:
+    for seed in range(3):
+        boxes = _near_duplicate_boxes(seed)
+        scores = torch.arange(len(boxes), 0, -1, dtype=torch.float32)
+        ref = np.zeros(len(boxes), dtype=bool)
+        ref[nms(torch.from_numpy(boxes.astype(np.float32)), scores, threshold).numpy()] = True
+        keep = greedy_nms_keep(boxes, threshold)
+        assert 0 < ref.sum() < len(boxes) and np.array_equal(keep, ref)
+        # the pairs against every pair, with torchvision's float32 IoU
+        b = torch.from_numpy(boxes.astype(np.float32))
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        lt, rb = torch.maximum(b[:, None, :2], b[None, :, :2]), torch.minimum(b[:, None, 2:], b[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(dim=2)
+        iou = (inter / (area[:, None] + area[None, :] - inter)).double().numpy()
+        expected = np.argwhere(np.triu(iou > threshold, k=1))
+        found = overlapping_pairs(boxes, threshold)
+        assert sorted(map(tuple, found.tolist())) == sorted(map(tuple, expected.tolist()))
+
+
+def test_greedy_nms_keep_falls_back_to_torchvision() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [5, 5, 5, 9], [0, 0, 9, 10]], dtype=np.float64)
+    for threshold in (0.3, 0.7):  # a low threshold, and a box of no width
+        ref = np.zeros(len(boxes), dtype=bool)
+        ref[nms(torch.from_numpy(boxes.astype(np.float32)), torch.arange(4.0, 0, -1), threshold).numpy()] = True
+        assert np.array_equal(greedy_nms_keep(boxes, threshold), ref)
+    assert greedy_nms_keep(np.zeros((0, 4)), 0.7).shape == (0,)
+
+
+def test_first_occurrences_against_unique_rows() -> None:
+    rng = np.random.default_rng(5)
+    boxes = rng.integers(0, 6, size=(500, 4)).astype(np.float64)
+    for b in (boxes, boxes + 0.5, boxes - 3, np.zeros((0, 4))):
+        _, first = np.unique(b, axis=0, return_index=True)
+        assert np.array_equal(first_occurrences(b), np.sort(first))
 
 
 def test_selective_search_deterministic_and_empty() -> None:

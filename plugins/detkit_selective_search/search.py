@@ -54,9 +54,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 
-from detkit.ops import nms
 from detkit_selective_search.features import (
     adjacency,
     colour_codes,
@@ -68,6 +66,7 @@ from detkit_selective_search.features import (
 )
 from detkit_selective_search.grouping import Hierarchy, RegionGraph, Strategy, hierarchical_groupings
 from detkit_selective_search.segmentation import canonical_colour_space, convert_colour, prepare_segmentation
+from detkit_selective_search.suppression import greedy_nms_keep
 
 #: Bumped whenever a change of the code changes the boxes (it keys the proposal cache).
 VERSION = "3"
@@ -250,9 +249,7 @@ def rank_boxes(
     boxes = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_per_hierarchy])
     order = np.argsort(values, kind="stable")
     boxes = boxes[order]
-    # first occurrence of every distinct box, in rank order
-    _, first = np.unique(boxes, axis=0, return_index=True)
-    boxes = boxes[np.sort(first)]
+    boxes = boxes[first_occurrences(boxes)]
     if min_box_size > 0:
         keep = ((boxes[:, 2] - boxes[:, 0]) >= min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_box_size)
         boxes = boxes[keep]
@@ -263,15 +260,32 @@ def rank_boxes(
     return boxes.astype(np.float32)
 
 
+def first_occurrences(boxes: np.ndarray) -> np.ndarray:
+    """Sorted row indices of the first occurrence of every distinct row of ``boxes (R, 4)``.
+
+    Boxes of small non-negative integers (every box of a hierarchy) are packed
+    into one int64 each, which sorts much faster than rows.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    whole = np.rint(boxes)
+    top = float(boxes.max()) + 1.0
+    if (whole == boxes).all() and float(boxes.min()) >= 0 and top**4 < 2.0**62:
+        ints = whole.astype(np.int64)
+        k = int(top)
+        keys = ((ints[:, 0] * k + ints[:, 1]) * k + ints[:, 2]) * k + ints[:, 3]
+        _, first = np.unique(keys, return_index=True)
+    else:
+        _, first = np.unique(boxes, axis=0, return_index=True)
+    return np.sort(first)
+
+
 def demote_near_duplicates(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
     """A reordering of ``boxes`` (best first): those kept by greedy NMS at ``iou_threshold``, then the rest.
 
     Both groups keep their rank order.
     """
-    ranked = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
-    scores = torch.arange(len(boxes), 0, -1, dtype=torch.float32)  # rank order as the score
-    kept = np.zeros(len(boxes), dtype=bool)
-    kept[nms(ranked, scores, float(iou_threshold)).numpy()] = True
+    kept = greedy_nms_keep(boxes, iou_threshold)
     return np.concatenate([np.flatnonzero(kept), np.flatnonzero(~kept)])
 
 
