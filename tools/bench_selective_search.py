@@ -78,6 +78,7 @@ class OpenCVWorker:
         worker = Path(self._tmp.name) / "worker.py"
         worker.write_text(_WORKER)
         env = dict(os.environ, OMP_NUM_THREADS="1")
+        self._python = python
         self._process = subprocess.Popen(
             [python, str(worker), preset], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
@@ -92,7 +93,7 @@ class OpenCVWorker:
         self._process.stdin.flush()
         reply = self._process.stdout.readline()
         if not reply:
-            raise RuntimeError(f"the OpenCV worker ({self._process.args[0]}) stopped on {path}")
+            raise RuntimeError(f"the OpenCV worker ({self._python}) stopped on {path}")
         boxes = np.load(out)
         out.unlink()
         return boxes, float(reply)
@@ -127,7 +128,10 @@ def run_interleaved(
             found, took = opencv(path)
             boxes[names[0]].append(found)
             seconds[names[0]].append(took)
-            image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise FileNotFoundError(f"cannot read image {path}")
+            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             for name, seed in zip(names[1:], seeds):
                 start = time.perf_counter()
                 boxes[name].append(selective_search(image, preset=preset, seed=seed, nms_iou=nms_iou))
