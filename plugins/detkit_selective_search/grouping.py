@@ -35,6 +35,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 from itertools import chain, repeat
+from typing import Any
 
 import numpy as np
 
@@ -253,102 +254,112 @@ class _Step:
     """The merges of one step of every grouping, and the new region's neighbours in each."""
 
     def __init__(self) -> None:
-        self.grouping: list[int] = []  # index of each merge's grouping
-        self.new: list[int] = []  # the merged region and its two parts, in the grouping's own indices
+        self.grouping: list[int] = []  # index of each merge's grouping, increasing
+        self.new: list[int] = []  # the merged region and its two parts, as rows of the shared arrays
         self.a: list[int] = []
         self.b: list[int] = []
-        self.neighbours: list[list[int]] = []  # the new region's neighbours, likewise
-
-    def rows(self, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``owners, new, a, b``: each merge's grouping and its regions as rows of the shared arrays."""
-        owners = np.asarray(self.grouping, dtype=np.int64)
-        base = bases[owners]
-        return owners, np.asarray(self.new) + base, np.asarray(self.a) + base, np.asarray(self.b) + base
+        self.neighbours: list[list[int]] = []  # the new region's neighbours, in the grouping's own indices
 
     def pairs(self, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``owners, i, j``: the new pairs (new region ``i``, neighbour ``j``) as rows of the shared arrays."""
         counts = [len(others) for others in self.neighbours]
         owners = np.repeat(np.asarray(self.grouping, dtype=np.int64), counts)
-        base = bases[owners]
-        i = np.repeat(np.asarray(self.new, dtype=np.int64), counts) + base
-        j = np.fromiter(chain.from_iterable(self.neighbours), dtype=np.int64, count=len(owners)) + base
+        i = np.repeat(np.asarray(self.new, dtype=np.int64), counts)
+        j = np.fromiter(chain.from_iterable(self.neighbours), dtype=np.int64, count=len(owners)) + bases[owners]
         return owners, i, j
 
 
 class _SharedRegions:
     """Sizes, boxes and histograms of the regions of every grouping, one array each (per width for histograms).
 
-    Region ``i`` of grouping ``g`` is row ``bases[g] + i`` of :attr:`size` and
-    :attr:`box`, and row ``hist_bases[g] + i`` of the histogram array of its width.
+    Region ``i`` of grouping ``g`` is row ``bases[g] + i``. The groupings come in
+    order of histogram width, so those of one width own a block of consecutive rows,
+    ``first_row`` of the block being row 0 of that width's histogram array. A box is
+    kept as ``x0, y0, -x1, -y1``: the box around two is their elementwise minimum.
     """
 
     def __init__(self, graphs: list[RegionGraph], hists: list[np.ndarray | None], image_size: float) -> None:
-        slots = [max(2 * int(g.sizes.shape[0]) - 1, 0) for g in graphs]
-        self.bases = [0, *np.cumsum(slots).tolist()][: len(graphs)]
-        total = sum(slots)
-        self.size = np.zeros(total, dtype=np.float64)
-        self.box = np.zeros((total, 4), dtype=np.float64)
-        # one histogram array per width; a grouping without histograms has width 0
         widths = [0 if h is None else h.shape[1] for h in hists]
-        rows = dict.fromkeys(widths, 0)
-        self.hist_bases = []
-        for width, m in zip(widths, slots):
-            self.hist_bases.append(rows[width])
-            rows[width] += m
-        self.hists = {width: np.zeros((count, width), dtype=np.float32) for width, count in rows.items() if width}
-        for g, hist, base, hist_base in zip(graphs, hists, self.bases, self.hist_bases):
+        if widths != sorted(widths):
+            raise ValueError("the groupings must come in order of histogram width")
+        slots = [max(2 * int(g.sizes.shape[0]) - 1, 0) for g in graphs]
+        self.bases = np.concatenate([[0], np.cumsum(slots)]).astype(np.int64)
+        self.size = np.zeros(int(self.bases[-1]), dtype=np.float64)
+        self.box = np.zeros((int(self.bases[-1]), 4), dtype=np.float64)
+        for g, base in zip(graphs, self.bases.tolist()):
             n = int(g.sizes.shape[0])
             self.size[base : base + n] = g.sizes
-            self.box[base : base + n] = np.asarray(g.boxes, dtype=np.float64).reshape(-1, 4)
-            if hist is not None:
-                self.hists[hist.shape[1]][hist_base : hist_base + n] = hist
-        self.width = np.array(widths, dtype=np.int64)
-        self.hist_shift = np.array(self.hist_bases, dtype=np.int64) - np.array(self.bases, dtype=np.int64)
-        self.use_size = np.array([g.strategy.size for g in graphs], dtype=bool)
-        self.use_fill = np.array([g.strategy.fill for g in graphs], dtype=bool)
-        self.inv_terms = np.array([1.0 / g.strategy.num_terms for g in graphs], dtype=np.float64)
+            self.box[base : base + n] = np.asarray(g.boxes, dtype=np.float64).reshape(-1, 4) * [1, 1, -1, -1]
+        # (width, first grouping, grouping past the last, first row, histograms) of each width but 0
+        self.blocks: list[tuple[int, int, int, int, np.ndarray]] = []
+        for width in sorted(set(widths) - {0}):
+            first, last = widths.index(width), len(widths) - widths[::-1].index(width)
+            start, stop = int(self.bases[first]), int(self.bases[last])
+            block = np.zeros((stop - start, width), dtype=np.float32)
+            for index in range(first, last):
+                hist = hists[index]
+                assert hist is not None
+                row = int(self.bases[index]) - start
+                block[row : row + len(hist)] = hist
+            self.blocks.append((width, first, last, start, block))
+        self.use_size = _uniform_or_array([g.strategy.size for g in graphs])
+        self.use_fill = _uniform_or_array([g.strategy.fill for g in graphs])
+        self.inv_terms = _uniform_or_array([1.0 / g.strategy.num_terms for g in graphs])
         self.area = float(image_size)
 
-    def merge(self, owners: np.ndarray, new: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        """Sizes, boxes and size-weighted histograms of regions ``new``, the unions of ``a`` and ``b``.
+    def boxes(self, grouping: int, count: int) -> np.ndarray:
+        """``(count, 4)`` xyxy boxes of the first ``count`` regions of ``grouping``."""
+        start = int(self.bases[grouping])
+        return self.box[start : start + count] * [1, 1, -1, -1]
 
-        Args:
-            owners: ``(M,)`` the grouping of each merge.
-            new, a, b: ``(M,)`` rows of :attr:`size`.
-        """
+    def merge(self, step: _Step) -> None:
+        """Sizes, boxes and size-weighted histograms of the regions merged at ``step``."""
+        new, a, b = (np.asarray(rows, dtype=np.int64) for rows in (step.new, step.a, step.b))
         size, box = self.size, self.box
         sa, sb = size[a], size[b]
         size[new] = sa + sb
-        box[new, :2] = np.minimum(box[a, :2], box[b, :2])
-        box[new, 2:] = np.maximum(box[a, 2:], box[b, 2:])
-        widths = self.width[owners]
-        for width, hist in self.hists.items():
-            mine = np.flatnonzero(widths == width)
-            if not len(mine):
+        box[new] = np.minimum(box[a], box[b])
+        owners = np.asarray(step.grouping, dtype=np.int64)
+        for _, first, last, start, hist in self.blocks:
+            p0, p1 = np.searchsorted(owners, [first, last]).tolist()
+            if p0 == p1:
                 continue
-            shift = self.hist_shift[owners[mine]]
-            wa, wb = sa[mine][:, None], sb[mine][:, None]
+            wa, wb = sa[p0:p1, None], sb[p0:p1, None]
             # the float32 rows are averaged in float64, then stored as float32
-            hist[new[mine] + shift] = (hist[a[mine] + shift] * wa + hist[b[mine] + shift] * wb) / (wa + wb)
+            hist[new[p0:p1] - start] = (hist[a[p0:p1] - start] * wa + hist[b[p0:p1] - start] * wb) / (wa + wb)
 
     def negated_similarities(self, owners: np.ndarray, i: np.ndarray, j: np.ndarray) -> list[float]:
-        """``-similarity`` of regions ``i`` and ``j`` (rows, of groupings ``owners``), as heap keys.
+        """``-similarity`` of regions ``i`` and ``j`` (rows, of groupings ``owners``, increasing), as heap keys.
 
         The float64 operations of :func:`pair_similarities`, element by element.
         """
         total = np.zeros(len(i), dtype=np.float64)
-        widths = self.width[owners]
-        for width, hist in self.hists.items():
-            mine = np.flatnonzero(widths == width)
-            if len(mine):
-                shift = self.hist_shift[owners[mine]]
-                total[mine] += np.minimum(hist[i[mine] + shift], hist[j[mine] + shift]).sum(axis=-1)
+        for _, first, last, start, hist in self.blocks:
+            p0, p1 = np.searchsorted(owners, [first, last]).tolist()
+            if p0 < p1:
+                total[p0:p1] = np.minimum(hist[i[p0:p1] - start], hist[j[p0:p1] - start]).sum(axis=-1)
         both = self.size[i] + self.size[j]
         # an unused term adds 0.0, which leaves the float64 sum unchanged
-        total += np.where(self.use_size[owners], 1.0 - both / self.area, 0.0)
-        fill = 1.0 - (union_box_area(self.box[i], self.box[j]) - both) / self.area
-        total += np.where(self.use_fill[owners], fill, 0.0)
-        return (-(total * self.inv_terms[owners])).tolist()
+        if self.use_size is not False:
+            total += _where(self.use_size, owners, 1.0 - both / self.area)
+        if self.use_fill is not False:
+            around = np.minimum(self.box[i], self.box[j])  # x0, y0, -x1, -y1 of the box around both
+            union = (-around[:, 2] - around[:, 0]) * (-around[:, 3] - around[:, 1])
+            total += _where(self.use_fill, owners, 1.0 - (union - both) / self.area)
+        inv_terms = self.inv_terms if isinstance(self.inv_terms, float) else self.inv_terms[owners]
+        return (-(total * inv_terms)).tolist()
+
+
+def _uniform_or_array(values: list[Any]) -> Any:
+    """The common value of ``values`` when they are all equal, else them as an array."""
+    if values and all(v == values[0] for v in values):
+        return values[0]
+    return np.asarray(values)
+
+
+def _where(use: bool | np.ndarray, owners: np.ndarray, term: np.ndarray) -> np.ndarray:
+    """``term`` where the pair's grouping uses it, else 0.0."""
+    return term if use is True else np.where(use[owners], term, 0.0)  # type: ignore[index]
 
 
 def hierarchical_groupings(graphs: list[RegionGraph], *, image_size: float) -> list[Hierarchy]:
@@ -362,16 +373,19 @@ def hierarchical_groupings(graphs: list[RegionGraph], *, image_size: float) -> l
         One :class:`Hierarchy` per graph, in order, each equal to running it alone.
     """
     hists = [strategy_histograms(g.colour_hist, g.texture_hist, g.strategy) for g in graphs]
+    # the groupings of one histogram width side by side (see _SharedRegions)
+    order = sorted(range(len(graphs)), key=lambda g: 0 if hists[g] is None else hists[g].shape[1])  # type: ignore[union-attr]
+    graphs, hists = [graphs[g] for g in order], [hists[g] for g in order]
     regions = _SharedRegions(graphs, hists, image_size)
     groupings = []
-    for g, hist, base in zip(graphs, hists, regions.bases):
+    for g, hist, base in zip(graphs, hists, regions.bases.tolist()):
         pairs = np.asarray(g.pairs, dtype=np.int64).reshape(-1, 2)
+        boxes = np.asarray(g.boxes, dtype=np.float64).reshape(-1, 4)
         initial = pair_similarities(
-            hist, regions.size[base:], regions.box[base:], pairs[:, 0], pairs[:, 1], g.strategy, regions.area
+            hist, regions.size[base:], boxes, pairs[:, 0], pairs[:, 1], g.strategy, regions.area
         )
         groupings.append(_Grouping(g, initial, base))
 
-    bases = np.asarray(regions.bases, dtype=np.int64)
     active = list(range(len(graphs)))
     while active:
         step = _Step()
@@ -383,33 +397,36 @@ def hierarchical_groupings(graphs: list[RegionGraph], *, image_size: float) -> l
                 continue  # this grouping is done
             still.append(index)
             a, b = pair
+            base = grouping.base
             step.grouping.append(index)
-            step.new.append(grouping.new)
-            step.a.append(a)
-            step.b.append(b)
+            step.new.append(base + grouping.new)
+            step.a.append(base + a)
+            step.b.append(base + b)
             step.neighbours.append(grouping.join_neighbours(a, b))
             grouping.new += 1
         active = still
         if not active:
             break
-        regions.merge(*step.rows(bases))
-        keys = regions.negated_similarities(*step.pairs(bases))
+        regions.merge(step)
+        keys = regions.negated_similarities(*step.pairs(regions.bases))
         start = 0
         for index, new, others in zip(step.grouping, step.new, step.neighbours):
-            heap, end = groupings[index].heap, start + len(others)
-            for entry in zip(keys[start:end], repeat(new), others):
+            heap, end, local = groupings[index].heap, start + len(others), new - groupings[index].base
+            for entry in zip(keys[start:end], repeat(local), others):
                 heapq.heappush(heap, entry)
             start = end
 
-    return [
+    found = [
         Hierarchy(
-            boxes=regions.box[g.base : g.base + g.new].copy(),
+            boxes=regions.boxes(index, g.new),
             merges=np.asarray(g.merges, dtype=np.int64).reshape(-1, 2),
             similarities=np.asarray(g.similarities, dtype=np.float64),
             num_initial=g.n,
         )
-        for g in groupings
+        for index, g in enumerate(groupings)
     ]
+    position = {g: p for p, g in enumerate(order)}
+    return [found[position[g]] for g in range(len(found))]
 
 
 def hierarchical_grouping(
