@@ -17,8 +17,9 @@ averages the terms it uses (the order of merges only depends on their sum).
 Grouping repeatedly merges the most similar adjacent pair: the merged histograms
 are the size-weighted averages of the parts (exactly the histogram of the union),
 its box is the union box, and its similarities to its neighbours are computed
-anew. A max-heap with lazy deletion holds the candidate pairs; entries that
-mention a region already merged are dropped when they surface.
+anew. A heap with lazy deletion holds every live region's best pair (most
+similar; ties go to the smaller indices); entries that mention a region already
+merged are dropped when they surface.
 
 Selective search runs a dozen groupings per image (colour spaces x ``k`` x
 strategies), each a few hundred merges of a few neighbours, too small for numpy
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -196,10 +197,20 @@ class RegionGraph:
     texture_hist: np.ndarray | None = None
 
 
-class _Grouping:
-    """The Python side of one grouping: its heap of candidate pairs, live regions and neighbour sets.
+#: The best pair of a region without neighbours (never in a heap).
+_NO_PAIR: tuple[float, int, int] = (float("inf"), -1, -1)
 
-    Its region ``i`` is row ``base + i`` of the :class:`_SharedRegions`.
+
+class _Grouping:
+    """The Python side of one grouping: its live regions, their pairs and a heap of candidate pairs.
+
+    Its region ``i`` is row ``base + i`` of the :class:`_SharedRegions`. A pair is
+    keyed ``(-similarity, i, j)`` (``i, j`` as the pair was made: the new region
+    first), and the heap's order on keys is the grouping's order of merges. The
+    heap holds, for every live region, the smallest key of its pairs (its best
+    pair), pushed when it became the best; entries of merged regions are dropped
+    when they surface. Every live pair's key is at least its regions' best key,
+    so the first entry of two live regions is the next merge.
     """
 
     def __init__(self, graph: RegionGraph, initial: np.ndarray, base: int) -> None:
@@ -207,15 +218,15 @@ class _Grouping:
         m = max(2 * n - 1, 0)
         self.n, self.new, self.base = n, n, base
         pairs = np.asarray(graph.pairs, dtype=np.int64).reshape(-1, 2)
-        # max-heap of (-similarity, i, j): ties go to the smaller indices
-        self.heap = list(zip((-initial).tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        self.pairs: list[dict[int, tuple[float, int, int]]] = [{} for _ in range(m)]
+        for key in zip((-initial).tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist()):
+            self.pairs[key[1]][key[2]] = key
+            self.pairs[key[2]][key[1]] = key
+        self.best = [min(d.values()) if d else _NO_PAIR for d in self.pairs]
+        self.heap = [key for key in self.best if key is not _NO_PAIR]
         heapq.heapify(self.heap)
         self.alive = bytearray(m)
         self.alive[:n] = b"\x01" * n
-        self.neighbours: list[set[int]] = [set() for _ in range(m)]
-        for a, b in pairs.tolist():
-            self.neighbours[a].add(b)
-            self.neighbours[b].add(a)
         self.merges: list[tuple[int, int]] = []
         self.similarities: list[float] = []
 
@@ -223,7 +234,7 @@ class _Grouping:
         """The most similar pair of live regions, recorded as the next merge; ``None`` when none is left."""
         heap, alive = self.heap, self.alive
         if self.new == len(alive):
-            return None  # one region is left: every pair still in the heap is stale
+            return None  # one region is left
         while heap:
             neg_sim, a, b = heapq.heappop(heap)
             if alive[a] and alive[b]:
@@ -232,22 +243,42 @@ class _Grouping:
                 self.merges.append((a, b))
                 self.similarities.append(-neg_sim)
                 return a, b
-        return None  # only stale pairs were left: one of the two was merged already
+        return None  # no pair of live regions is left
 
     def join_neighbours(self, a: int, b: int) -> list[int]:
-        """Give region ``new`` the neighbours of ``a`` and ``b``; returns them."""
-        neighbours, new = self.neighbours, self.new
-        around = neighbours[a] | neighbours[b]
+        """The neighbours of ``a`` and ``b``, to become those of region ``new``."""
+        around = self.pairs[a].keys() | self.pairs[b].keys()
         around.discard(a)
         around.discard(b)
-        neighbours[a] = neighbours[b] = set()
-        neighbours[new] = around
-        for r in around:
-            ring = neighbours[r]
-            ring.discard(a)
-            ring.discard(b)
-            ring.add(new)
         return list(around)
+
+    def add_pairs(self, new: int, others: list[int], negated: list[float]) -> None:
+        """Give region ``new`` (of the last merge) its pairs with ``others``, keyed ``-similarity`` ``negated``."""
+        a, b = self.merges[-1]
+        pairs, best, heap = self.pairs, self.best, self.heap
+        pairs[a] = pairs[b] = {}
+        mine = pairs[new]
+        push = heapq.heappush
+        gone = {a, b}
+        for r, neg in zip(others, negated):
+            key = (neg, new, r)
+            mine[r] = key
+            ring = pairs[r]
+            if a in ring:
+                del ring[a]
+            if b in ring:
+                del ring[b]
+            ring[new] = key
+            _, i, j = current = best[r]
+            if i in gone or j in gone:  # its best pair is gone
+                best[r] = current = min(ring.values())
+                push(heap, current)
+            elif key < current:
+                best[r] = key
+                push(heap, key)
+        if mine:
+            best[new] = current = min(mine.values())
+            push(heap, current)
 
 
 class _Step:
@@ -411,9 +442,8 @@ def hierarchical_groupings(graphs: list[RegionGraph], *, image_size: float) -> l
         keys = regions.negated_similarities(*step.pairs(regions.bases))
         start = 0
         for index, new, others in zip(step.grouping, step.new, step.neighbours):
-            heap, end, local = groupings[index].heap, start + len(others), new - groupings[index].base
-            for entry in zip(keys[start:end], repeat(local), others):
-                heapq.heappush(heap, entry)
+            grouping, end = groupings[index], start + len(others)
+            grouping.add_pairs(new - grouping.base, others, keys[start:end])
             start = end
 
     found = [
