@@ -60,11 +60,28 @@ class Detector(nn.Module):
         self.backbone = backbone
         self.neck = neck
         self.postprocess = postprocess
+        #: run the backbone and neck on channels-last tensors (see :meth:`use_channels_last`)
+        self.channels_last = False
+
+    def use_channels_last(self, enabled: bool = True) -> Detector:
+        """Store the convolution weights and the image batch channels-last (NHWC).
+
+        oneDNN's CPU convolutions and cuDNN's tensor-core ones run faster on NHWC; the
+        outputs are the same up to float rounding. Returns the detector.
+        """
+        self.channels_last = enabled
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+        return self
 
     def extract_features(self, tensor: Tensor) -> FeatureMaps | None:
         """Backbone (then neck) features of a padded batch ``(N, 3, Hp, Wp)``; ``None`` without a backbone."""
         if self.backbone is None:
             return None
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
         features = self.backbone(tensor)
         return self.neck(features) if self.neck is not None else features
 

@@ -158,3 +158,23 @@ def test_post_processing_is_a_component_a_config_selects():
     assert [len(d) for d in detections] == [1, 1]
     default = build_detector(_shapes(), registry, num_classes=4)
     assert type(default.postprocess) is DetectionPostProcess  # model.postprocess.name defaults to nms
+
+
+@pytest.mark.parametrize("recipe", ["shapes_faster_rcnn.yaml", "shapes_mask_rcnn.yaml", "shapes_ssd.yaml"])
+def test_channels_last_computes_the_same_features_and_detections(recipe):
+    """Oracle: the same detector on NCHW tensors; NHWC only reorders the float rounding."""
+    model = _build(recipe).eval()
+    images = [torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.no_grad():
+        batch = model.preprocess(images, None)[0].tensor
+        nchw = model.extract_features(batch)
+        dets_nchw = model(images)[0]
+        model.use_channels_last()
+        nhwc = model.extract_features(batch)
+        dets_nhwc = model(images)[0]
+    for name, value in nchw.maps.items():
+        assert nhwc.maps[name].is_contiguous(memory_format=torch.channels_last), name
+        torch.testing.assert_close(nhwc.maps[name], value, rtol=1e-4, atol=1e-4 * float(value.abs().max()))
+    for a, b in zip(dets_nchw, dets_nhwc, strict=True):
+        assert len(a) == len(b)
+        torch.testing.assert_close(b.boxes, a.boxes, rtol=0, atol=0.05)

@@ -12,6 +12,8 @@ eval -> proposals, import -> eval and detect, classify train -> eval -> explain)
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +89,8 @@ PLANS: dict[str, Plan] = {
         extra=["train.max_iters=2", "train.batch_size=1", "eval.max_images=2", "model.preprocess.min_size=[320]",
                "model.preprocess.max_size=320"]
     ),
+    "torchrun --nproc_per_node=2 -m detkit train configs/shapes_faster_rcnn.yaml --device cpu "
+    "output.dir=runs/shapes-ddp": Plan(extra=TINY_DEMO),
     "torchrun --nproc_per_node=8 -m detkit train configs/bccd_faster_rcnn.yaml train.precision=bf16 "
     "output.dir=runs/bccd-8gpu": Plan(skip="needs 8 GPUs (the same path runs above with --nproc 2 on the CPU)"),
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=node0.example.org:29500 "
@@ -186,12 +190,17 @@ def test_readme_commands_run_in_order(
                 _torchvision_download_stand_in(checkout / name)
         argv = [*words[1:], *plan.extra, "-q"]
         start = time.monotonic()
-        code = main(argv)
-        captured = capsys.readouterr()
+        if words[0] == "torchrun":  # PyTorch's launcher starts `python -m detkit` processes
+            launcher = [sys.executable, "-m", "torch.distributed.run"]
+            done = subprocess.run([*launcher, *argv], capture_output=True, text=True, timeout=600)
+            code, out, err = done.returncode, done.stdout, done.stderr
+        else:
+            code = main(argv)
+            out, err = capsys.readouterr()
         timings.append(f"{time.monotonic() - start:6.1f} s  {key(command)}")
         assert code == 0, (
             f"README command failed (exit {code}): {command}\nran: detkit {' '.join(argv)}\n"
-            f"--- stdout\n{captured.out[-3000:]}\n--- stderr\n{captured.err[-3000:]}"
+            f"--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}"
         )
     with capsys.disabled():
         print("\nREADME commands:\n" + "\n".join(timings))

@@ -124,8 +124,8 @@ def roi_align(
         )
     out_h, out_w = _pair(output_size)
     rois = boxes if isinstance(boxes, Tensor) else boxes_to_rois(boxes)
-    return _ParallelRoIAlign.apply(
-        features, rois.contiguous(), float(spatial_scale), out_h, out_w, int(sampling_ratio), bool(aligned)
+    return _ParallelRoIAlign.apply(  # one NCHW copy of channels-last features, not one per chunk
+        features.contiguous(), rois.contiguous(), float(spatial_scale), out_h, out_w, int(sampling_ratio), bool(aligned)
     )
 
 
