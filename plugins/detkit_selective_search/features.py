@@ -143,18 +143,6 @@ def texture_codes(image: np.ndarray, *, sigma: float = 1.0) -> TextureCodes:
     return TextureCodes(pixel=np.concatenate(pixels), code=np.concatenate(codes), num_channels=c)
 
 
-def texture_codes_reference(image: np.ndarray, *, sigma: float = 1.0) -> TextureCodes:
-    """:func:`texture_codes` computed from the full :func:`oriented_responses` array (slow; for tests)."""
-    responses = oriented_responses(image, sigma=sigma)
-    h, w, c, o = responses.shape
-    flat = responses.reshape(h * w, c * o)  # (H*W, C*O)
-    scale = texture_bin_scales(flat.max(axis=0))
-    bins = np.minimum((flat * scale).astype(np.int32), TEXTURE_BINS - 1)  # (H*W, C*O)
-    pixel, channel_orientation = np.nonzero(bins)
-    code = channel_orientation * TEXTURE_BINS + bins[pixel, channel_orientation]
-    return TextureCodes(pixel=pixel.astype(np.int64), code=code.astype(np.int64), num_channels=c)
-
-
 def region_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     """``(n,)`` int64 pixel count of each label."""
     return np.bincount(labels.ravel(), minlength=n).astype(np.int64)
