@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         detkit detect --weights coco.pt --out runs/detect_coco '../shared/data/tiny_coco/val2017/*.jpg' \\
             ../shared/data/balloon/val/24631331976_defa3bb61f_k.jpg --score-thresh 0.7
         detkit detect --weights coco.pt --out runs/detect_bf16 --precision bf16 ../shared/data/tiny_coco/val2017/
+        detkit detect --weights coco.pt --out runs/detect_coco --resume --batch-size 2 ../shared/data/tiny_coco/val2017/
     """,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
@@ -129,7 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="config applied over the checkpoint's (optional)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.5, help="drop detections below (default 0.5)")
-    p.add_argument("--no-draw", action="store_true", help="write detections.json only")
+    p.add_argument("--no-draw", action="store_true", help="write detections.json(l) only")
+    p.add_argument(
+        "--batch-size", type=int, default=None, metavar="N",
+        help="images per model call (default: 4 on a CPU, 8 on CUDA)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="processes that decode images (default: min(4, CPU count); 0 decodes in this one)",
+    )
+    p.add_argument(
+        "--resume", action="store_true",
+        help="keep the images already in OUT/detections.jsonl (a stopped run) and detect the rest "
+        "(default: the file starts afresh)",
+    )
     _add_precision(p)
     add_common(p)
     p.set_defaults(func=cmd_detect)
@@ -401,34 +415,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from detkit.data.images import find_images
     from detkit.engine.build import load_model
-    from detkit.engine.predict import detect_files
+    from detkit.engine.predict import ImageFiles, detect_files
 
     _check_device_flag(args)
     _check_precision_flag(args)
-    files = find_images(args.inputs)
+    _check_detect_counts(args)
+    source = ImageFiles.find(args.inputs)
     loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
     device = _checkpoint_device(args, loaded.config)
     precision = _precision(args, device)
     report = detect_files(
         loaded.model.to(device),
-        files,
+        source,
         args.out,
         class_names=loaded.class_names,
         score_thresh=args.score_thresh,
         draw=not args.no_draw,
         precision=precision,
         progress=not args.quiet,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        resume=args.resume,
     )
     for _, why in report.failed:  # each message names its file
         print(f"detkit: warning: skipped: {why}", file=sys.stderr)
-    skipped = f" ({len(report.failed)} skipped)" if report.failed else ""
-    print(f"{report.num_images} images{skipped}, {report.num_detections} detections -> {report.json_path}")
+    for _, why in report.not_drawn:
+        print(f"detkit: warning: not drawn: {why}", file=sys.stderr)
+    notes = [f"{len(report.failed)} skipped"] if report.failed else []
+    if args.resume:
+        notes.append(f"{report.resumed} already done")
+    counts = f"{report.num_images} images" + (f" ({', '.join(notes)})" if notes else "")
+    print(f"{counts}, {report.num_detections} detections -> {report.json_path}")
     note = report.empty_note()
     if note:
         print(f"{note}; a lower --score-thresh shows weaker detections")
-    return 1 if report.failed and len(report.failed) == len(files) else 0
+    return 1 if report.failed and len(report.failed) == len(source) else 0
+
+
+def _check_detect_counts(args: argparse.Namespace) -> None:
+    """Fail on ``--batch-size`` below 1 or ``--workers`` below 0 before reading any file."""
+    from detkit.errors import ConfigError
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be at least 0, got {args.workers}")
 
 
 def _min_max_size(text: str) -> tuple[int, int | None]:

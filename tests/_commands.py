@@ -130,7 +130,7 @@ def read(args: argparse.Namespace) -> list[str]:
             paths.append(value)
     if getattr(args, "config", None):
         paths.append(args.config)
-    if getattr(args, "resume", None):
+    if isinstance(getattr(args, "resume", None), str):  # train's run folder (detect's --resume is a switch)
         paths.append(args.resume)
     if getattr(args, "data", None) not in (None, "digits"):
         paths.append(args.data)

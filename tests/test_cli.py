@@ -90,6 +90,11 @@ def test_detect_survives_bad_and_unusual_images(small_checkpoint, tmp_path, caps
     assert {"file_name", "category", "bbox", "score"} <= set(records[0])
     tiny = [r for r in records if r["file_name"].endswith("tiny.png")]
     assert all(r["bbox"][0] + r["bbox"][2] <= 1.0 + 1e-6 for r in tiny)
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    names = ["color.jpg", "deep.png", "gray.png", "rgba.png", "tiny.png"]  # one line per readable image
+    assert sorted(Path(line["file_name"]).name for line in lines) == names
+    assert records == [r for name in names for line in lines if line["file_name"].endswith(name)
+                       for r in line["detections"]]
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
