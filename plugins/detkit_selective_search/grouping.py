@@ -305,8 +305,9 @@ class _SharedRegions:
 
     Region ``i`` of grouping ``g`` is row ``bases[g] + i``. The groupings come in
     order of histogram width, so those of one width own a block of consecutive rows,
-    ``first_row`` of the block being row 0 of that width's histogram array. A box is
-    kept as ``x0, y0, -x1, -y1``: the box around two is their elementwise minimum.
+    the block's first row being row 0 of that width's histogram array (``blocks``).
+    A box is kept as ``x0, y0, -x1, -y1``: the box around two is their elementwise
+    minimum.
     """
 
     def __init__(self, graphs: list[RegionGraph], hists: list[np.ndarray | None], image_size: float) -> None:
@@ -471,7 +472,9 @@ def hierarchical_grouping(
 ) -> Hierarchy:
     """Greedily merge the most similar adjacent regions until none are left to merge.
 
-    Ties between equal similarities go to the pair of smaller region indices.
+    Ties between equal similarities go to the smaller pair ``(i, j)``, ``i`` the
+    pair's first region: the smaller index of an initial pair, the new region of a
+    merge.
 
     Args:
         sizes: ``(n,)`` pixel counts.

@@ -1,7 +1,7 @@
 """The ``selective_search`` proposer: selective search as a detkit pipeline stage.
 
-Selective search reads raw pixels (no backbone features) and takes about a second
-per photo, so the proposer reads and writes the on-disk
+Selective search reads raw pixels (no backbone features) and takes most of a second
+per photo on one core, so the proposer reads and writes the on-disk
 :class:`detkit_selective_search.cache.ProposalCache`, keyed by each image's content at
 its resized size (:func:`detkit_selective_search.cache.batch_image_key`) and by every
 setting that changes the boxes: training epochs after the first read their
