@@ -10,10 +10,15 @@ from detkit.ops import (
     BoxCoder,
     batched_nms,
     box_area,
+    box_convert,
     box_intersection,
     box_ioa,
     box_iou,
     clip_boxes,
+    complete_box_iou,
+    distance_box_iou,
+    generalized_box_iou,
+    masks_to_boxes,
     nms,
     paired_box_iou,
     remove_small_boxes,
@@ -238,3 +243,180 @@ def test_box_coder_decodes_half_precision_deltas_in_float32(dtype):
     out = coder.decode(deltas, reference)
     assert out.dtype == torch.float32
     assert torch.equal(out, coder.decode(deltas.float(), reference))
+
+
+# Generalized, distance and complete IoU against torchvision.ops on the same boxes.
+
+PAIRWISE = [
+    (generalized_box_iou, torchvision.ops.generalized_box_iou),
+    (distance_box_iou, torchvision.ops.distance_box_iou),
+    (complete_box_iou, torchvision.ops.complete_box_iou),
+]
+PAIRWISE_IDS = ["giou", "diou", "ciou"]
+
+
+def boxes_with_special_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Random boxes where ``(a[i], b[i])`` is identical (0), disjoint (1), nested (2, 4) and enclosing (3)."""
+    a, b = random_boxes(12, 20), random_boxes(9, 21)
+    b[0] = a[0]
+    b[1] = torch.tensor([500.0, 500, 530, 540])
+    b[2] = a[2] + torch.tensor([1.0, 0.5, -0.5, -0.25]) * (a[2, 2:] - a[2, :2]).repeat(2) / 4
+    b[3] = a[3] + torch.tensor([-3.0, -5, 7, 2])
+    centre, half = (a[4, :2] + a[4, 2:]) / 2, (a[4, 2:] - a[4, :2]) / 4
+    b[4] = torch.cat([centre - half, centre + half])  # concentric: no centre distance
+    return a, b
+
+
+@pytest.mark.parametrize(("fn", "reference"), PAIRWISE, ids=PAIRWISE_IDS)
+def test_pairwise_iou_variants_equal_torchvision_with_gradients(fn, reference):
+    a, b = boxes_with_special_pairs()
+    a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    out, expected = fn(a1, b1), reference(a2, b2)
+    assert out.shape == (12, 9) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    weights = torch.rand(12, 9, generator=torch.Generator().manual_seed(22))
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(a1.grad, a2.grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(b1.grad, b2.grad, rtol=0, atol=1e-6)
+    assert out[0, 0].item() == pytest.approx(1.0, abs=1e-6)  # identical boxes
+    assert out[1, 1].item() < 0  # disjoint: GIoU and DIoU penalties make it negative
+    assert 0 < out[2, 2].item() < 1 and 0 < out[3, 3].item() < 1  # nested and enclosing
+
+
+def test_pairwise_iou_variants_hand_computed():
+    a = torch.tensor([[0.0, 0, 10, 10]])
+    b = torch.tensor([[5.0, 0, 15, 10], [20, 0, 30, 10], [0, 0, 10, 20]])
+    # enclosures 15 x 10, 30 x 10, 10 x 20; centre offsets (5, 0), (20, 0), (0, 5)
+    assert generalized_box_iou(a, b)[0].tolist() == pytest.approx([1 / 3, 0 - 100 / 300, 1 / 2])
+    expected_diou = [1 / 3 - 25 / 325, 0 - 400 / 1000, 1 / 2 - 25 / 500]
+    assert distance_box_iou(a, b)[0].tolist() == pytest.approx(expected_diou)
+    # third pair: aspect ratios 1 and 1/2, v = 4 / pi^2 * (pi / 4 - atan(1 / 2))^2, alpha = v / (1 - 1/2 + v)
+    v = 4 / torch.pi**2 * (torch.pi / 4 - torch.atan(torch.tensor(0.5)).item()) ** 2
+    expected_ciou = [*expected_diou[:2], expected_diou[2] - v / (0.5 + v) * v]
+    assert complete_box_iou(a, b)[0].tolist() == pytest.approx(expected_ciou)
+
+
+@pytest.mark.parametrize(("fn", "reference"), PAIRWISE, ids=PAIRWISE_IDS)
+def test_pairwise_iou_variants_of_no_boxes(fn, reference):
+    some = random_boxes(5, 23)
+    for a, b in ((torch.zeros((0, 4)), some), (some, torch.zeros((0, 4))), (torch.zeros((0, 4)), torch.zeros((0, 4)))):
+        assert fn(a, b).shape == reference(a, b).shape == (len(a), len(b))
+
+
+@pytest.mark.parametrize(("fn", "reference"), PAIRWISE, ids=PAIRWISE_IDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_pairwise_iou_variants_of_half_precision_boxes_are_float32(fn, reference, dtype):
+    a, b = random_boxes(20, 24, size=600.0).to(dtype), random_boxes(15, 25, size=600.0).to(dtype)
+    out = fn(a, b)
+    assert out.dtype == reference(a, b).dtype == torch.float32
+    assert torch.equal(out, fn(a.float(), b.float()))
+    # torchvision subtracts corners in float16/bfloat16 before upcasting
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(out, reference(a, b), rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("fn", [generalized_box_iou, distance_box_iou, complete_box_iou], ids=PAIRWISE_IDS)
+def test_pairwise_iou_variants_of_integer_boxes_equal_float_boxes(fn):
+    a, b = exactly_representable_boxes(10, 26, torch.int64), exactly_representable_boxes(8, 27, torch.int64)
+    assert torch.equal(fn(a, b), fn(a.float(), b.float()))
+
+
+def test_generalized_box_iou_gradcheck_float64():
+    a, b = random_boxes(4, 28).double().requires_grad_(), random_boxes(3, 29).double().requires_grad_()
+    assert torch.autograd.gradcheck(generalized_box_iou, (a, b))
+    assert torch.autograd.gradcheck(distance_box_iou, (a, b))
+
+
+# box_convert and masks_to_boxes against torchvision.ops.
+
+FORMATS = ["xyxy", "xywh", "cxcywh"]
+
+
+@pytest.mark.parametrize(("in_fmt", "out_fmt"), list(itertools.product(FORMATS, FORMATS)))
+def test_box_convert_equals_torchvision(in_fmt, out_fmt):
+    boxes = random_boxes(30, 30)
+    out = box_convert(boxes, in_fmt, out_fmt)
+    torch.testing.assert_close(out, torchvision.ops.box_convert(boxes, in_fmt, out_fmt), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(box_convert(out, out_fmt, in_fmt), boxes, rtol=1e-6, atol=1e-5)  # round trip
+    wide = boxes.double()
+    torch.testing.assert_close(box_convert(wide, in_fmt, out_fmt), torchvision.ops.box_convert(wide, in_fmt, out_fmt))
+    ints = exactly_representable_boxes(30, 31, torch.int64)
+    out_int, expected_int = box_convert(ints, in_fmt, out_fmt), torchvision.ops.box_convert(ints, in_fmt, out_fmt)
+    assert out_int.dtype == expected_int.dtype
+    assert torch.equal(out_int, expected_int)
+
+
+def test_box_convert_hand_computed_and_batched():
+    xyxy = torch.tensor([[10.0, 20, 30, 60]])
+    assert box_convert(xyxy, "xyxy", "xywh").tolist() == [[10, 20, 20, 40]]
+    assert box_convert(xyxy, "xyxy", "cxcywh").tolist() == [[20, 40, 20, 40]]
+    assert box_convert(torch.tensor([[20.0, 40, 20, 40]]), "cxcywh", "xywh").tolist() == [[10, 20, 20, 40]]
+    batched = random_boxes(6, 32).view(2, 3, 4)
+    assert torch.equal(
+        box_convert(batched, "xyxy", "cxcywh").view(6, 4), box_convert(batched.view(6, 4), "xyxy", "cxcywh")
+    )
+    assert box_convert(torch.zeros((0, 4)), "xywh", "xyxy").shape == (0, 4)
+    same = box_convert(xyxy, "xyxy", "xyxy")
+    same[0, 0] = -1.0
+    assert xyxy[0, 0].item() == 10.0  # equal formats give a copy
+
+
+@pytest.mark.parametrize(("in_fmt", "out_fmt"), list(itertools.product(FORMATS, FORMATS)))
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_box_convert_half_precision_is_rounded_once(in_fmt, out_fmt, dtype):
+    boxes = random_boxes(30, 33, size=600.0).to(dtype)
+    out = box_convert(boxes, in_fmt, out_fmt)
+    assert out.dtype == torchvision.ops.box_convert(boxes, in_fmt, out_fmt).dtype == dtype
+    assert torch.equal(out, box_convert(boxes.double(), in_fmt, out_fmt).to(dtype))
+    torch.testing.assert_close(out, torchvision.ops.box_convert(boxes, in_fmt, out_fmt))
+
+
+@pytest.mark.parametrize(("in_fmt", "out_fmt"), [("xyhw", "xyxy"), ("xyxy", "XYXY"), ("cxcywh", "")])
+def test_box_convert_unknown_format_is_a_value_error_naming_it(in_fmt, out_fmt):
+    bad = in_fmt if in_fmt not in FORMATS else out_fmt
+    with pytest.raises(ValueError, match=f"'{bad}'") as error:
+        box_convert(random_boxes(2, 34), in_fmt, out_fmt)
+    assert all(repr(name) in str(error.value) for name in FORMATS)
+
+
+def hand_made_masks(dtype: torch.dtype) -> tuple[torch.Tensor, list[list[float]]]:
+    masks = torch.zeros(5, 6, 8)
+    masks[0, 2, 5] = 1  # one pixel
+    masks[1, 1:4, 2:7] = 1  # rows 1..3, columns 2..6
+    masks[2, 0, 7] = masks[2, 5, 0] = 1  # two far corners
+    masks[4] = 1  # full
+    expected = [[5, 2, 5, 2], [2, 1, 6, 3], [0, 0, 7, 5], [0, 0, 0, 0], [0, 0, 7, 5]]
+    return masks.to(dtype), expected
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.float16, torch.float32, torch.float64], ids=str)
+def test_masks_to_boxes_hand_made_masks_and_torchvision(dtype):
+    masks, expected = hand_made_masks(dtype)
+    boxes = masks_to_boxes(masks)
+    assert boxes.dtype == torch.float32
+    assert boxes.tolist() == expected  # mask 3 is empty: zeros
+    assert torch.equal(boxes, torchvision.ops.masks_to_boxes(masks))
+
+
+def test_masks_to_boxes_counts_any_nonzero_value():
+    masks = torch.zeros(1, 4, 4)
+    masks[0, 1, 1], masks[0, 2, 3] = 0.5, -1.0
+    assert masks_to_boxes(masks).tolist() == [[1, 1, 3, 2]] == torchvision.ops.masks_to_boxes(masks).tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masks_to_boxes_random_masks_equal_torchvision(seed):
+    g = torch.Generator().manual_seed(seed)
+    density = torch.rand(30, 1, 1, generator=g) * 0.05
+    masks = torch.rand(30, 15, 17, generator=g) < density  # sparse; some masks empty
+    assert (~masks.flatten(1).any(dim=1)).any()
+    assert torch.equal(masks_to_boxes(masks), torchvision.ops.masks_to_boxes(masks))
+
+
+def test_masks_to_boxes_of_no_masks_and_zero_size_masks():
+    assert masks_to_boxes(torch.zeros((0, 6, 8), dtype=torch.bool)).shape == (0, 4)
+    # H or W zero: every mask is empty, so (N, 4) zeros (torchvision returns (0, 4) here)
+    assert masks_to_boxes(torch.zeros((3, 0, 8), dtype=torch.bool)).tolist() == [[0, 0, 0, 0]] * 3
+    assert masks_to_boxes(torch.zeros((2, 5, 0))).tolist() == [[0, 0, 0, 0]] * 2
