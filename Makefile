@@ -35,8 +35,14 @@ pytest: venv
 
 test: lint typecheck pytest
 
+# Speed against torchvision on the same weights (figures in runs/bench/*.json; see README "Speed")
 bench: venv
-	$(BIN)/python tools/benchmark.py
+	mkdir -p runs/bench
+	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --out runs/bench/faster_rcnn.json
+	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --channels-last \
+		--out runs/bench/faster_rcnn_channels_last.json
+	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --train --out runs/bench/faster_rcnn_train.json
+	$(BIN)/detkit benchmark ssd300_vgg16 --against torchvision --threads 2 --out runs/bench/ssd300.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

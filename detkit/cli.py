@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the images that can be read and list the others in metrics.json (default: stop and name them)",
     )
     _add_precision(p)
+    _add_speed_flags(p)
     add_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the file starts afresh)",
     )
     _add_precision(p)
+    _add_speed_flags(p)
     add_common(p)
     p.set_defaults(func=cmd_detect)
 
@@ -191,6 +193,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subparser(
         sub,
+        "benchmark",
+        "Time a detector, alone or against torchvision's twin on the same weights.",
+        """
+        detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --channels-last
+        detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --train --out bench_train.json
+        detkit benchmark ssd300_vgg16 --against torchvision --threads 2
+        detkit benchmark detkit:bccd_faster_rcnn.yaml --batch-size 4 --compile
+        detkit benchmark runs/bccd/best.pt --device cuda --batch-size 8 --precision bf16
+    """,
+    )
+    p.add_argument(
+        "model",
+        help="a torchvision model name (random weights; see `detkit import-torchvision --list`), "
+        "a config or recipe (random weights), or a detkit checkpoint (.pt)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p.add_argument(
+        "--against", default=None, choices=["torchvision"],
+        help="also time torchvision's model on the same weights, check the two agree, report the speed-up",
+    )
+    p.add_argument("--train", action="store_true", help="time training steps (forward, backward, SGD) instead")
+    p.add_argument(
+        "--batch-size", type=int, default=None,
+        help="images per call (default 1; 2 with --train)",
+    )
+    _add_precision(p)
+    _add_speed_flags(p)
+    p.add_argument(
+        "--images", nargs="+", default=(), metavar="PATH", help="image files or folders (default: tiny_coco photos)"
+    )
+    p.add_argument("--runs", type=int, default=7, help="timed calls per model (default 7; the median counts)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per model first (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classes of a config's model (default: its own, else 80)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and batches (default 0)")
+    p.add_argument("--out", default=None, metavar="JSON", help="also write the figures to this file")
+    add_common(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    p = subparser(
+        sub,
         "import-torchvision",
         "Convert a torchvision detection state dict to a detkit checkpoint.",
         """
@@ -232,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SPLIT_HELP = "ImageSets/Main split of a VOC folder (default: test), or split of a YOLO data.yaml (default: val)"
+
+
+def _add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """``--channels-last`` and ``--compile``: opt-in inference speed-ups (also ``model.channels_last``, ``model.compile``)."""
+    parser.add_argument(
+        "--channels-last", action="store_true",
+        help="run the convolutions on NHWC tensors (faster on CPUs and tensor cores; boxes move by float rounding)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the backbone and neck (the first image of each size compiles, tens of seconds)",
+    )
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:
@@ -385,7 +442,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_device_flag(args)
     _check_precision_flag(args)
     loaded, plugins = load_model(
-        args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins
+        args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins,
+        channels_last=args.channels_last, compile=args.compile,
     )
     device = _checkpoint_device(args, loaded.config)
     precision = _precision(args, device)
@@ -422,7 +480,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     _check_precision_flag(args)
     _check_detect_counts(args)
     source = ImageFiles.find(args.inputs)
-    loaded, _ = load_model(args.weights, config_path=args.config, cli_plugins=args.plugins)
+    loaded, _ = load_model(
+        args.weights, config_path=args.config, cli_plugins=args.plugins,
+        channels_last=args.channels_last, compile=args.compile,
+    )
     device = _checkpoint_device(args, loaded.config)
     precision = _precision(args, device)
     report = detect_files(
@@ -521,6 +582,41 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         f"{report['dataset']['num_images']} images ({len(bad)} skipped), {report['dataset']['num_objects']} objects; "
         f"wrote {out / 'proposals.json'} and {out / 'recall.png'}"
     )
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from detkit.device import DEVICE_FLAG, resolve_device
+    from detkit.engine.benchmark import Setup, agreement_failure, data_root, format_results, run_benchmark
+    from detkit.errors import ConfigError
+    from detkit.io import write_json
+
+    _check_precision_flag(args)
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--runs", args.runs, 1),
+                                 ("--warmup", args.warmup, 0), ("--threads", args.threads, 1),
+                                 ("--num-classes", args.num_classes, 1)):
+        if value is not None and value < minimum:
+            raise ConfigError(f"{flag} must be at least {minimum}, got {value}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device or "cpu", source=DEVICE_FLAG)
+    setup = Setup(
+        model=args.model, overrides=args.overrides, device=device, batch_size=args.batch_size,
+        precision=_precision(args, device), compile=args.compile, channels_last=args.channels_last,
+        train=args.train, against=args.against, images=args.images, runs=args.runs, warmup=args.warmup,
+        seed=args.seed, num_classes=args.num_classes, cli_plugins=args.plugins,
+    )
+    report = run_benchmark(setup, data_root=data_root())
+    print(format_results(report))
+    if args.out:
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
+    failure = agreement_failure(report)
+    if failure:
+        print(f"detkit: error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -55,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
         "type": "two_stage",
         "num_classes": None,
         "class_names": None,
+        # inference speed (detect, eval, benchmark): NHWC convolutions; torch.compile of backbone and neck
+        "channels_last": False,
+        "compile": False,
         "preprocess": {
             "min_size": 800,
             "max_size": 1333,

@@ -22,6 +22,7 @@ from detkit.cli import main
 from detkit.config import load_config
 from detkit.detectors import build_detector
 from detkit.device import autocast
+from detkit.engine.build import build_dataset
 from detkit.engine.checkpoint import save_checkpoint
 from detkit.importers import CONFIG_DIR
 from detkit.ops import box_iou
@@ -178,6 +179,7 @@ def small_checkpoint(tmp_path_factory) -> Path:
     model = build_detector(config, load_plugins().registry, num_classes=len(CLASSES))
     path = folder / "model.pt"
     save_checkpoint(path, model=model, config=config, class_names=CLASSES)
+    build_dataset(config, "val", load_plugins())  # generates the two images, whichever test runs first
     return path
 
 
@@ -222,4 +224,4 @@ def test_benchmark_refuses_an_unknown_precision_in_one_line():
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("benchmark.py: error: --precision ")
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("detkit: error: --precision ")

@@ -149,6 +149,7 @@ def load_model(
     cli_plugins: Sequence[str] = (),
     fold_norms: bool = True,
     channels_last: bool = False,
+    compile: bool = False,
 ) -> tuple[LoadedModel, Plugins]:
     """Rebuild a detector from a detkit checkpoint, ready for inference.
 
@@ -159,6 +160,9 @@ def load_model(
     ``channels_last`` the convolutions run on NHWC tensors
     (:meth:`detkit.detectors.Detector.use_channels_last`): faster on the CPU, but its
     rounding moves boxes by up to ~0.012 px against the NCHW path, so it is opt-in.
+    With ``compile`` the backbone and neck go through ``torch.compile``
+    (:meth:`detkit.detectors.Detector.compile_trunk`; the first call compiles). The
+    config's ``model.channels_last`` and ``model.compile`` turn either on as well.
     """
     checkpoint = load_checkpoint(weights)
     config = merge(DEFAULTS, checkpoint["config"])  # keys added since the checkpoint was written
@@ -176,6 +180,9 @@ def load_model(
     load_state(model, checkpoint["model"], path=weights)
     if fold_norms:
         fold_frozen_batchnorm(model)
-    if channels_last and isinstance(model, Detector):
-        model.use_channels_last()
+    if isinstance(model, Detector):
+        if channels_last or config["model"].get("channels_last"):
+            model.use_channels_last()
+        if compile or config["model"].get("compile"):
+            model.compile_trunk()
     return LoadedModel(model.eval(), config, class_names), plugins
