@@ -280,7 +280,7 @@ _SPLIT_HELP = "ImageSets/Main split of a VOC folder (default: test), or split of
 
 
 def _add_speed_flags(parser: argparse.ArgumentParser) -> None:
-    """``--channels-last`` and ``--compile``: opt-in inference speed-ups (also ``model.channels_last``, ``model.compile``)."""
+    """``--channels-last`` and ``--compile``, opt-in speed-ups (config: ``model.channels_last``, ``model.compile``)."""
     parser.add_argument(
         "--channels-last", action="store_true",
         help="run the convolutions on NHWC tensors (faster on CPUs and tensor cores; boxes move by float rounding)",
