@@ -134,17 +134,59 @@ def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, i
     return boxes * ratios
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, *, max_kept: int | None = None
+) -> Tensor:
     """Non-maximum suppression within each group (class or level).
 
-    Returns the kept indices sorted by decreasing score. Uses torchvision's
-    compiled NMS; callers cap the number of candidates first (NMS is quadratic).
+    Returns the kept indices sorted by decreasing score, the first ``max_kept`` of
+    them when given. Uses torchvision's compiled NMS (:func:`torchvision.ops.batched_nms`);
+    NMS is quadratic, so callers cap the number of candidates first.
     float16/bfloat16 boxes and scores are upcast to float32: torchvision has no CPU
     kernel for them, and its per-group box offsets would not fit their precision.
+
+    With ``max_kept`` the search runs on growing prefixes of the candidates in score
+    order and stops once a prefix keeps ``max_kept`` boxes. The result is exact: in
+    greedy NMS a box is suppressed only by higher-scored boxes of its group, all of
+    which are in any prefix that holds it (ties with the prefix's lowest score are
+    taken in whole), so a prefix keeps exactly the boxes the full run keeps among
+    them. A post-process keeping 100 of 90,000 candidates then runs NMS on a few
+    hundred.
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    return torchvision.ops.batched_nms(at_least_float32(boxes), at_least_float32(scores), groups, iou_threshold)
+    boxes, scores = at_least_float32(boxes), at_least_float32(scores)
+    if max_kept is None or len(scores) <= _PREFIX_GROWTH * max_kept:
+        keep = torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)
+        return keep if max_kept is None else keep[:max_kept]
+    order = scores.argsort(descending=True)
+    size = _PREFIX_GROWTH * max(max_kept, 1)
+    while True:
+        lowest = scores[order[size - 1]]
+        size = int((scores >= lowest).sum())  # every tie of the lowest score, not some of them
+        prefix = order[:size]
+        keep = prefix[_nms_per_group(boxes[prefix], scores[prefix], groups[prefix], iou_threshold)]
+        if len(keep) >= max_kept or size == len(order):
+            return keep[:max_kept]
+        size = min(size * _PREFIX_GROWTH, len(order))
+
+
+#: How much larger than ``max_kept`` the first prefix of :func:`batched_nms` is, and how fast it grows.
+_PREFIX_GROWTH = 4
+
+
+def _nms_per_group(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """NMS of each group on its own (no coordinate offsets), kept indices by decreasing score.
+
+    The arithmetic of torchvision's :func:`~torchvision.ops.batched_nms` on large
+    inputs, so that a prefix of the candidates gives bit-identical IoUs to the full run.
+    """
+    kept = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    for group in torch.unique(groups):
+        members = torch.where(groups == group)[0]
+        kept[members[torchvision.ops.nms(boxes[members], scores[members], iou_threshold)]] = True
+    keep = torch.where(kept)[0]
+    return keep[scores[keep].sort(descending=True)[1]]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

@@ -101,8 +101,8 @@ class DetectionPostProcess(PostProcess):
             dets = dets[remove_small_boxes(dets.boxes, self.min_box_size)]
         if self.pre_nms_top_k and len(dets) > self.pre_nms_top_k:
             dets = dets[dets.scores.topk(self.pre_nms_top_k).indices]
-        keep = batched_nms(dets.boxes, dets.scores, dets.labels, self.nms_thresh)
-        return dets[keep[: self.detections_per_img]]
+        keep = batched_nms(dets.boxes, dets.scores, dets.labels, self.nms_thresh, max_kept=self.detections_per_img)
+        return dets[keep]
 
     def _rescale_per_image(self, dets: Detections, size: tuple[int, int], original: tuple[int, int]) -> Detections:
         boxes = scale_boxes(at_least_float32(dets.boxes), size, original)

@@ -420,3 +420,30 @@ def test_masks_to_boxes_of_no_masks_and_zero_size_masks():
     # H or W zero: every mask is empty, so (N, 4) zeros (torchvision returns (0, 4) here)
     assert masks_to_boxes(torch.zeros((3, 0, 8), dtype=torch.bool)).tolist() == [[0, 0, 0, 0]] * 3
     assert masks_to_boxes(torch.zeros((2, 5, 0))).tolist() == [[0, 0, 0, 0]] * 2
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("max_kept", [1, 7, 100, 5000])
+def test_batched_nms_max_kept_is_the_head_of_the_full_run(ties, max_kept):
+    """The score-prefix search gives exactly the first max_kept of a full class-wise NMS."""
+    g = torch.Generator().manual_seed(max_kept)
+    n = 3000
+    xy = torch.rand(n, 2, generator=g) * 300
+    boxes = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 60], dim=1)
+    scores = torch.rand(n, generator=g)
+    if ties:  # many equal scores, also across the prefix boundaries
+        scores = (scores * 20).round() / 20
+    groups = torch.randint(0, 80, (n,), generator=g)
+    full = torchvision.ops.batched_nms(boxes, scores, groups, 0.5)  # 3000 boxes: class by class
+    head = batched_nms(boxes, scores, groups, 0.5, max_kept=max_kept)
+    if ties:  # equal scores may come in any order: compare the kept sets and their score sequence
+        assert torch.equal(scores[head], scores[full[:max_kept]])
+        if max_kept >= len(full):
+            assert set(head.tolist()) == set(full.tolist())
+    else:
+        assert torch.equal(head, full[:max_kept])
+
+
+def test_batched_nms_max_kept_of_nothing_is_empty():
+    empty = torch.zeros((0, 4))
+    assert batched_nms(empty, torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5, max_kept=10).numel() == 0
