@@ -22,6 +22,7 @@ from typing import Any
 
 from detkit.cliutil import add_common, add_global_flags, subparser
 from detkit.errors import EXIT_USER_ERROR, DetkitError
+from detkit.memory import reuse_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-draw", action="store_true", help="write detections.json(l) only")
     p.add_argument(
         "--batch-size", type=int, default=None, metavar="N",
-        help="images per model call (default: 4 on a CPU, 8 on CUDA)",
+        help="images per model call (default: 1 on a CPU, 8 on CUDA)",
     )
     p.add_argument(
         "--workers", type=int, default=None, metavar="N",
@@ -441,6 +442,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_device_flag(args)
     _check_precision_flag(args)
+    reuse_freed_memory()
     loaded, plugins = load_model(
         args.weights, config_path=args.config, overrides=args.overrides, cli_plugins=args.plugins,
         channels_last=args.channels_last, compile=args.compile,
@@ -480,6 +482,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     _check_precision_flag(args)
     _check_detect_counts(args)
     source = ImageFiles.find(args.inputs)
+    reuse_freed_memory()
     loaded, _ = load_model(
         args.weights, config_path=args.config, cli_plugins=args.plugins,
         channels_last=args.channels_last, compile=args.compile,
@@ -602,6 +605,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device or "cpu", source=DEVICE_FLAG)
+    reuse_freed_memory()
     setup = Setup(
         model=args.model, overrides=args.overrides, device=device, batch_size=args.batch_size,
         precision=_precision(args, device), compile=args.compile, channels_last=args.channels_last,

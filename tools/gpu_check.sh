@@ -24,8 +24,12 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 echo "== CUDA tests"
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/cuda_tests.log" | tail -5
 
-echo "== benchmark (GPU)"
-python3 tools/benchmark.py --device cuda --runs 20 --warmup 3 --json "$out/bench_cuda.json" 2>&1 | tail -6
+echo "== benchmark (GPU): batch 1 and 8, fp32 and bf16, inference and training"
+bench() { python3 -m detkit.cli benchmark fasterrcnn_resnet50_fpn --against torchvision --device cuda "$@" 2>&1 | tail -4; }
+bench --runs 20 --warmup 3 --out "$out/bench_cuda_b1.json"
+bench --runs 10 --warmup 3 --batch-size 8 --channels-last --out "$out/bench_cuda_b8.json"
+bench --runs 10 --warmup 3 --batch-size 8 --channels-last --precision bf16 --out "$out/bench_cuda_b8_bf16.json"
+bench --runs 10 --warmup 3 --batch-size 8 --train --out "$out/bench_cuda_train_b8.json"
 
 echo "== demo on the GPU ($demo_minutes min of training)"
 python3 -m detkit.cli -q demo --out "$out/demo" --device cuda "train.max_minutes=$demo_minutes" data.workers=4 2>&1 | tail -8

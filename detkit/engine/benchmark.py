@@ -48,6 +48,7 @@ from detkit.device import autocast
 from detkit.engine.build import plugins_for
 from detkit.errors import ConfigError
 from detkit.importers import TorchvisionImporter
+from detkit.memory import allocator
 from detkit.plugins import Plugins
 from detkit.structures import Detections, Targets
 
@@ -317,6 +318,7 @@ def run_benchmark(setup: Setup, *, data_root: Path, log: Callable[[str], None] =
         "batch_size": setup.batch,
         "channels_last": setup.channels_last,
         "compile": setup.compile,
+        "allocator": allocator(),
         "runs": setup.runs,
         "warmup": setup.warmup,
         "versions": _versions(),
