@@ -19,7 +19,7 @@ module; nothing inside the pipeline uses dicts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -109,9 +109,15 @@ class FeatureMaps:
         return list(self.maps)
 
     def to(self, device: torch.device | str) -> FeatureMaps:
-        return FeatureMaps(
-            {k: v.to(device) for k, v in self.maps.items()}, dict(self.strides), dict(self.image_scales)
-        )
+        return self.map(lambda v: v.to(device))
+
+    def contiguous(self) -> FeatureMaps:
+        """The maps in NCHW (contiguous) memory order: channels-last maps are copied, others kept."""
+        return self.map(lambda v: v.contiguous())
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> FeatureMaps:
+        """``fn`` applied to every map; strides and image scales kept."""
+        return FeatureMaps({k: fn(v) for k, v in self.maps.items()}, dict(self.strides), dict(self.image_scales))
 
     def image_scale(self, name: str) -> tuple[float, float]:
         """``(sy, sx)`` of map ``name`` (see :attr:`image_scales`)."""

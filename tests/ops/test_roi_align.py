@@ -8,6 +8,10 @@ import torch
 import torchvision
 
 from detkit.ops import roi_align
+from detkit.ops.roi_align import MIN_ROIS_PER_THREAD
+
+#: The threaded path starts at this many regions.
+THREADED_FROM = 2 * MIN_ROIS_PER_THREAD
 
 
 def make_inputs(num_rois: int, dtype: torch.dtype = torch.float32):
@@ -91,7 +95,7 @@ def forward_and_grad(fn, features, boxes, output_size, **kwargs):
 # kernel on its own, so splitting the regions into chunks changes no arithmetic. The
 # feature gradient sums over regions, and the threaded path adds the per-chunk sums in
 # another order: equal up to float32 rounding of sums of a few hundred terms.
-@pytest.mark.parametrize("num_rois", [100, 300])  # below and above 2 * MIN_ROIS_PER_THREAD = 128
+@pytest.mark.parametrize("num_rois", [20, 300])  # below and above 2 * MIN_ROIS_PER_THREAD = 32
 @pytest.mark.parametrize("output_size", [7, (7, 7), (5, 3), [4, 6]])
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
@@ -102,13 +106,13 @@ def test_both_paths_match_torchvision_for_every_argument_form(
     kwargs = {"spatial_scale": 0.25, "sampling_ratio": sampling_ratio, "aligned": aligned}
     out, grad = forward_and_grad(roi_align, features, rois, output_size, **kwargs)
     ref_out, ref_grad = forward_and_grad(torchvision.ops.roi_align, features, rois, output_size, **kwargs)
-    assert threaded_calls == ([num_rois] if num_rois >= 128 else [])
+    assert threaded_calls == ([num_rois] if num_rois >= THREADED_FROM else [])
     assert out.shape == ref_out.shape
     assert torch.equal(out, ref_out)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("num_rois", [100, 300])
+@pytest.mark.parametrize("num_rois", [20, 300])
 @pytest.mark.parametrize("output_size", [7, (5, 3)])
 def test_list_of_per_image_boxes_matches_torchvision(num_rois, output_size, threaded_calls):
     features, rois = make_inputs(num_rois)
@@ -116,7 +120,7 @@ def test_list_of_per_image_boxes_matches_torchvision(num_rois, output_size, thre
     kwargs = {"spatial_scale": 0.25, "sampling_ratio": 2}
     out, grad = forward_and_grad(roi_align, features, boxes, output_size, **kwargs)
     ref_out, ref_grad = forward_and_grad(torchvision.ops.roi_align, features, boxes, output_size, **kwargs)
-    assert threaded_calls == ([num_rois] if num_rois >= 128 else [])
+    assert threaded_calls == ([num_rois] if num_rois >= THREADED_FROM else [])
     assert torch.equal(out, ref_out)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
@@ -129,7 +133,7 @@ def test_list_with_a_wrong_box_shape_is_refused():
 
 @pytest.mark.skipif(not hasattr(torch, "quantize_per_tensor"), reason="this torch has no quantized tensors")
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
-@pytest.mark.parametrize("num_rois", [100, 300])
+@pytest.mark.parametrize("num_rois", [20, 300])
 @pytest.mark.parametrize("output_size", [7, (5, 3)])
 def test_quantized_input_matches_torchvision(num_rois, output_size):
     # torchvision's quantized RoIAlign wants one image and quantized rois of the same dtype
@@ -149,7 +153,7 @@ def test_quantized_input_matches_torchvision(num_rois, output_size):
 # features, rounded once. Without autocast torchvision has no such CPU kernel, and the
 # threaded path's workers would not see the caller's autocast.
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("num_rois", [100, 300])
+@pytest.mark.parametrize("num_rois", [20, 300])
 @pytest.mark.parametrize("under_autocast", [False, True])
 def test_half_precision_features_pool_in_float32(dtype, num_rois, under_autocast, threaded_calls):
     features, rois = make_inputs(num_rois)
@@ -162,7 +166,7 @@ def test_half_precision_features_pool_in_float32(dtype, num_rois, under_autocast
     with context:
         out = roi_align(half, rois, 7, **kwargs)
         out_list = roi_align(half, per_image_boxes(rois), 7, **kwargs)
-    assert threaded_calls == ([num_rois, num_rois] if num_rois >= 128 else [])
+    assert threaded_calls == ([num_rois, num_rois] if num_rois >= THREADED_FROM else [])
     assert out.dtype == out_list.dtype == dtype
     assert torch.equal(out, expected) and torch.equal(out_list, expected_list)
     x = half.clone().requires_grad_(True)
