@@ -612,7 +612,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         train=args.train, against=args.against, images=args.images, runs=args.runs, warmup=args.warmup,
         seed=args.seed, num_classes=args.num_classes, cli_plugins=args.plugins,
     )
-    report = run_benchmark(setup, data_root=data_root())
+    report = run_benchmark(setup, data_root=data_root(), show_progress=not args.quiet)
     print(format_results(report))
     if args.out:
         write_json(args.out, report)

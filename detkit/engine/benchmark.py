@@ -50,6 +50,7 @@ from detkit.errors import ConfigError
 from detkit.importers import TorchvisionImporter
 from detkit.memory import allocator
 from detkit.plugins import Plugins
+from detkit.progress import progress
 from detkit.structures import Detections, Targets
 
 #: Boxes of two models agree when no coordinate differs by more than this (pixels).
@@ -69,7 +70,6 @@ class Subject:
     """One model to time: ``step()`` runs one timed call (a batch, or a training step)."""
 
     name: str
-    model: nn.Module
     step: Callable[[], Any] = field(repr=False)
     times: list[float] = field(default_factory=list)
     first_call_s: float | None = None
@@ -242,10 +242,6 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------- comparisons
 
 
-def _as_detections(output: Any) -> list[Detections]:
-    return list(output[0])
-
-
 def compare_detections(reference: Sequence[Mapping[str, Tensor]], ours: Sequence[Detections]) -> dict[str, Any]:
     """Whether detkit's detections equal torchvision's image by image (labels: torchvision's minus 1)."""
     same, box_diff, score_diff, counts = True, 0.0, 0.0, []
@@ -300,7 +296,9 @@ def _train_step(model: nn.Module, call: Callable[[], Mapping[str, Tensor]], seed
     return step
 
 
-def run_benchmark(setup: Setup, *, data_root: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_benchmark(
+    setup: Setup, *, data_root: Path, log: Callable[[str], None] = print, show_progress: bool = True
+) -> dict[str, Any]:
     """Build, check and time the models of ``setup``; the figures as a JSON-ready dict."""
     loaded = load_subjects(setup)
     device = setup.device
@@ -328,7 +326,7 @@ def run_benchmark(setup: Setup, *, data_root: Path, log: Callable[[str], None] =
     else:
         subjects = _inference_subjects(setup, loaded, report, data_root=data_root)
     log(_header(report))
-    _time(subjects, setup)
+    _time(subjects, setup, show_progress=show_progress)
     report["results"] = {s.name: s.figures(setup.batch) for s in subjects}
     if len(subjects) == 2:
         report["speedup"] = subjects[0].figures(setup.batch)["ms_per_batch"] / subjects[1].figures(setup.batch)[
@@ -361,9 +359,9 @@ def _inference_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any], *,
     if loaded.reference is not None:
         reference = loaded.reference.eval()
         with torch.no_grad():
-            report.update(compare_detections(reference(images), _as_detections(ours(images))))
-        subjects.append(Subject(f"torchvision {setup.model}", reference, _inference_call(reference, images, setup)))
-    subjects.append(Subject(f"detkit {setup.model}", ours, _inference_call(ours, images, setup)))
+            report.update(compare_detections(reference(images), list(ours(images)[0])))
+        subjects.append(Subject(f"torchvision {setup.model}", _inference_call(reference, images, setup)))
+    subjects.append(Subject(f"detkit {setup.model}", _inference_call(ours, images, setup)))
     subjects[-1].first_call_s = first_call
     return subjects
 
@@ -414,13 +412,14 @@ def _training_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any]) -> 
         ours_step0 = {k: v.detach() for k, v in ours_losses().items()}
         report.update(compare_losses(tv_step0, ours_step0))
         reference_step = _train_step(reference, reference_losses, setup.seed)
-        subjects.append(Subject(f"torchvision {setup.model}", reference, reference_step))
-    subjects.append(Subject(f"detkit {setup.model}", ours, _train_step(ours, ours_losses, setup.seed)))
+        subjects.append(Subject(f"torchvision {setup.model}", reference_step))
+    subjects.append(Subject(f"detkit {setup.model}", _train_step(ours, ours_losses, setup.seed)))
     return subjects
 
 
-def _time(subjects: Sequence[Subject], setup: Setup) -> None:
-    for i in range(setup.warmup + setup.runs):
+def _time(subjects: Sequence[Subject], setup: Setup, *, show_progress: bool) -> None:
+    rounds = range(setup.warmup + setup.runs)
+    for i in progress(rounds, desc="benchmark", unit="round", enabled=show_progress, leave=False):
         for subject in subjects:  # alternately, so drifts in load hit every model alike
             _sync(setup.device)
             start = time.perf_counter()
