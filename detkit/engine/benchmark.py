@@ -41,12 +41,12 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detkit.backbones.fold import fold_frozen_batchnorm
-from detkit.config import apply_overrides, load_config
+from detkit.config import apply_overrides, config_file, load_config
 from detkit.data.images import find_images, image_to_tensor, read_image
 from detkit.detectors import Detector, build_detector
 from detkit.device import autocast
 from detkit.engine.build import plugins_for
-from detkit.errors import ConfigError
+from detkit.errors import ConfigError, did_you_mean
 from detkit.importers import TorchvisionImporter
 from detkit.memory import allocator
 from detkit.plugins import Plugins
@@ -165,6 +165,12 @@ def load_subjects(setup: Setup) -> Loaded:
 
         loaded, _ = load_model(setup.model, overrides=overrides, cli_plugins=setup.cli_plugins, fold_norms=False)
         return Loaded(loaded.model, f"{setup.model} ({len(loaded.class_names)} classes)")
+    if not config_file(setup.model).is_file():
+        raise ConfigError(
+            f"{setup.model!r} is neither a config file, a checkpoint (.pt) nor a torchvision model detkit imports"
+            f"{did_you_mean(setup.model, importers)}; torchvision models: {', '.join(importers)}; "
+            "a shipped recipe is named detkit:NAME.yaml"
+        )
     config = load_config(setup.model, overrides)
     torch.manual_seed(setup.seed)
     num_classes = setup.num_classes or len(config["model"].get("class_names") or []) or DEFAULT_NUM_CLASSES

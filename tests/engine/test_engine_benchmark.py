@@ -101,6 +101,13 @@ def test_against_torchvision_needs_a_torchvision_model(capsys):
     assert "fasterrcnn_resnet50_fpn" in err
 
 
+def test_an_unknown_model_name_lists_the_torchvision_models(capsys):
+    assert main(["benchmark", "fasterrcnn_resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'fasterrcnn_resnet50' is neither a config file" in err
+    assert "did you mean 'fasterrcnn_resnet50_fpn'" in err and "ssd300_vgg16" in err
+
+
 @pytest.mark.parametrize("flag", ["--runs", "--batch-size"])
 def test_counts_below_one_are_refused(flag, capsys):
     assert main(["benchmark", "ssd300_vgg16", flag, "0"]) == 2
