@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
             --proposer sliding_window --max-images 20
         detkit proposals --data runs/demo/data/annotations/instances_val.json \\
             --proposer rpn:weights=runs/demo/best.pt --proposer 'sliding_window:sizes=[16,32,64]'
+        detkit proposals --data runs/demo/data/annotations/instances_val.json \
+            --proposer rpn:weights=runs/demo/best.pt --proposer dense:weights=runs/shapes_yolo/best.pt
         detkit proposals --data ../shared/data/tiny_coco/annotations/instances_val2017.json \\
             --proposer rpn:weights=coco.pt,post_nms_top_n_test=2000 --proposer selective_search \\
             --max-proposals 2000 --size 600:1000 --out runs/proposals
@@ -175,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="NAME[:KEY=VALUE,...]",
         help="a proposer and its settings, values in YAML ('sizes=[32,64]'); NAME:weights=CKPT takes the "
-        "proposer of a trained detkit checkpoint (its other keys override the checkpoint's). Repeatable",
+        "proposer of a trained detkit checkpoint (its other keys override the checkpoint's); dense:weights=CKPT "
+        "the boxes of a single-stage checkpoint's dense head before NMS. Repeatable",
     )
     p.add_argument("--max-images", type=int, default=None, help="score the first N images only")
     p.add_argument("--max-proposals", type=int, default=2000, help="largest budget k per image (default 2000)")

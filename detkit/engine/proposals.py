@@ -4,8 +4,10 @@ A spec is ``NAME[:KEY=VALUE,...]``: a registered proposer that reads pixels, bui
 with those settings (values parsed as YAML; a proposer's on-disk cache is turned
 off unless the spec sets ``cache``, so that its time is its own), or
 ``NAME:weights=CKPT`` for the proposer of a trained checkpoint (its other keys
-override the checkpoint's settings). :func:`score_proposers` runs them side by side
-on a dataset; the metrics live in :mod:`detkit.evaluation.proposals`.
+override the checkpoint's settings), or ``dense:weights=CKPT`` for the boxes of a
+single-stage detector's dense head before its NMS (SSD, YOLO, RetinaNet, ...: other keys
+override ``model.dense_head``), so one- and two-stage recall compare on the same images.
+:func:`score_proposers` runs them side by side on a dataset; the metrics live in :mod:`detkit.evaluation.proposals`.
 """
 
 from __future__ import annotations
@@ -74,6 +76,27 @@ def parse_proposer_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, settings
 
 
+#: The ``--proposer`` name of a single-stage checkpoint's dense head (``dense:weights=CKPT``).
+DENSE = "dense"
+
+
+def dense_candidates(boxes: Any, scores: Any) -> tuple[Any, Any]:
+    """A dense head's raw ``(box, class)`` pairs as class-agnostic proposals.
+
+    A head scores one box for several classes (SSD keeps every class's best boxes), so
+    the same box can come several times: each distinct box is kept once, with its best
+    score. Returns ``(boxes (R, 4), scores (R,))`` in no particular order.
+    """
+    import torch
+
+    if len(boxes) == 0:
+        return boxes, scores
+    unique, inverse = torch.unique(boxes, dim=0, return_inverse=True)
+    best = torch.full((len(unique),), -torch.inf, dtype=scores.dtype, device=scores.device)
+    best.scatter_reduce_(0, inverse, scores, reduce="amax")
+    return unique, best
+
+
 class ProposerRun:
     """A proposer ready to score images: ``propose(image)`` -> boxes in original pixels, best first.
 
@@ -103,6 +126,9 @@ class ProposerRun:
         self.model_config: dict[str, Any] = {}
         self.proposer: Any = None  # a raw-pixel proposer, or None
         self.size = size
+        if name == DENSE:
+            self._load_dense(settings, device=device, plugins=plugins)
+            return
         factory = registry.get("proposer", name).factory  # unknown names fail here, listing the known ones
         if "weights" in settings:
             weights = settings.pop("weights")
@@ -136,18 +162,48 @@ class ProposerRun:
             {"min_size": size[0], "max_size": size[1]} if size else "each image at its own size"
         )
 
-    def _load_checkpoint(self, weights: str, overrides: dict[str, Any], plugins: Sequence[str]) -> Any:
-        """The detector of ``weights`` (its proposer settings overridden); sets :attr:`model_config`."""
+    def _load_dense(self, settings: dict[str, Any], *, device: str | None, plugins: Sequence[str]) -> None:
+        """``dense:weights=CKPT``: the dense head of a single-stage checkpoint, scored before its NMS."""
+        from detkit.device import command_device
+        from detkit.errors import ConfigError
+
+        weights = settings.pop("weights", None)
+        if not weights:
+            raise ConfigError(
+                f"--proposer {self.spec!r}: dense scores a single-stage checkpoint's head; write dense:weights=best.pt"
+            )
+        if not Path(str(weights)).is_file():
+            raise ConfigError(f"--proposer {self.spec!r}: weights file {str(weights)!r} does not exist")
+        self.model = self._load_checkpoint(str(weights), settings, plugins, section="dense_head")
+        if not hasattr(self.model, "dense_head"):
+            raise ConfigError(
+                f"--proposer {self.spec!r}: the model in {str(weights)!r} has no dense head; "
+                f"score a two-stage model's proposer with {self.model_config['model']['proposer']['name']}:weights=..."
+            )
+        self.device = command_device(
+            device, self.model_config["train"]["device"], source=f"train.device of checkpoint {str(weights)!r}"
+        )
+        self.model.to(self.device)
+        self.timed = "backbone + dense head"
+        self.preprocess_info = "the checkpoint's preprocess"
+
+    def _load_checkpoint(
+        self, weights: str, overrides: dict[str, Any], plugins: Sequence[str], *, section: str = "proposer"
+    ) -> Any:
+        """The detector of ``weights`` (its ``model.<section>`` settings overridden); sets :attr:`model_config`."""
         import json
 
         from detkit.engine.build import load_model
         from detkit.errors import ConfigError
 
-        dotted = [f"model.proposer.{k}={json.dumps(v)}" for k, v in overrides.items()]
+        dotted = [f"model.{section}.{k}={json.dumps(v)}" for k, v in overrides.items()]
         try:
             loaded, _ = load_model(weights, overrides=dotted, cli_plugins=plugins)
         except DetkitError as exc:
             raise ConfigError(f"--proposer {self.spec!r}: {exc}") from exc
+        self.model_config = loaded.config
+        if section == "dense_head":
+            return loaded.model
         proposer_cfg = loaded.config["model"].get("proposer") or {}
         if not hasattr(loaded.model, "extract_features") or not hasattr(loaded.model, "proposer"):
             raise ConfigError(f"--proposer {self.spec!r}: the model in {weights!r} has no proposer")
@@ -172,7 +228,7 @@ class ProposerRun:
         the number the proposer gave and the seconds its forward took."""
         import torch
 
-        from detkit.ops import scale_boxes
+        from detkit.ops import clip_boxes, scale_boxes
 
         image = image.to(self.device)
         with torch.no_grad():
@@ -182,17 +238,23 @@ class ProposerRun:
                 batch, _ = self._resize(int(image.shape[-2]), int(image.shape[-1])).to(self.device)([image])
             self._sync()
             start = time.perf_counter()
-            if self.model is not None:
-                proposals, _ = self.model.proposer(batch, self.model.extract_features(batch.tensor))
+            if self.name == DENSE:
+                raw, _ = self.model.dense_head(batch, self.model.extract_features(batch.tensor))
+                found_boxes, found_scores = dense_candidates(clip_boxes(raw[0].boxes, batch.image_sizes[0]),
+                                                             raw[0].scores)
             else:
-                proposals, _ = self.proposer(batch, None)
+                if self.model is not None:
+                    proposals, _ = self.model.proposer(batch, self.model.extract_features(batch.tensor))
+                else:
+                    proposals, _ = self.proposer(batch, None)
+                found_boxes, found_scores = proposals[0].boxes, proposals[0].objectness
             self._sync()
             seconds = time.perf_counter() - start
-        found = proposals[0].to("cpu")
+        found_boxes, found_scores = found_boxes.to("cpu"), found_scores.to("cpu")
         # the contract says best first; a stable sort keeps the proposer's order among ties
-        order = torch.sort(found.objectness, descending=True, stable=True).indices[:max_proposals]
-        boxes = scale_boxes(found.boxes[order].float(), batch.image_sizes[0], batch.original_sizes[0])
-        return boxes, len(found), seconds
+        order = torch.sort(found_scores, descending=True, stable=True).indices[:max_proposals]
+        boxes = scale_boxes(found_boxes[order].float(), batch.image_sizes[0], batch.original_sizes[0])
+        return boxes, len(found_boxes), seconds
 
     def _sync(self) -> None:
         import torch
@@ -205,7 +267,10 @@ class ProposerRun:
             "spec": self.spec, "name": self.name, "settings": self.settings, "device": str(self.device),
             "preprocess": self.preprocess_info, "timed": self.timed,
         }
-        if self.model is not None:
+        if self.name == DENSE:
+            info["dense_head_config"] = self.model_config["model"]["dense_head"]
+            info["model_preprocess"] = self.model_config["model"].get("preprocess")
+        elif self.model is not None:
             info["proposer_config"] = self.model_config["model"]["proposer"]
             info["model_preprocess"] = self.model_config["model"].get("preprocess")
         return info

@@ -14,7 +14,7 @@ from detkit.data.coco import CocoDataset
 from detkit.data.shapes import generate_shapes
 from detkit.detectors import build_detector
 from detkit.engine.checkpoint import save_checkpoint
-from detkit.engine.proposals import ProposerTally, parse_proposer_spec
+from detkit.engine.proposals import ProposerTally, dense_candidates, parse_proposer_spec
 from detkit.errors import ConfigError
 from detkit.evaluation.proposals import (
     COCO_IOU_THRESHOLDS,
@@ -25,7 +25,7 @@ from detkit.evaluation.proposals import (
     summarize,
 )
 from detkit.importers import CONFIG_DIR
-from detkit.ops import scale_boxes
+from detkit.ops import clip_boxes, scale_boxes
 from detkit.plugins import load_plugins
 from detkit.structures import Targets
 
@@ -395,6 +395,54 @@ def test_proposals_command_scores_a_checkpoint_rpn(shapes, rpn_checkpoint, tmp_p
     _assert_same_numbers(result, expected, tol=1e-6)
 
 
+def test_dense_candidates_keep_each_distinct_box_once_with_its_best_score():
+    boxes = torch.tensor([[0, 0, 4, 4], [1, 1, 5, 5], [0, 0, 4, 4], [2, 2, 3, 3], [1, 1, 5, 5]], dtype=torch.float32)
+    scores = torch.tensor([0.2, 0.9, 0.6, 0.1, 0.3])
+    kept, best = dense_candidates(boxes, scores)
+    reference = {}  # box -> best score, the slow way
+    for box, score in zip(boxes.tolist(), scores.tolist()):
+        reference[tuple(box)] = max(score, reference.get(tuple(box), -1.0))
+    assert {tuple(b): s for b, s in zip(kept.tolist(), best.tolist())} == pytest.approx(reference)
+    empty_boxes, empty_scores = dense_candidates(torch.zeros(0, 4), torch.zeros(0))
+    assert empty_boxes.shape == (0, 4) and empty_scores.shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def ssd_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = load_config(CONFIG_DIR / "shapes_ssd.yaml", ["train.device=cpu"])
+    model = build_detector(config, load_plugins(NO_WIP[1::2]).registry, num_classes=4)
+    path = tmp_path_factory.mktemp("ssd") / "ssd.pt"
+    save_checkpoint(path, model=model, config=config, class_names=["circle", "square", "triangle", "ellipse"])
+    return path, model.eval()
+
+
+def test_proposals_command_scores_a_dense_head_before_its_nms(shapes, ssd_checkpoint, rpn_checkpoint, tmp_path,
+                                                               capsys):
+    path, model = ssd_checkpoint
+    out = tmp_path / "out"
+    argv = ["-q", "proposals", "--data", str(shapes), "--proposer", f"dense:weights={path},topk_candidates=50",
+            "--proposer", f"rpn:weights={rpn_checkpoint[0]}", "--max-proposals", "100", "--max-images", "2",
+            "--out", str(out), *NO_WIP]
+    assert main(argv) == 0
+    dense, rpn = json.loads((out / "proposals.json").read_text())["proposers"]
+    assert dense["dense_head_config"]["topk_candidates"] == 50 and dense["timed"] == "backbone + dense head"
+    assert rpn["num_images"] == dense["num_images"] == 2  # one- and two-stage on the same images
+
+    model.dense_head.topk_candidates = 50
+
+    def dense_boxes(sample):
+        with torch.no_grad():
+            batch, _ = model.preprocess([sample.image])
+            raw, _ = model.dense_head(batch, model.extract_features(batch.tensor))
+        boxes, scores = dense_candidates(clip_boxes(raw[0].boxes, batch.image_sizes[0]), raw[0].scores)
+        order = torch.sort(scores, descending=True, stable=True).indices
+        return scale_boxes(boxes[order], batch.image_sizes[0], batch.original_sizes[0])
+
+    expected = _expected(CocoDataset(ann_file=shapes), dense_boxes, proposal_budgets(100), max_images=2)
+    _assert_same_numbers(dense, expected, tol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -407,6 +455,8 @@ def test_proposals_command_scores_a_checkpoint_rpn(shapes, rpn_checkpoint, tmp_p
         ("rpn:weights=/no/such/model.pt", "does not exist"),
         ("fixed_grid:weights=CKPT", "holds a 'rpn' proposer"),
         ("rpn:weights=CKPT,bogus_key=1", "bogus_key"),
+        ("dense", "write dense:weights=best.pt"),
+        ("dense:weights=CKPT", "has no dense head"),
     ],
 )
 def test_bad_proposer_specs_exit_2_naming_the_spec(spec, message, shapes, grid_plugin, rpn_checkpoint, tmp_path,
