@@ -83,7 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "train": None,
         "val": None,
-        "augment": {"hflip": 0.5},
+        # training augmentation (detkit.data.augment), applied mosaic -> affine -> hsv -> hflip;
+        # see augment_settings for the keys of hsv and affine (true: their defaults)
+        "augment": {"hflip": 0.5, "hsv": None, "affine": None, "mosaic": 0.0, "mosaic_off_last": 0.0},
         "workers": 0,
         "check": "warn",  # strict | warn | off: detkit.data.check before training
     },
@@ -456,3 +458,92 @@ def get(config: Mapping[str, Any], dotted: str) -> Any:
     for k in dotted.split("."):
         node = node[k]
     return node
+
+
+#: ``data.augment.hsv`` keys with their defaults (YOLOv5's gains); ``hsv: true`` means these.
+AUGMENT_HSV: dict[str, Any] = {"h": 0.015, "s": 0.7, "v": 0.4}
+
+#: ``data.augment.affine`` keys with their defaults; ``affine: true`` means these. ``scale`` is
+#: ``[low, high]`` or one number ``k`` for ``[1 - k, 1 + k]``.
+AUGMENT_AFFINE: dict[str, Any] = {"degrees": 0.0, "translate": 0.1, "scale": [0.5, 1.5], "shear": 0.0}
+
+
+def augment_settings(augment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data.augment`` checked, missing keys filled with their defaults.
+
+    Returns ``{hflip, hsv, affine, mosaic, mosaic_off_last}``: probabilities and fractions
+    as floats, ``hsv`` as ``{h, s, v}`` or None, ``affine`` as ``{degrees, translate,
+    scale: [low, high], shear}`` or None (``true`` gives :data:`AUGMENT_HSV` /
+    :data:`AUGMENT_AFFINE`, a mapping overrides some of them).
+
+    Raises:
+        ConfigError: a value out of range or of the wrong type, or an unknown key, named
+            with its dotted key.
+    """
+    given = {**DEFAULTS["data"]["augment"], **(augment or {})}
+    out: dict[str, Any] = {
+        "hflip": _fraction(given["hflip"], "data.augment.hflip"),
+        "mosaic": _fraction(given["mosaic"], "data.augment.mosaic"),
+        "mosaic_off_last": _fraction(given["mosaic_off_last"], "data.augment.mosaic_off_last"),
+    }
+    hsv = _augment_section(given["hsv"], "hsv", AUGMENT_HSV)
+    if hsv is not None:
+        hsv = {key: _fraction(value, f"data.augment.hsv.{key}") for key, value in hsv.items()}
+    out["hsv"] = hsv
+    affine = _augment_section(given["affine"], "affine", AUGMENT_AFFINE)
+    if affine is not None:
+        degrees = _number(affine["degrees"], "data.augment.affine.degrees")
+        translate = _number(affine["translate"], "data.augment.affine.translate")
+        shear = _number(affine["shear"], "data.augment.affine.shear")
+        if not 0 <= degrees <= 180:
+            raise ConfigError(f"data.augment.affine.degrees must be in [0, 180], got {affine['degrees']!r}")
+        if not 0 <= translate <= 0.5:
+            raise ConfigError(f"data.augment.affine.translate must be in [0, 0.5], got {affine['translate']!r}")
+        if not 0 <= shear < 90:
+            raise ConfigError(f"data.augment.affine.shear must be in [0, 90) degrees, got {affine['shear']!r}")
+        affine = {"degrees": degrees, "translate": translate, "scale": _scale_range(affine["scale"]), "shear": shear}
+    out["affine"] = affine
+    return out
+
+
+def _augment_section(value: Any, name: str, defaults: Mapping[str, Any]) -> dict[str, Any] | None:
+    key = f"data.augment.{name}"
+    example = "{" + ", ".join(f"{k}: {v}" for k, v in defaults.items()) + "}"
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(defaults)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be null, true or a mapping like {example}, got {value!r}")
+    for k in value:
+        if k not in defaults:
+            raise ConfigError(
+                f"{key}: unknown key {k!r}{did_you_mean(str(k), defaults)}; it accepts {', '.join(defaults)}"
+            )
+    return {**defaults, **value}
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _fraction(value: Any, key: str) -> float:
+    number = _number(value, key)
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{key} must be in [0, 1], got {value!r}")
+    return number
+
+
+def _scale_range(value: Any) -> list[float]:
+    key = "data.augment.affine.scale"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key}: one number k means [1 - k, 1 + k] and must be in [0, 1), got {value!r}")
+        return [1.0 - float(value), 1.0 + float(value)]
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        low, high = _number(value[0], key), _number(value[1], key)
+        if 0 < low <= high:
+            return [low, high]
+    raise ConfigError(f"{key} must be [low, high] with 0 < low <= high, or one number k in [0, 1), got {value!r}")

@@ -19,6 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from detkit.data.augment import Mosaic, RandomAffine, RandomHSV, training_transforms
     from detkit.data.base import DetectionDataset, Sample, coco_from_dict
     from detkit.data.coco import CocoDataset
     from detkit.data.images import IMAGE_EXTENSIONS, find_images, image_to_tensor, read_image
@@ -37,6 +38,9 @@ _EXPORTS: dict[str, str] = {
     "CocoDataset": "coco",
     "Compose": "transforms",
     "DetectionDataset": "base",
+    "Mosaic": "augment",
+    "RandomAffine": "augment",
+    "RandomHSV": "augment",
     "RandomHorizontalFlip": "transforms",
     "Sample": "base",
     "ShapesDataset": "shapes",
@@ -55,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "read_image": "images",
     "split_dataset": "split",
     "split_indices": "split",
+    "training_transforms": "augment",
 }
 
 __all__ = [
@@ -63,6 +68,9 @@ __all__ = [
     "CocoDataset",
     "Compose",
     "DetectionDataset",
+    "Mosaic",
+    "RandomAffine",
+    "RandomHSV",
     "RandomHorizontalFlip",
     "Sample",
     "ShapesDataset",
@@ -82,6 +90,7 @@ __all__ = [
     "register_datasets",
     "split_dataset",
     "split_indices",
+    "training_transforms",
 ]
 
 

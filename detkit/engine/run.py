@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from detkit.config import augment_settings
+from detkit.data.augment import training_transforms
 from detkit.data.base import DetectionDataset
 from detkit.data.check import check_before_training
 from detkit.data.loader import TrainBatchSampler, build_loader
-from detkit.data.transforms import RandomHorizontalFlip
 from detkit.engine import distributed
 from detkit.engine.build import build_dataset, model_and_components, plugins_for
 from detkit.engine.checkpoint import load_state, save_checkpoint
@@ -63,13 +64,18 @@ def seed_and_threads(train: Mapping[str, Any], *, rank: int = 0) -> None:
 
 
 def train_loader(config: Mapping[str, Any], dataset: DetectionDataset, *, rank: int = 0, world_size: int = 1) -> Any:
-    """The training loader of ``config`` for one process: batch size, workers, horizontal flips, seed.
+    """The training loader of ``config`` for one process: batch size, workers, augmentation, seed.
 
+    ``data.augment`` (:func:`detkit.config.augment_settings`) becomes
+    :func:`detkit.data.augment.training_transforms`: mosaic -> affine -> HSV -> flip.
     Batches come from a :class:`~detkit.data.loader.TrainBatchSampler`, so a run
     resumes mid-epoch exactly and ``world_size`` processes share each epoch.
     """
     train, data = config["train"], config["data"]
-    hflip = float(data["augment"]["hflip"])
+    augment = augment_settings(data["augment"])
+    transforms = training_transforms(
+        dataset=dataset, hflip=augment["hflip"], hsv=augment["hsv"], affine=augment["affine"], mosaic=augment["mosaic"]
+    )
     sampler = TrainBatchSampler(
         len(dataset), batch_size=int(train["batch_size"]), seed=int(train["seed"]), rank=rank, world_size=world_size
     )
@@ -78,7 +84,7 @@ def train_loader(config: Mapping[str, Any], dataset: DetectionDataset, *, rank: 
         batch_size=int(train["batch_size"]),
         shuffle=True,
         workers=int(data["workers"]),
-        transforms=RandomHorizontalFlip(p=hflip) if hflip > 0 else None,
+        transforms=transforms,
         seed=int(train["seed"]),
         batch_sampler=sampler,
     )
