@@ -25,6 +25,8 @@ def detkit_add_components(registry: Registrar) -> None:
     for name, vgg in backbones.VGG_VARIANTS.items():
         registry.register("backbone", name, vgg)
     registry.register("backbone", "googlenet", backbones.GoogLeNet)
+    registry.register("backbone", "mobilenet_v3_large", backbones.mobilenet_v3_large)
+    registry.register("backbone", "mobilenet_v3_small", backbones.mobilenet_v3_small)
     registry.register("neck", "fpn", backbones.FPN)
     registry.register("region_extractor", "multiscale_roi_align", MultiScaleRoIAlign)
     registry.register("region_extractor", "multiscale_roi_pool", MultiScaleRoIPool)

@@ -8,6 +8,7 @@ from detkit.backbones.alexnet import AlexNet
 from detkit.backbones.fpn import FPN
 from detkit.backbones.googlenet import GoogLeNet, GoogLeNetOutputs
 from detkit.backbones.lenet import LeNet5
+from detkit.backbones.mobilenet import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
 from detkit.backbones.norm import FrozenBatchNorm2d, make_norm
 from detkit.backbones.registry import ClassifierBackbone, build_backbone, list_backbones
 from detkit.backbones.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
@@ -34,10 +35,13 @@ __all__ = [
     "GoogLeNet",
     "GoogLeNetOutputs",
     "LeNet5",
+    "MobileNetV3",
     "ResNet",
     "build_backbone",
     "list_backbones",
     "make_norm",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
     "resnet18",
     "resnet34",
     "resnet50",

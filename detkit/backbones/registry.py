@@ -1,6 +1,6 @@
 """The classification backbone library's common ground: one base class and one registry.
 
-:class:`ClassifierBackbone` is what LeNet-5, AlexNet, VGG, GoogLeNet and ResNet share: a
+:class:`ClassifierBackbone` is what LeNet-5, AlexNet, VGG, GoogLeNet, ResNet and MobileNetV3 share: a
 trunk cut into named stages that is both a detection backbone (``forward`` ->
 :class:`~detkit.structures.FeatureMaps`) and, with a head, a classifier
 (``classify`` -> logits), with the first stages freezable for transfer learning.
@@ -37,6 +37,8 @@ IMAGENET_WEIGHTS: dict[str, str] = {
     for name, file in {
         "alexnet": "alexnet-owt-7be5be79.pth",
         "googlenet": "googlenet-1378be20.pth",
+        "mobilenet_v3_large": "mobilenet_v3_large-8738ca79.pth",
+        "mobilenet_v3_small": "mobilenet_v3_small-047dcff4.pth",
         "resnet18": "resnet18-f37072fd.pth",
         "resnet34": "resnet34-b627a593.pth",
         "resnet50": "resnet50-0676ba61.pth",
@@ -71,8 +73,8 @@ def weights_file(weights: str, backbone: str) -> str:
 
 
 def stage_stride(name: str) -> int:
-    """The stride of stage ``cK``: ``2**K``."""
-    return 2 ** int(name[1:])
+    """The stride of stage ``cK``, or of a map ``cK_NAME`` taken inside it: ``2**K``."""
+    return 2 ** int(name[1:].partition("_")[0])
 
 
 class ClassifierBackbone(Backbone):

@@ -40,6 +40,8 @@ EXPECTED_STAGES: dict[str, dict[str, tuple[int, int, int]]] = {
     "resnet18": _RESNET_BASIC,
     "resnet34": _RESNET_BASIC,
     **{f"resnet{d}": _RESNET_BOTTLENECK for d in (50, 101, 152)},
+    "mobilenet_v3_large": {"c2": (24, 4, 16), "c3": (40, 8, 8), "c4": (112, 16, 4), "c5": (960, 32, 2)},
+    "mobilenet_v3_small": {"c2": (16, 4, 16), "c3": (24, 8, 8), "c4": (48, 16, 4), "c5": (576, 32, 2)},
 }
 
 

@@ -21,6 +21,8 @@ TORCHVISION_ENUMS = {
     "vgg13_bn": torchvision.models.VGG13_BN_Weights, "vgg16": torchvision.models.VGG16_Weights,
     "vgg16_bn": torchvision.models.VGG16_BN_Weights, "vgg19": torchvision.models.VGG19_Weights,
     "vgg19_bn": torchvision.models.VGG19_BN_Weights,
+    "mobilenet_v3_large": torchvision.models.MobileNet_V3_Large_Weights,
+    "mobilenet_v3_small": torchvision.models.MobileNet_V3_Small_Weights,
 }
 
 
