@@ -83,8 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "train": None,
         "val": None,
-        # training augmentation (detkit.data.augment), applied mosaic -> affine -> hsv -> hflip;
-        # see augment_settings for the keys of hsv and affine (true: their defaults)
+        # training augmentation (detkit.data.augment), applied mosaic -> affine -> hsv -> hflip:
+        # probabilities hflip and mosaic, hsv {h, s, v} and affine {degrees, translate, scale, shear}
+        # (true: their defaults, see augment_settings), mosaic_off_last: the run's last fraction without mosaic
         "augment": {"hflip": 0.5, "hsv": None, "affine": None, "mosaic": 0.0, "mosaic_off_last": 0.0},
         "workers": 0,
         "check": "warn",  # strict | warn | off: detkit.data.check before training

@@ -11,7 +11,9 @@ is a function of ``(seed, epoch)`` only, split across the processes of a
 distributed run, and each item's augmentation draws from its own RNG seeded by
 ``(seed, epoch, index)``. A run that resumes mid-epoch, or that runs on two
 processes instead of one, therefore sees exactly the same images, flipped the
-same way.
+same way. A run may end with a final phase under other transforms (YOLO's last epochs
+without mosaic): the sampler flags the items of the batches from a given position on, and
+:class:`SkipBadItems` applies its ``final_transforms`` to them.
 """
 
 from __future__ import annotations
@@ -91,20 +93,32 @@ class SkipBadItems(Dataset[Sample | None]):
     Args:
         dataset: the dataset to wrap.
         transforms: applied to every good sample, or None.
+        final_transforms: applied instead to the items a :class:`TrainBatchSampler`
+            flags as the run's final phase, or None.
     """
 
-    def __init__(self, dataset: DetectionDataset, *, transforms: Transform | None = None) -> None:
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        *,
+        transforms: Transform | None = None,
+        final_transforms: Transform | None = None,
+    ) -> None:
         self.dataset = dataset
         self.transforms = transforms
+        self.final_transforms = final_transforms
         self.bad_items: set[int] = set()
         self.reasons: dict[int, str] = {}  # item -> the DataError's message (in this process)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Sample | None:
-        """Item ``key``, or ``(index, seed)``: the transforms then draw from torch's RNG seeded with ``seed``."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, bool]) -> Sample | None:
+        """Item ``key``, or ``(index, seed)``: the transforms then draw from torch's RNG seeded with ``seed``;
+        ``(index, seed, True)`` takes the final phase's transforms."""
+        index, seed = (key[0], key[1]) if isinstance(key, tuple) else (key, None)
+        final = isinstance(key, tuple) and len(key) == 3 and bool(key[2])
+        transforms = self.final_transforms if final else self.transforms
         if index in self.bad_items:
             return None
         try:
@@ -114,13 +128,13 @@ class SkipBadItems(Dataset[Sample | None]):
             self.reasons[index] = str(e)
             logger.warning("skipping item %d: %s", index, e)
             return None
-        if self.transforms is None:
+        if transforms is None:
             return sample
         if seed is None:
-            return self.transforms(sample)
+            return transforms(sample)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transforms(sample)
+            return transforms(sample)
 
     @property
     def class_names(self) -> list[str]:
@@ -151,7 +165,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63)
 
 
-class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
+class TrainBatchSampler(Sampler[list[tuple[int, int]] | list[tuple[int, int, bool]]]):
     """Batches of ``(index, augmentation seed)`` for one process of a (possibly distributed) run.
 
     Epoch ``e``'s order is a permutation seeded by ``(seed, e)``, cut to a multiple of
@@ -167,10 +181,21 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
         rank: this process's index in ``[0, world_size)``.
         world_size: processes sharing the data.
         shuffle: permute each epoch (else the dataset order).
+        final_from: ``(epoch, batch)``: from batch ``batch`` of epoch ``epoch`` on, items are
+            ``(index, seed, True)``, the run's final phase (see :class:`SkipBadItems`), and
+            before it ``(index, seed, False)``; None: no final phase, ``(index, seed)``.
     """
 
     def __init__(
-        self, size: int, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+        self,
+        size: int,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        final_from: tuple[int, int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -182,6 +207,7 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        self.final_from = final_from
         self.epoch = 1
         self.start = 0
 
@@ -193,7 +219,7 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return (self.size // self.world_size) // self.batch_size
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]] | list[tuple[int, int, bool]]]:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=generator).tolist()
@@ -202,7 +228,11 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
         mine = order[: self.size - self.size % self.world_size][self.rank :: self.world_size]
         for b in range(self.start, len(self)):
             chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [(i, item_seed(self.seed, self.epoch, i)) for i in chunk]
+            if self.final_from is None:
+                yield [(i, item_seed(self.seed, self.epoch, i)) for i in chunk]
+            else:
+                final = (self.epoch, b) >= self.final_from
+                yield [(i, item_seed(self.seed, self.epoch, i), final) for i in chunk]
 
 
 def build_loader(
@@ -215,6 +245,7 @@ def build_loader(
     seed: int = 0,
     drop_last: bool = False,
     batch_sampler: TrainBatchSampler | None = None,
+    final_transforms: Transform | None = None,
 ) -> DataLoader[Sample | None]:
     """A DataLoader of :class:`Batch` over ``dataset`` that skips unusable items.
 
@@ -230,6 +261,7 @@ def build_loader(
         drop_last: drop the last incomplete batch.
         batch_sampler: draw the batches from it instead (``batch_size``, ``shuffle``
             and ``drop_last`` are then its own); see :class:`TrainBatchSampler`.
+        final_transforms: the transforms of the final phase that ``batch_sampler`` flags.
 
     ``loader.dataset`` is a :class:`SkipBadItems` (``loader.dataset.dataset`` is the
     original); it has the dataset protocol members. Batches may be empty; skip them.
@@ -238,7 +270,7 @@ def build_loader(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
-    view = SkipBadItems(dataset, transforms=transforms)
+    view = SkipBadItems(dataset, transforms=transforms, final_transforms=final_transforms)
     if batch_sampler is not None:
         return DataLoader(
             view,

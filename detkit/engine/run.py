@@ -68,25 +68,38 @@ def train_loader(config: Mapping[str, Any], dataset: DetectionDataset, *, rank: 
 
     ``data.augment`` (:func:`detkit.config.augment_settings`) becomes
     :func:`detkit.data.augment.training_transforms`: mosaic -> affine -> HSV -> flip.
+    With ``data.augment.mosaic_off_last: f`` the last fraction ``f`` of the run's configured
+    length (``train.max_iters``, else ``train.epochs``; not the horizon ``train.max_minutes``
+    re-estimates) trains without mosaic, from the sampler's position where it starts.
     Batches come from a :class:`~detkit.data.loader.TrainBatchSampler`, so a run
     resumes mid-epoch exactly and ``world_size`` processes share each epoch.
     """
     train, data = config["train"], config["data"]
+    batch_size = int(train["batch_size"])
     augment = augment_settings(data["augment"])
-    transforms = training_transforms(
-        dataset=dataset, hflip=augment["hflip"], hsv=augment["hsv"], affine=augment["affine"], mosaic=augment["mosaic"]
-    )
+    settings = {"dataset": dataset, "hflip": augment["hflip"], "hsv": augment["hsv"], "affine": augment["affine"]}
+    transforms = training_transforms(**settings, mosaic=augment["mosaic"])
+    final_from, final_transforms = None, None
+    if augment["mosaic"] > 0 and augment["mosaic_off_last"] > 0:
+        accumulate = int(train.get("accumulate") or 1)
+        steps = max(((len(dataset) // world_size) // batch_size) // accumulate, 1)  # iterations per epoch
+        total = int(train["max_iters"]) if train.get("max_iters") else int(train["epochs"]) * steps
+        start = round((1.0 - augment["mosaic_off_last"]) * total)  # the first iteration without mosaic
+        final_from = (1 + start // steps, (start % steps) * accumulate)  # (epoch, batch)
+        final_transforms = training_transforms(**settings, mosaic=0.0)
     sampler = TrainBatchSampler(
-        len(dataset), batch_size=int(train["batch_size"]), seed=int(train["seed"]), rank=rank, world_size=world_size
+        len(dataset), batch_size=batch_size, seed=int(train["seed"]), rank=rank, world_size=world_size,
+        final_from=final_from,
     )
     return build_loader(
         dataset,
-        batch_size=int(train["batch_size"]),
+        batch_size=batch_size,
         shuffle=True,
         workers=int(data["workers"]),
         transforms=transforms,
         seed=int(train["seed"]),
         batch_sampler=sampler,
+        final_transforms=final_transforms,
     )
 
 
