@@ -1,4 +1,5 @@
-"""torchvision ``ssd300_vgg16`` -> ``configs/ssd300_vgg16.yaml`` (importer ``ssd300_vgg16``)."""
+"""torchvision ``ssd300_vgg16`` -> ``configs/ssd300_vgg16.yaml`` (importer ``ssd300_vgg16``), and
+``ssdlite320_mobilenet_v3_large`` -> ``configs/ssdlite320_mobilenet_v3_large.yaml``."""
 
 from __future__ import annotations
 
@@ -21,4 +22,16 @@ def ssd300_vgg16() -> TorchvisionImporter:
     )
 
 
-__all__ = ["ssd300_vgg16"]
+def ssdlite320_mobilenet_v3_large() -> TorchvisionImporter:
+    """torchvision ``ssdlite320_mobilenet_v3_large``: renamed as :func:`ssd300_vgg16`, the config is SSDlite320's.
+
+    The config has torchvision's reduced tail (what it builds without ImageNet
+    weights, and what its COCO weights were trained with).
+    """
+    ssd = ssd300_vgg16()
+    return TorchvisionImporter(
+        config="ssdlite320_mobilenet_v3_large.yaml", renames=ssd.renames, class_names=ssd.class_names
+    )
+
+
+__all__ = ["ssd300_vgg16", "ssdlite320_mobilenet_v3_large"]

@@ -82,12 +82,16 @@ class SSDHead(DenseHead):
         in_channels: channels of every feature map, in the backbone's order (passed by
             the detector builder).
         num_classes: K, without background (passed by the detector builder).
-        aspect_ratios, scales, steps, clip: the default boxes (:class:`DefaultBoxes`).
+        aspect_ratios, scales, min_ratio, max_ratio, steps, clip: the default boxes
+            (:class:`DefaultBoxes`; ``min_ratio`` and ``max_ratio`` apply when ``scales`` is None).
         iou_thresh: IoU at which a default box matches a ground truth.
         neg_to_pos_ratio: hard negatives kept per positive.
         box_coder_weights: ``(wx, wy, ww, wh)`` of the box deltas.
         topk_candidates: per class, the best default boxes kept for post-processing.
     """
+
+    #: the loss keys are ``<loss_prefix>_cls`` and ``<loss_prefix>_box``
+    loss_prefix = "loss_ssd"
 
     def __init__(
         self,
@@ -96,6 +100,8 @@ class SSDHead(DenseHead):
         num_classes: int,
         aspect_ratios: Sequence[Sequence[float]] = tuple(SSD300_ASPECT_RATIOS),
         scales: Sequence[float] | None = tuple(SSD300_SCALES),
+        min_ratio: float = 0.15,
+        max_ratio: float = 0.9,
         steps: Sequence[int] | None = tuple(SSD300_STEPS),
         clip: bool = True,
         iou_thresh: float = 0.5,
@@ -104,7 +110,10 @@ class SSDHead(DenseHead):
         topk_candidates: int = 400,
     ) -> None:
         super().__init__()
-        self.default_boxes = DefaultBoxes(aspect_ratios=aspect_ratios, scales=scales, steps=steps, clip=clip)
+        self.default_boxes = DefaultBoxes(
+            aspect_ratios=aspect_ratios, scales=scales, min_ratio=min_ratio, max_ratio=max_ratio, steps=steps,
+            clip=clip,
+        )
         boxes_per_cell = self.default_boxes.num_per_location()
         if len(in_channels) != len(boxes_per_cell):
             raise ValueError(
@@ -112,29 +121,42 @@ class SSDHead(DenseHead):
             )
         self.num_classes = num_classes
         self.cls_logits = nn.ModuleList(
-            nn.Conv2d(c, (num_classes + 1) * b, kernel_size=3, padding=1) for c, b in zip(in_channels, boxes_per_cell)
+            self._predictor(c, (num_classes + 1) * b) for c, b in zip(in_channels, boxes_per_cell)
         )
-        self.bbox_deltas = nn.ModuleList(
-            nn.Conv2d(c, 4 * b, kernel_size=3, padding=1) for c, b in zip(in_channels, boxes_per_cell)
-        )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.bbox_deltas = nn.ModuleList(self._predictor(c, 4 * b) for c, b in zip(in_channels, boxes_per_cell))
+        self._init_predictors()
         wx, wy, ww, wh = (float(w) for w in box_coder_weights)
         self.box_coder = BoxCoder(weights=(wx, wy, ww, wh))
         self.iou_thresh = iou_thresh
         self.neg_to_pos_ratio = neg_to_pos_ratio
         self.topk_candidates = topk_candidates
 
+    @staticmethod
+    def _predictor(in_channels: int, out_channels: int) -> nn.Module:
+        """One map's predictor of ``out_channels`` values per location: SSD's 3x3 convolution.
+
+        A subclass may return a small network; its last convolution gives the values.
+        """
+        return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def _init_predictors(self) -> None:
+        """Xavier-uniform weights and zero biases for the predictors (torchvision's SSD)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
     def class_rows(self) -> dict[str, ClassRows]:
         """Each level's classifier: K + 1 channels (background first) per default box of a location."""
         rows: dict[str, ClassRows] = {}
-        for level, conv in enumerate(self.cls_logits):
+        for level, predictor in enumerate(self.cls_logits):
+            # the predictor's last convolution gives the logits ("" when the predictor is that convolution)
+            name, conv = [(n, m) for n, m in predictor.named_modules() if isinstance(m, nn.Conv2d)][-1]
             assert isinstance(conv, nn.Conv2d)
+            prefix = f"cls_logits.{level}." + (f"{name}." if name else "")
             layout = ClassRows(groups=conv.out_channels // (self.num_classes + 1), background=True)
-            rows |= {f"cls_logits.{level}.weight": layout, f"cls_logits.{level}.bias": layout}
+            rows |= {f"{prefix}weight": layout, f"{prefix}bias": layout}
         return rows
 
     def forward(
@@ -186,8 +208,8 @@ class SSDHead(DenseHead):
         negatives = hard_negative_mask(cls_loss, foreground, neg_to_pos_ratio=self.neg_to_pos_ratio)
         normalizer = max(1, int(foreground.sum()))
         return {
-            "loss_ssd_cls": (cls_loss[foreground].sum() + cls_loss[negatives].sum()) / normalizer,
-            "loss_ssd_box": box_loss / normalizer,
+            f"{self.loss_prefix}_cls": (cls_loss[foreground].sum() + cls_loss[negatives].sum()) / normalizer,
+            f"{self.loss_prefix}_box": box_loss / normalizer,
         }
 
     def _raw_detections(
