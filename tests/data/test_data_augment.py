@@ -307,6 +307,9 @@ def test_mosaic_then_affine_crops_to_the_tile_size() -> None:
     torch.manual_seed(0)
     kept = Mosaic(dataset, p=0.0, affine=RandomAffine())(dataset[1])
     assert kept.image_size == dataset[1].image_size
+    # the plain crop (no affine settings) leaves a sample it does not tile untouched
+    sample = dataset[2]
+    assert Mosaic(dataset, p=0.0, affine=RandomAffine(translate=0.0, scale=(1.0, 1.0)))(sample) is sample
 
 
 def test_a_bad_neighbour_is_redrawn_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
