@@ -48,6 +48,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "detkit_mask_head",
     "detkit_selective_search",
     "detkit_sliding_window",
+    "detkit_yolo",
     "detkit_dense_heads",
 )
 
