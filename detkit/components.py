@@ -38,4 +38,8 @@ def detkit_add_components(registry: Registrar) -> None:
     registry.register("detector", "rcnn", build_rcnn)
     registry.register("importer", "fasterrcnn_resnet50_fpn", importers.fasterrcnn_resnet50_fpn)
     registry.register("importer", "maskrcnn_resnet50_fpn", importers.maskrcnn_resnet50_fpn)
+    registry.register("importer", "fasterrcnn_mobilenet_v3_large_fpn", importers.fasterrcnn_mobilenet_v3_large_fpn)
+    registry.register(
+        "importer", "fasterrcnn_mobilenet_v3_large_320_fpn", importers.fasterrcnn_mobilenet_v3_large_320_fpn
+    )
     register_datasets(registry)

@@ -253,7 +253,10 @@ def build_backbone_and_neck(model: Mapping[str, Any], registry: ComponentRegistr
 
 def check_feature_maps(source: Backbone | Neck, key: str) -> None:
     """Raise a :class:`ConfigError` unless ``source`` names the same maps in ``out_channels`` and
-    ``out_strides``, at least one, with strides that are powers of two and grow from map to map."""
+    ``out_strides``, at least one, with strides that are powers of two and never shrink from map to map.
+
+    Maps may share a stride (MobileNetV3's ``c5_entry`` and ``c5``, the FPN's ``p5_entry`` and ``p5``).
+    """
     names, strides = list(source.out_channels), source.out_strides
     if not names:
         raise ConfigError(f"{key}: gives no feature map; check its out_features")
@@ -266,9 +269,9 @@ def check_feature_maps(source: Backbone | Neck, key: str) -> None:
     bad = [f"{n}={v}" for n, v in zip(names, values) if not (isinstance(v, int) and v > 0 and v & (v - 1) == 0)]
     if bad:
         raise ConfigError(f"{key}: strides must be powers of two (2, 4, 8, ...); got {', '.join(bad)}")
-    if any(a >= b for a, b in itertools.pairwise(values)):
+    if any(a > b for a, b in itertools.pairwise(values)):
         order = ", ".join(f"{n} (stride {v})" for n, v in zip(names, values))
-        raise ConfigError(f"{key}: feature maps must come finest first (strides growing); got {order}")
+        raise ConfigError(f"{key}: feature maps must come finest first (strides never shrinking); got {order}")
 
 
 def check_in_features(component: Any, source: Backbone | Neck, key: str) -> None:

@@ -138,10 +138,41 @@ def maskrcnn_resnet50_fpn() -> TorchvisionImporter:
     )
 
 
+def fasterrcnn_mobilenet_v3_large_fpn() -> TorchvisionImporter:
+    """torchvision ``fasterrcnn_mobilenet_v3_large_fpn`` -> ``configs/faster_rcnn_mobilenet_v3_large_fpn.yaml``.
+
+    torchvision's ``backbone.body`` is its MobileNetV3's ``features`` (``backbone.body.13``
+    is ``features.13``); the FPN, RPN and box head are renamed as for
+    :func:`fasterrcnn_resnet50_fpn`.
+    """
+    return _mobilenet_v3_fpn("faster_rcnn_mobilenet_v3_large_fpn.yaml")
+
+
+def fasterrcnn_mobilenet_v3_large_320_fpn() -> TorchvisionImporter:
+    """torchvision ``fasterrcnn_mobilenet_v3_large_320_fpn`` -> ``configs/faster_rcnn_mobilenet_v3_large_320_fpn.yaml``.
+
+    The weights are laid out as :func:`fasterrcnn_mobilenet_v3_large_fpn`'s; the config
+    has its test-time settings (320 px images, 150 proposals).
+    """
+    return _mobilenet_v3_fpn("faster_rcnn_mobilenet_v3_large_320_fpn.yaml")
+
+
+def _mobilenet_v3_fpn(config: str) -> TorchvisionImporter:
+    boxes = fasterrcnn_resnet50_fpn()
+    return TorchvisionImporter(
+        config=config,
+        renames=[(r"^backbone\.body\.", "backbone.features."), *boxes.renames],
+        class_names=boxes.class_names,
+        drop=boxes.drop,
+    )
+
+
 __all__ = [
     "COCO_CATEGORIES",
     "CONFIG_DIR",
     "TorchvisionImporter",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn",
     "torchvision_coco_classes",

@@ -8,7 +8,10 @@ RetinaNet and FCOS (Lin et al., 2017; Tian et al., 2019) add two instead, each a
 stride-2 3x3 convolution, with a ReLU between them (torchvision's ``LastLevelP6P7``
 on P5).
 
-Input ``cK`` (stride 2**K) becomes output ``pK`` of the same stride.
+Input ``cK`` (stride 2**K) becomes output ``pK`` of the same stride; a map ``cK_NAME``
+taken inside a stage becomes ``pK_NAME``, so that two inputs of one stride keep apart
+(MobileNetV3's ``c5_entry`` and ``c5``, the two stride-32 maps of torchvision's mobile
+FPN, give ``p5_entry`` and ``p5``; the top-down step between them adds without resizing).
 """
 
 from __future__ import annotations
@@ -55,7 +58,12 @@ class FPN(Neck):
         )
         self.output_convs = nn.ModuleList(_conv(out_channels, out_channels, 3, norm) for _ in self.in_features)
         levels = [int(math.log2(in_strides[k])) for k in self.in_features]
-        self.out_names = [f"p{lvl}" for lvl in levels]
+        self.out_names = [_level_name(k, lvl) for k, lvl in zip(self.in_features, levels)]
+        if len(set(self.out_names)) < len(self.out_names):
+            raise ValueError(
+                f"FPN inputs {self.in_features} (strides {[in_strides[k] for k in self.in_features]}) give the "
+                f"levels {self.out_names}: inputs of one stride need names cK_NAME (a map inside stage cK)"
+            )
         self.extra_level = _extra_level_kind(extra_level)
         #: the convolutions of ``p6p7`` (empty otherwise)
         self.extra_convs = nn.ModuleList()
@@ -104,3 +112,11 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> n
     """A conv, followed by a norm layer unless ``norm == "none"`` (then the conv has a bias)."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm == "none")
     return conv if norm == "none" else nn.Sequential(conv, make_norm(norm, out_channels))
+
+
+def _level_name(input_name: str, level: int) -> str:
+    """``pK`` for an input at stride ``2**K``; ``pK_NAME`` for an input named ``cJ_NAME``."""
+    stage, _, tap = input_name.partition("_")
+    if tap and stage[:1] == "c" and stage[1:].isdigit():
+        return f"p{level}_{tap}"
+    return f"p{level}"
