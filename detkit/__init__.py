@@ -11,7 +11,9 @@ enforces it for the first-party plugins), is :data:`PUBLIC_MODULES`:
 * :mod:`detkit.hookspecs` -- the hooks and the :class:`~detkit.hookspecs.Registrar` protocol;
 * :mod:`detkit.importers` -- converting torchvision state dicts into detkit checkpoints;
 * :mod:`detkit.io` -- atomic file output (temporary file, then rename);
-* :mod:`detkit.weights` -- reading weight files and URLs (downloaded once) into modules.
+* :mod:`detkit.weights` -- reading weight files and URLs (downloaded once) into modules;
+* :mod:`detkit.backbones` -- the classification backbones, their building blocks
+  (MobileNetV3's inverted residual blocks and tables), the FPN and the backbone registry.
 """
 
 from detkit.errors import CheckpointError, ConfigError, DataError, DetkitError, PluginError
@@ -31,6 +33,7 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "detkit.importers",
     "detkit.io",
     "detkit.weights",
+    "detkit.backbones",
 )
 
 __all__ = [

@@ -24,9 +24,10 @@ Every batch norm uses ``eps=0.001`` and ``momentum=0.03``; without ImageNet weig
 convolution starts from N(0, 0.03) with zero bias. Parameter names follow torchvision's
 ``ssdlite320_mobilenet_v3_large`` (``features.0``, ``features.1``, ``extra.I`` for the
 backbone; ``cls_logits.K`` and ``bbox_deltas.K`` are its head's module lists), so its
-state dicts load after renaming the head's two prefixes. The trunk's blocks are the same
-modules as ``detkit.backbones.mobilenet``'s, written out here because a plugin imports
-only :data:`detkit.PUBLIC_MODULES`.
+state dicts load after renaming the head's two prefixes. The trunk is built from
+:mod:`detkit.backbones`' MobileNetV3 blocks (:func:`~detkit.backbones.block_configs`,
+:func:`~detkit.backbones.make_features`) with SSDlite's batch norm, then cut inside the
+C4 block.
 
 Shape glossary: N images, C channels, H/W input size (320 in SSDlite320), maps ``c4``
 (stride 16), ``c5`` (32), ``extra0..3`` (64 to 512 nominally; a 320 px input gives
@@ -37,10 +38,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit import CheckpointError
+from detkit.backbones import (
+    MOBILENET_V3_TABLES,
+    ConvNormActivation,
+    InvertedResidual,
+    block_configs,
+    make_features,
+    norm_layer,
+)
 from detkit.stages import Backbone
 from detkit.structures import FeatureMaps
 from detkit.weights import read_state_dict
@@ -52,43 +60,17 @@ IMAGENET_MOBILENET_V3_LARGE = "https://download.pytorch.org/models/mobilenet_v3_
 #: Batch norm of every SSDlite layer, trunk included (torchvision's ``ssdlite320_mobilenet_v3_large``).
 BN_EPS = 0.001
 BN_MOMENTUM = 0.03
+#: Builds that batch norm for a layer of so many channels.
+SSDLITE_NORM = norm_layer("bn", eps=BN_EPS, momentum=BN_MOMENTUM)
 
-#: MobileNetV3-Large's inverted residual blocks at width 1 (Howard et al., 2019, table 1):
-#: ``(kernel, expanded, out, squeeze-excite, hard-swish, stride)``. The first takes the
-#: 16-channel stem; ``reduced_tail`` halves ``expanded`` and ``out`` of the C4 block and after,
-#: except the C4 block's expansion (its input is 112 channels either way).
-MOBILENET_V3_LARGE: list[tuple[int, int, int, bool, bool, int]] = [
-    (3, 16, 16, False, False, 1),
-    (3, 64, 24, False, False, 2),  # C1
-    (3, 72, 24, False, False, 1),
-    (5, 72, 40, True, False, 2),  # C2
-    (5, 120, 40, True, False, 1),
-    (5, 120, 40, True, False, 1),
-    (3, 240, 80, False, True, 2),  # C3
-    (3, 200, 80, False, True, 1),
-    (3, 184, 80, False, True, 1),
-    (3, 184, 80, False, True, 1),
-    (3, 480, 112, True, True, 1),
-    (3, 672, 112, True, True, 1),
-    (5, 672, 160, True, True, 2),  # C4: its expansion output is map c4
-    (5, 960, 160, True, True, 1),
-    (5, 960, 160, True, True, 1),
-]
-#: Index of the C4 block in :data:`MOBILENET_V3_LARGE`.
-C4_BLOCK = 12
+#: Index of the C4 block (the first block at stride 32, the last stride-2 one) in
+#: MobileNetV3-Large's table (``MOBILENET_V3_TABLES["large"].blocks``); ``features`` has
+#: the stem first, so the block is ``features[1 + C4_BLOCK]`` there.
+C4_BLOCK = max(i for i, block in enumerate(MOBILENET_V3_TABLES["large"].blocks) if block.stride == 2)
 #: SSDlite's extra blocks: output channels at width 1 (each halves the map).
 SSDLITE_EXTRA: list[int] = [512, 256, 256, 128]
 #: SSDlite320's default boxes: ratios 2 and 3 on each of the six maps.
 SSDLITE_ASPECT_RATIOS: list[list[float]] = [[2, 3]] * 6
-
-
-def make_divisible(channels: float, divisor: int = 8) -> int:
-    """``channels`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``), never 10% below it.
-
-    The rounding of MobileNet's width multiplier (torchvision's ``_make_divisible``).
-    """
-    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * channels else rounded
 
 
 def conv_bn(
@@ -99,21 +81,15 @@ def conv_bn(
     stride: int = 1,
     groups: int = 1,
     activation: type[nn.Module] | None = None,
-) -> nn.Sequential:
+) -> ConvNormActivation:
     """Convolution (no bias, "same" padding), batch norm (SSDlite's eps and momentum), optional activation.
 
     Children ``0`` (conv), ``1`` (norm), ``2`` (activation), as torchvision's ``Conv2dNormActivation``.
     """
-    layers: list[nn.Module] = [
-        nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, groups=groups,
-            bias=False,
-        ),
-        nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM),
-    ]
-    if activation is not None:
-        layers.append(activation())
-    return nn.Sequential(*layers)
+    return ConvNormActivation(
+        in_channels, out_channels, kernel_size=kernel_size, stride=stride, groups=groups,
+        norm_layer=SSDLITE_NORM, activation=activation,
+    )
 
 
 def depthwise_separable(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -131,70 +107,6 @@ def normal_init(module: nn.Module, std: float = 0.03) -> None:
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-class SqueezeExcitation(nn.Module):
-    """Channel attention (Hu et al., 2018) as MobileNetV3 uses it: global mean, 1x1 down, ReLU, 1x1 up, hard sigmoid.
-
-    ``forward(x: Tensor[N, C, H, W]) -> Tensor[N, C, H, W]``: ``x`` scaled per channel.
-    """
-
-    def __init__(self, *, channels: int, squeeze_channels: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, squeeze_channels, kernel_size=1)
-        self.fc2 = nn.Conv2d(squeeze_channels, channels, kernel_size=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = F.adaptive_avg_pool2d(x, 1)  # (N, C, H, W) -> (N, C, 1, 1)
-        scale = F.hardsigmoid(self.fc2(F.relu(self.fc1(scale))))
-        return x * scale
-
-
-class InvertedResidual(nn.Module):
-    """MobileNetV3's block: 1x1 expansion (when wider), kxk depthwise, optional squeeze-excite, linear 1x1 projection.
-
-    The input is added back when the block keeps the stride and channels. The stages
-    are ``block.0..3`` (``block.0`` is the depthwise conv when there is no expansion).
-    """
-
-    def __init__(
-        self, *, in_channels: int, kernel: int, expanded: int, out_channels: int, se: bool, hard_swish: bool,
-        stride: int,
-    ) -> None:
-        super().__init__()
-        activation = nn.Hardswish if hard_swish else nn.ReLU
-        layers: list[nn.Module] = []
-        if expanded != in_channels:
-            layers.append(conv_bn(in_channels, expanded, 1, activation=activation))
-        layers.append(conv_bn(expanded, expanded, kernel, stride=stride, groups=expanded, activation=activation))
-        if se:
-            layers.append(SqueezeExcitation(channels=expanded, squeeze_channels=make_divisible(expanded // 4)))
-        layers.append(conv_bn(expanded, out_channels, 1))
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_channels == out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.block(x)
-        return out + x if self.use_residual else out
-
-
-def mobilenet_v3_large_blocks(*, width_mult: float = 1.0, reduced_tail: bool = False) -> list[nn.Module]:
-    """MobileNetV3-Large's ``features`` as torchvision lays them out: stem, 15 blocks, last 1x1 conv (17 modules)."""
-    divider = 2 if reduced_tail else 1
-    channels = make_divisible(16 * width_mult)
-    layers: list[nn.Module] = [conv_bn(3, channels, 3, stride=2, activation=nn.Hardswish)]
-    for i, (kernel, expanded, out, se, hard_swish, stride) in enumerate(MOBILENET_V3_LARGE):
-        if i >= C4_BLOCK:
-            out //= divider
-            expanded = expanded if i == C4_BLOCK else expanded // divider
-        expanded, out = make_divisible(expanded * width_mult), make_divisible(out * width_mult)
-        layers.append(InvertedResidual(
-            in_channels=channels, kernel=kernel, expanded=expanded, out_channels=out, se=se, hard_swish=hard_swish,
-            stride=stride,
-        ))
-        channels = out
-    layers.append(conv_bn(channels, 6 * channels, 1, activation=nn.Hardswish))
-    return layers
 
 
 def extra_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -242,7 +154,8 @@ class SSDLiteMobileNetV3(Backbone):
         if not extra_channels:
             raise ValueError("extra_channels must list at least one extra block")
         self.width_mult, self.reduced_tail = width_mult, reduced_tail
-        blocks = mobilenet_v3_large_blocks(width_mult=width_mult, reduced_tail=reduced_tail)
+        stem, configs, _ = block_configs("large", width_mult=width_mult, reduced_tail=reduced_tail)
+        blocks = list(make_features(stem, configs, norm_layer=SSDLITE_NORM))  # stem, 15 blocks, last 1x1 conv
         c4 = blocks[1 + C4_BLOCK]  # + 1: the stem comes first
         assert isinstance(c4, InvertedResidual)
         expansion, after_expansion = c4.block[0], c4.block[1:]  # slicing keeps the keys (1, 2, 3), as torchvision's
@@ -355,17 +268,13 @@ __all__ = [
     "BN_MOMENTUM",
     "C4_BLOCK",
     "IMAGENET_MOBILENET_V3_LARGE",
-    "MOBILENET_V3_LARGE",
     "SSDLITE_ASPECT_RATIOS",
     "SSDLITE_EXTRA",
-    "InvertedResidual",
+    "SSDLITE_NORM",
     "SSDLiteHead",
     "SSDLiteMobileNetV3",
-    "SqueezeExcitation",
     "conv_bn",
     "depthwise_separable",
     "extra_block",
-    "make_divisible",
-    "mobilenet_v3_large_blocks",
     "normal_init",
 ]
