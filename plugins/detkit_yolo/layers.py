@@ -3,7 +3,8 @@
 * :class:`ConvNormAct`: a k x k convolution without bias, batch norm and SiLU, the one
   layer every block is made of (YOLOv5/v8's ``Conv``). Its batch norm uses YOLO's
   settings (``eps`` 1e-3, momentum 0.03); ``norm: frozen_bn`` fixes it
-  (:class:`FrozenBatchNorm2d`, which detkit folds into the convolution at inference).
+  (:class:`detkit.backbones.FrozenBatchNorm2d`, which detkit folds into the convolution at
+  inference).
 * :class:`Bottleneck`: two 3x3 :class:`ConvNormAct`, with a residual connection.
 * :class:`C2f`: YOLOv8's cross-stage-partial block (CSPNet, Wang et al., 2020): a 1x1
   convolution splits the input into two halves; n bottlenecks run in sequence on the
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detkit.backbones import FrozenBatchNorm2d
+
 #: The normalizations a layer may use (``norm`` arguments).
 NORMS: tuple[str, ...] = ("bn", "frozen_bn")
 
@@ -30,55 +33,12 @@ BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
 
 
-class FrozenBatchNorm2d(nn.Module):
-    """Batch norm with fixed statistics and affine parameters (buffers, not parameters).
-
-    Loads ``nn.BatchNorm2d`` state dicts. It declares ``scale_and_shift()``, the protocol by
-    which detkit folds a frozen norm into the convolution before it at inference.
-    """
-
-    weight: Tensor
-    bias: Tensor
-    running_mean: Tensor
-    running_var: Tensor
-
-    def __init__(self, num_features: int, *, eps: float = BN_EPS) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def _load_from_state_dict(
-        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
-    ) -> None:
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
-        """The per-channel ``(scale, shift)`` this layer applies, each ``(C,)``."""
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        return scale, self.bias - self.running_mean * scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale, shift = self.scale_and_shift()
-        # (C,) -> (1, C, 1, 1) to broadcast over (N, C, H, W)
-        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
-
-
 def make_norm(norm: str, channels: int) -> nn.Module:
-    """``bn`` (trained, YOLO's eps and momentum) or ``frozen_bn`` (:class:`FrozenBatchNorm2d`)."""
+    """``bn`` (trained) or ``frozen_bn`` (detkit.backbones' :class:`FrozenBatchNorm2d`), with YOLO's eps."""
     if norm == "bn":
         return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
     if norm == "frozen_bn":
-        return FrozenBatchNorm2d(channels)
+        return FrozenBatchNorm2d(channels, eps=BN_EPS)
     raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
 
 
