@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from detkit.config import RECIPES_DIR, config_file, load_config
 from detkit.errors import CheckpointError, ConfigError
@@ -49,6 +50,31 @@ def torchvision_coco_classes() -> list[str]:
     return [name or f"N/A {cid}" for cid, name in COCO_CATEGORIES.items()]
 
 
+def spread_random_weights(model: nn.Module, *, seed: int) -> None:
+    """Redraw a randomly initialised model's convolutions and batch norms from a seeded generator, in place.
+
+    Some of torchvision's initialisations let the activations vanish (MobileNetV3's fan-out
+    init of depthwise convolutions ignores their groups; SSDlite draws N(0, 0.03)), so in
+    eval mode every map is ~0 and every score ties: a comparison of two models on such
+    weights would accept any order of detections. He fan-in convolutions (bias N(0, 0.1)) and
+    batch norms with scales U(0.5, 1.5), shifts and means N(0, 0.1) and variances U(0.5, 2)
+    carry the image through, so scores and boxes differ from detection to detection.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 1.5 + 0.5)
+
+
 @dataclass(frozen=True)
 class TorchvisionImporter:
     """Renames a torchvision state dict into a detkit model's.
@@ -60,6 +86,9 @@ class TorchvisionImporter:
         drop: regexes of keys that have no detkit counterpart (dropped).
         drop_background: regexes of (renamed) keys whose first row is torchvision's
             background class, which the detkit layer does not have (the row is removed).
+        vanishing_init: torchvision's random initialisation of the model lets its activations
+            vanish, so comparisons on random weights (``detkit benchmark --against
+            torchvision``) first redraw them with :func:`spread_random_weights`.
     """
 
     config: str
@@ -67,6 +96,7 @@ class TorchvisionImporter:
     class_names: Sequence[str]
     drop: Sequence[str] = ()
     drop_background: Sequence[str] = ()
+    vanishing_init: bool = False
 
     def rename(self, key: str) -> str:
         for pattern, replacement in self.renames:
@@ -164,6 +194,7 @@ def _mobilenet_v3_fpn(config: str) -> TorchvisionImporter:
         renames=[(r"^backbone\.body\.", "backbone.features."), *boxes.renames],
         class_names=boxes.class_names,
         drop=boxes.drop,
+        vanishing_init=True,
     )
 
 
@@ -175,5 +206,6 @@ __all__ = [
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn",
+    "spread_random_weights",
     "torchvision_coco_classes",
 ]

@@ -30,7 +30,8 @@ def ssdlite320_mobilenet_v3_large() -> TorchvisionImporter:
     """
     ssd = ssd300_vgg16()
     return TorchvisionImporter(
-        config="ssdlite320_mobilenet_v3_large.yaml", renames=ssd.renames, class_names=ssd.class_names
+        config="ssdlite320_mobilenet_v3_large.yaml", renames=ssd.renames, class_names=ssd.class_names,
+        vanishing_init=True,
     )
 
 

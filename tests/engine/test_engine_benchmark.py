@@ -33,6 +33,14 @@ def test_detections_agree_within_the_tolerances_and_labels_shift_by_one():
     assert report["max_box_diff"] == pytest.approx(BOX_TOLERANCE / 2, abs=1e-5)
 
 
+def test_detections_whose_scores_tie_within_rounding_may_come_in_either_order():
+    tv = _torchvision(BOXES, [1, 18], [0.5, 0.5])
+    report = compare_detections([tv], [_detections(BOXES[::-1], [17, 0], [0.5 + 1e-6, 0.5])])
+    assert report["identical"] and report["unmatched"] == 0 and report["max_box_diff"] == 0
+    swapped_labels = compare_detections([tv], [_detections(BOXES, [17, 0], [0.5, 0.5])])
+    assert not swapped_labels["identical"] and swapped_labels["unmatched"] == 2
+
+
 @pytest.mark.parametrize(
     ("boxes", "labels", "scores", "why"),
     [
