@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "detkit_selective_search",
     "detkit_sliding_window",
     "detkit_yolo",
+    "detkit_dense_heads",
 )
 
 
