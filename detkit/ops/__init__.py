@@ -4,6 +4,7 @@ Boxes are ``(M, 4)`` float tensors in absolute ``xyxy`` pixels unless a function
 says otherwise.
 """
 
+from detkit.ops.anchors import cell_anchors, grid_anchors, level_strides
 from detkit.ops.box_coder import BoxCoder
 from detkit.ops.boxes import (
     HALF_DTYPES,
@@ -47,6 +48,7 @@ __all__ = [
     "box_intersection",
     "box_ioa",
     "box_iou",
+    "cell_anchors",
     "clip_boxes",
     "complete_box_iou",
     "complete_box_iou_loss",
@@ -54,6 +56,8 @@ __all__ = [
     "distance_box_iou_loss",
     "generalized_box_iou",
     "generalized_box_iou_loss",
+    "grid_anchors",
+    "level_strides",
     "masks_to_boxes",
     "nms",
     "nonempty_boxes",

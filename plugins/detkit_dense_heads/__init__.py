@@ -21,7 +21,7 @@ giving ``c3``-``c5``.
 from __future__ import annotations
 
 from detkit.hookspecs import Registrar, hookimpl
-from detkit_dense_heads.anchors import AnchorGrid, cell_anchors, octave_sizes
+from detkit_dense_heads.anchors import AnchorGrid, octave_sizes
 from detkit_dense_heads.detector import build_dense_detector
 from detkit_dense_heads.fcos import FCOSHead, decode_distances, encode_distances, fcos_assign
 from detkit_dense_heads.importer import SigmoidHeadImporter, fcos_resnet50_fpn, retinanet_resnet50_fpn
@@ -33,7 +33,6 @@ __all__ = [
     "RetinaNetHead",
     "SigmoidHeadImporter",
     "build_dense_detector",
-    "cell_anchors",
     "decode_distances",
     "detkit_add_components",
     "encode_distances",

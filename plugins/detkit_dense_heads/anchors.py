@@ -3,13 +3,8 @@
 RetinaNet places ``S x R`` anchors per location (S sizes a third of an octave apart, R
 aspect ratios); FCOS one square per location whose side is the level's nominal stride,
 so that its centre is the location and its side scales the regressed distances. The
-numerics are torchvision's ``AnchorGenerator``: corners rounded to whole pixels, a
-level's stride is the padded batch size divided by the map size (integer division, so
-P6 and P7 of an 800-pixel side have strides 61 and 114, not 64 and 128), the anchors of
-a location sit at its top-left corner times the stride.
-
-(The RPN plugin's generator computes the same boxes; plugins do not import one another,
-so this one is the dense heads' own.)
+cells and their placement are :mod:`detkit.ops.anchors`' (torchvision's
+``AnchorGenerator`` numerics, the level strides taken from the padded batch size).
 
 Shape glossary: L levels, A anchors per location, Hi/Wi the size of level i,
 M_i = Hi * Wi * A anchors of level i.
@@ -22,6 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from detkit.ops import cell_anchors, grid_anchors, level_strides
+from detkit.structures import ImageBatch
+
 
 def octave_sizes(base_sizes: Sequence[int], *, per_octave: int = 3) -> list[list[int]]:
     """Per level, ``per_octave`` sizes from the base up, ``2 ** (1 / per_octave)`` apart, truncated to integers.
@@ -30,22 +28,6 @@ def octave_sizes(base_sizes: Sequence[int], *, per_octave: int = 3) -> list[list
     sizes (torchvision truncates with ``int`` likewise).
     """
     return [[int(base * 2 ** (k / per_octave)) for k in range(per_octave)] for base in base_sizes]
-
-
-def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
-    """Anchors centred on the origin: ``(len(aspect_ratios) * len(sizes), 4)`` xyxy, ratio-major.
-
-    An anchor of size ``s`` and ratio ``r = h / w`` has ``w = s / sqrt(r)`` and ``h = s * sqrt(r)``
-    (area ``s ** 2``); the corners are rounded to whole pixels.
-    """
-    scales = torch.as_tensor(sizes, dtype=torch.float32)
-    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
-    h_ratios = torch.sqrt(ratios)
-    w_ratios = 1 / h_ratios
-    # (R, 1) * (1, S) -> (R * S,)
-    widths = (w_ratios[:, None] * scales[None, :]).view(-1)
-    heights = (h_ratios[:, None] * scales[None, :]).view(-1)
-    return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).round()
 
 
 class AnchorGrid:
@@ -86,17 +68,13 @@ class AnchorGrid:
         """
         if len(grid_sizes) != self.num_levels:
             raise ValueError(f"{self.num_levels} anchor size tuples for {len(grid_sizes)} feature maps")
-        anchors = []
-        for (height, width), cell in zip(grid_sizes, self._cells):
-            stride_y, stride_x = image_size[0] // height, image_size[1] // width
-            shift_x = torch.arange(0, width, dtype=torch.int32, device=device) * stride_x
-            shift_y = torch.arange(0, height, dtype=torch.int32, device=device) * stride_y
-            yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")  # (Hi, Wi) each
-            xx, yy = xx.reshape(-1), yy.reshape(-1)
-            shifts = torch.stack((xx, yy, xx, yy), dim=1)  # (Hi*Wi, 4)
-            # (Hi*Wi, 1, 4) + (1, A, 4) -> (Hi*Wi*A, 4)
-            anchors.append((shifts.view(-1, 1, 4) + cell.to(device).view(1, -1, 4)).reshape(-1, 4))
-        return anchors
+        return grid_anchors(self._cells, grid_sizes, level_strides(grid_sizes, image_size), device)
+
+    def for_maps(self, images: ImageBatch, maps: Sequence[Tensor]) -> list[Tensor]:
+        """Anchors ``(M_i, 4)`` of each map ``(N, C, Hi, Wi)`` of ``images``' padded batch."""
+        grid_sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in maps]
+        padded_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
+        return self(grid_sizes, padded_size, images.tensor.device)
 
 
-__all__ = ["AnchorGrid", "cell_anchors", "octave_sizes"]
+__all__ = ["AnchorGrid", "octave_sizes"]

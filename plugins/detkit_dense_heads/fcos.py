@@ -202,9 +202,7 @@ class FCOSHead(DenseHead):
         pred_logits = flatten_levels([self.cls_logits(self.cls_tower(x)) for x in maps], self.num_classes)  # (N, M, K)
         pred_distances = flatten_levels([F.relu(self.bbox_distances(x)) for x in box_features], 4)  # (N, M, 4)
         pred_centerness = flatten_levels([self.centerness(x) for x in box_features], 1)[..., 0]  # (N, M)
-        grid_sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in maps]
-        padded_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
-        references_per_level = self.anchors(grid_sizes, padded_size, images.tensor.device)  # L x (M_i, 4)
+        references_per_level = self.anchors.for_maps(images, maps)  # L x (M_i, 4)
         if self.training:
             if targets is None:
                 raise ValueError("FCOSHead needs targets in training")

@@ -120,9 +120,7 @@ class RetinaNetHead(DenseHead):
         maps = list(features.maps.values())
         pred_logits = flatten_levels([self.cls_logits(self.cls_tower(x)) for x in maps], self.num_classes)  # (N, M, K)
         pred_deltas = flatten_levels([self.bbox_deltas(self.box_tower(x)) for x in maps], 4)  # (N, M, 4)
-        grid_sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in maps]
-        padded_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
-        anchors_per_level = self.anchors(grid_sizes, padded_size, images.tensor.device)  # L x (M_i, 4)
+        anchors_per_level = self.anchors.for_maps(images, maps)  # L x (M_i, 4)
         if self.training:
             if targets is None:
                 raise ValueError("RetinaNetHead needs targets in training")

@@ -1,5 +1,8 @@
 """Anchors: reference boxes of several sizes and aspect ratios at every feature location.
 
+The cells and their placement are :mod:`detkit.ops.anchors`' (torchvision's numerics);
+this generator holds the RPN's per-level cells and checks the level count.
+
 Shape glossary: A anchors per location, Hi/Wi the size of level i.
 """
 
@@ -11,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit import ConfigError
+from detkit.ops import cell_anchors, grid_anchors
 
 
 class AnchorGenerator(nn.Module):
@@ -61,28 +65,4 @@ class AnchorGenerator(nn.Module):
                 f"{self.num_levels} anchor size tuples for {len(grid_sizes)} feature maps "
                 f"({len(strides)} strides); give one size tuple per feature map"
             )
-        anchors = []
-        for (gh, gw), (sh, sw), base in zip(grid_sizes, strides, self.cell_anchors):
-            shift_x = torch.arange(0, gw, dtype=torch.int32, device=device) * sw
-            shift_y = torch.arange(0, gh, dtype=torch.int32, device=device) * sh
-            yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
-            xx, yy = xx.reshape(-1), yy.reshape(-1)
-            shifts = torch.stack((xx, yy, xx, yy), dim=1)  # (Hi*Wi, 4)
-            # (Hi*Wi, 1, 4) + (1, A, 4) -> (Hi*Wi*A, 4)
-            anchors.append((shifts.view(-1, 1, 4) + base.to(device).view(1, -1, 4)).reshape(-1, 4))
-        return anchors
-
-
-def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
-    """Anchors centred on the origin: ``(len(ratios) * len(sizes), 4)``, ratio-major.
-
-    An anchor of size ``s`` and ratio ``r = h / w`` has ``w = s / sqrt(r)`` and
-    ``h = s * sqrt(r)`` (area ``s**2``); corners are rounded to whole pixels.
-    """
-    scales = torch.as_tensor(sizes, dtype=torch.float32)
-    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
-    h_ratios = torch.sqrt(ratios)
-    w_ratios = 1 / h_ratios
-    ws = (w_ratios[:, None] * scales[None, :]).view(-1)
-    hs = (h_ratios[:, None] * scales[None, :]).view(-1)
-    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+        return grid_anchors(self.cell_anchors, grid_sizes, strides, device)

@@ -22,6 +22,7 @@ from detkit.ops import (
     box_ioa,
     box_iou,
     clip_boxes,
+    level_strides,
     remove_small_boxes,
 )
 from detkit.stages import Losses, Proposer
@@ -149,10 +150,9 @@ class RPN(Proposer):
         )
 
     def _anchors(self, images: ImageBatch, maps: list[Tensor]) -> list[Tensor]:
-        padded_h, padded_w = images.tensor.shape[-2:]
+        padded_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
         grid_sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
-        strides = [(padded_h // gh, padded_w // gw) for gh, gw in grid_sizes]
-        return self.anchor_generator(grid_sizes, strides, images.tensor.device)
+        return self.anchor_generator(grid_sizes, level_strides(grid_sizes, padded_size), images.tensor.device)
 
     def _select(
         self, pred_boxes: Tensor, pred_logits: Tensor, image_sizes: list[tuple[int, int]],

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from detkit_rpn.anchors import AnchorGenerator, cell_anchors
+from detkit_rpn.anchors import AnchorGenerator
 from detkit_rpn.rpn import RPN
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
@@ -12,6 +12,7 @@ from torchvision.models.detection.image_list import ImageList
 from detkit import ConfigError
 from detkit.config import load_config
 from detkit.detectors import build_detector
+from detkit.ops import cell_anchors
 from detkit.plugins import load_plugins
 from detkit.structures import FeatureMaps, ImageBatch
 
