@@ -441,18 +441,9 @@ class MobileNetV3(ClassifierBackbone):
             self._load_weights(weights)
 
     def _init_weights(self) -> None:
-        # He init (fan-out) for the convolutions, unit norms, small Gaussian classifier (torchvision's).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        # He init (fan-out; torchvision's leaky-ReLU default of slope 0 is the ReLU gain), unit norms,
+        # small Gaussian classifier.
+        self._init_he_fan_out()
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         """``(name, features[start:end])`` of ``c1, c2, c3, c4, c5_entry, c5``."""

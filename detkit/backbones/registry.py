@@ -113,6 +113,21 @@ class ClassifierBackbone(Backbone):
         return x
 
     # -- shared machinery ----------------------------------------------------------------
+    def _init_he_fan_out(self) -> None:
+        """torchvision's VGG and MobileNetV3 initialization: He normal (fan-out, ReLU gain)
+        convolutions, unit norms, N(0, 0.01) linear layers, zero biases (He et al., 2015)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
     def _load_weights(self, path: str) -> None:
         """Load a state-dict file in torchvision's layout (a head-less model skips the file's head)."""
         from detkit.weights import load_weights_file

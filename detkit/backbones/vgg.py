@@ -172,17 +172,7 @@ class VGG(ClassifierBackbone):
 
     def _init_weights(self) -> None:
         # He init for the ReLU convs (the paper pretrained shallow nets instead).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        self._init_he_fan_out()
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         """``c0``: first conv block; ``cK`` (K >= 1): the K-th pool and the block after it; ``c5``: pool5."""

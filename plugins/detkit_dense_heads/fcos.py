@@ -41,7 +41,7 @@ from detkit.ops import at_least_float32, generalized_box_iou_loss, sigmoid_focal
 from detkit.stages import ClassRows, DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 from detkit_dense_heads.anchors import AnchorGrid
-from detkit_dense_heads.towers import conv_tower, flatten_levels, one_channel_count, predictor
+from detkit_dense_heads.towers import conv_tower, flatten_levels, one_channel_count, predictor, top_candidates
 
 #: FCOS's level sizes on P3-P7 (the nominal strides).
 FCOS_LEVEL_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -282,12 +282,12 @@ class FCOSHead(DenseHead):
             ):
                 class_probs = torch.sigmoid(at_least_float32(logits_l))  # (M_i, K)
                 centerness_probs = torch.sigmoid(at_least_float32(centerness_l))[:, None]  # (M_i,) -> (M_i, 1)
-                scores_l = torch.sqrt(class_probs * centerness_probs).flatten()  # (M_i, K) -> (M_i * K,)
-                top_scores, top_idx = scores_l.topk(min(self.topk_candidates, scores_l.numel()))  # (T_i,)
-                location_idx = torch.div(top_idx, self.num_classes, rounding_mode="floor")
+                top_scores, location_idx, top_labels = top_candidates(
+                    torch.sqrt(class_probs * centerness_probs), self.topk_candidates
+                )  # (M_i, K) -> (T_i,) each
                 boxes.append(decode_distances(at_least_float32(distances_l[location_idx]), references_l[location_idx]))
                 scores.append(top_scores)
-                labels.append(top_idx % self.num_classes)
+                labels.append(top_labels)
             results.append(Detections(boxes=torch.cat(boxes), scores=torch.cat(scores), labels=torch.cat(labels)))
         return results
 

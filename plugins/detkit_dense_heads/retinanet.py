@@ -39,7 +39,7 @@ from detkit.ops import BoxCoder, Matcher, at_least_float32, box_iou, sigmoid_foc
 from detkit.stages import ClassRows, DenseHead, Losses, no_detections
 from detkit.structures import Detections, FeatureMaps, ImageBatch, Targets
 from detkit_dense_heads.anchors import AnchorGrid, octave_sizes
-from detkit_dense_heads.towers import conv_tower, flatten_levels, one_channel_count, predictor
+from detkit_dense_heads.towers import conv_tower, flatten_levels, one_channel_count, predictor, top_candidates
 
 #: RetinaNet's anchor sizes on P3-P7: 32 to 512 pixels, three sizes per octave (torchvision's).
 RETINANET_ANCHOR_SIZES: tuple[tuple[int, ...], ...] = tuple(
@@ -172,12 +172,12 @@ class RetinaNetHead(DenseHead):
             for logits_l, deltas_l, anchors_l in zip(
                 logits.split(num_per_level), deltas.split(num_per_level), anchors_per_level
             ):
-                scores_l = torch.sigmoid(at_least_float32(logits_l)).flatten()  # (M_i, K) -> (M_i * K,)
-                top_scores, top_idx = scores_l.topk(min(self.topk_candidates, scores_l.numel()))  # (T_i,)
-                anchor_idx = torch.div(top_idx, self.num_classes, rounding_mode="floor")
+                top_scores, anchor_idx, top_labels = top_candidates(
+                    torch.sigmoid(at_least_float32(logits_l)), self.topk_candidates
+                )  # (M_i, K) -> (T_i,) each
                 boxes.append(self.box_coder.decode(deltas_l[anchor_idx], anchors_l[anchor_idx])[:, 0])  # (T_i, 4)
                 scores.append(top_scores)
-                labels.append(top_idx % self.num_classes)
+                labels.append(top_labels)
             results.append(Detections(boxes=torch.cat(boxes), scores=torch.cat(scores), labels=torch.cat(labels)))
         return results
 

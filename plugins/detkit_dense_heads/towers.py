@@ -1,9 +1,9 @@
-"""What RetinaNet and FCOS share: convolution towers run on every level, and flattening their outputs.
+"""What RetinaNet and FCOS share: convolution towers run on every level, flattening their outputs, top-k candidates.
 
 Both heads run two towers of 3x3 convolutions (one for classification, one for the
 boxes), shared by every pyramid level, then a 3x3 predictor per branch. Predictions
 of all levels are flattened into one row per anchor, level by level, in the order of
-the anchors.
+the anchors. At inference both keep, per level, the best (anchor, class) scores.
 
 Shape glossary: N images, C channels, A anchors per location, Hi/Wi the size of level i,
 M = sum_i Hi * Wi * A anchors of all levels, D columns of a prediction (K classes, 4 box terms).
@@ -80,4 +80,16 @@ def flatten_levels(outputs: Sequence[Tensor], columns: int) -> Tensor:
     return torch.cat(per_level, dim=1)
 
 
-__all__ = ["GROUPS", "conv_tower", "flatten_levels", "one_channel_count", "predictor"]
+def top_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` best (row, class) pairs of a level's ``(M_i, K)`` scores (all of them if fewer).
+
+    Returns:
+        ``(T,)`` each: the scores, descending; their rows (anchor or location); their classes.
+    """
+    num_classes = scores.shape[1]
+    flat = scores.flatten()  # (M_i, K) -> (M_i * K,)
+    top_scores, top_idx = flat.topk(min(k, flat.numel()))
+    return top_scores, torch.div(top_idx, num_classes, rounding_mode="floor"), top_idx % num_classes
+
+
+__all__ = ["GROUPS", "conv_tower", "flatten_levels", "one_channel_count", "predictor", "top_candidates"]
