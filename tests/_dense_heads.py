@@ -1,4 +1,4 @@
-"""Helpers of tests/test_retinanet.py and tests/test_fcos.py: torchvision twins, images, comparisons.
+"""Helpers of tests/test_retinanet.py and tests/test_fcos.py: torchvision twins and comparisons (on tests/_parity.py).
 
 torchvision's COCO RetinaNet and FCOS score 91 label slots; slot 0 is the background of its
 label list, never a training target, which detkit's import drops. A trained model never
@@ -10,17 +10,15 @@ places between any two implementations' float rounding.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torchvision
+from _parity import blurred_image, detect_photo, import_torchvision, training_losses
 from torch import nn
 
-from detkit.cli import main
 from detkit.data.images import image_to_tensor, read_image
 from detkit.engine.build import load_model
-from detkit.structures import Targets
 
 #: The smaller resize of the in-Python comparisons (the recipes' 800 px cost ~4 s per ResNet-50 image).
 SMALL = ["model.preprocess.min_size=320", "model.preprocess.max_size=640"]
@@ -43,20 +41,13 @@ def torchvision_model(name: str, tmp_path: Path, *, logit_scale: float) -> tuple
 
 def imported(name: str, tv_file: Path, tmp_path: Path, overrides: list[str]) -> tuple[nn.Module, Path]:
     """``detkit import-torchvision name`` of the file, loaded with ``overrides``; the model and checkpoint."""
-    ckpt = tmp_path / f"{name}.pt"
-    assert main(["-q", "import-torchvision", name, str(tv_file), str(ckpt)]) == 0
+    ckpt = import_torchvision(name, tv_file, tmp_path / f"{name}.pt")
     return load_model(ckpt, overrides=overrides)[0].model.eval(), ckpt
 
 
 def resize_small(tv_model: nn.Module) -> None:
     """Give torchvision's model the resize of :data:`SMALL`."""
     tv_model.transform.min_size, tv_model.transform.max_size = (320,), 640
-
-
-def blurred_image(height: int, width: int, seed: int) -> torch.Tensor:
-    """A smooth random ``(3, H, W)`` image (noise, then a 9x9 box blur)."""
-    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
-    return nn.functional.avg_pool2d(image, 9, stride=1, padding=4)[0]
 
 
 def assert_same_detections(
@@ -84,22 +75,12 @@ def assert_same_detections(
 
 
 def cli_detect_matches_torchvision(
-    name: str, tv_model: nn.Module, tv_file: Path, photo_dir: Path, tmp_path: Path, *, score_thresh: float
+    name: str, tv_model: nn.Module, tv_file: Path, photo: Path, tmp_path: Path, *, score_thresh: float
 ) -> int:
-    """``import-torchvision`` then ``detect`` on the first photo of ``photo_dir`` at ``score_thresh``,
-    compared with torchvision at the same threshold; returns the number of detections."""
-    source = sorted(photo_dir.glob("*.jpg"))[0]
-    photo = tmp_path / "in" / source.name
-    photo.parent.mkdir()
-    photo.write_bytes(source.read_bytes())
-    ckpt = tmp_path / "detkit.pt"
-    assert main(["-q", "import-torchvision", name, str(tv_file), str(ckpt)]) == 0
-    override = tmp_path / "thresh.yaml"
-    override.write_text(f"model:\n  postprocess: {{score_thresh: {score_thresh}}}\n")
-    out = tmp_path / "out"
-    assert main(["-q", "detect", "--weights", str(ckpt), "--config", str(override), "--out", str(out),
-                 "--score-thresh", "0", "--device", "cpu", "--no-draw", str(photo)]) == 0
-    ours = json.loads((out / "detections.json").read_text())
+    """``import-torchvision`` then ``detect`` on ``photo`` at ``score_thresh``, compared with torchvision at the
+    same threshold; returns the number of detections."""
+    ckpt = import_torchvision(name, tv_file, tmp_path / "detkit.pt")
+    ours = detect_photo(ckpt, photo, tmp_path / "out", score_thresh=score_thresh)
     tv_model.eval().score_thresh = score_thresh
     with torch.no_grad():
         theirs = tv_model([image_to_tensor(read_image(photo))])[0]
@@ -114,24 +95,30 @@ def cli_detect_matches_torchvision(
     return len(ours)
 
 
-def training_losses(tv_model: nn.Module, ours: nn.Module) -> tuple[dict, dict]:
-    """Both models' training losses on the same two images and objects (torchvision's BatchNorm frozen)."""
-    images = [blurred_image(240, 351, seed=2), blurred_image(300, 200, seed=3)]
+def assert_python_detections_match(
+    name: str, tv_model: nn.Module, tv_file: Path, tmp_path: Path, *, count: int
+) -> None:
+    """The imported model at the small resize and threshold 0 gives torchvision's ``count`` detections of a
+    non-square image, without rounding."""
+    ours, _ = imported(name, tv_file, tmp_path, [*SMALL, "model.postprocess.score_thresh=0.0"])
+    resize_small(tv_model)
+    tv_model.score_thresh = 0.0
+    image = blurred_image(240, 351, seed=1)
+    with torch.no_grad():
+        mine = ours([image])[0][0]
+        theirs = tv_model([image])[0]
+    assert len(mine) == count
+    assert_same_detections(mine.boxes, mine.scores, (mine.labels + 1).tolist(), theirs, box_atol=1e-3, score_atol=1e-5)
+
+
+def imported_training_losses(name: str, tv_model: nn.Module, tv_file: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """torchvision's and the imported model's training losses at the small resize on the same two images and
+    objects (torchvision's BatchNorm frozen, as detkit's ResNet's)."""
+    ours, _ = imported(name, tv_file, tmp_path, SMALL)
+    resize_small(tv_model)
     boxes = [
         torch.tensor([[10.0, 20.0, 200.0, 180.0], [150.0, 5.0, 340.0, 90.0], [20.0, 30.0, 60.0, 50.0]]),
         torch.tensor([[30.0, 40.0, 90.0, 250.0]]),
     ]
     labels = [torch.tensor([0, 16, 5]), torch.tensor([61])]  # detkit labels; torchvision's are + 1
-    tv_model.train()
-    for module in tv_model.modules():  # detkit's ResNet has frozen norms: use the running statistics
-        if isinstance(module, nn.BatchNorm2d):
-            module.eval()
-    ours.train()
-    try:
-        with torch.no_grad():
-            theirs = tv_model(images, [{"boxes": b, "labels": lab + 1} for b, lab in zip(boxes, labels)])
-            _, mine = ours(images, [Targets(boxes=b, labels=lab) for b, lab in zip(boxes, labels)])
-    finally:
-        tv_model.eval()
-        ours.eval()
-    return theirs, mine
+    return training_losses(tv_model, ours, boxes, labels, frozen_bn=True)

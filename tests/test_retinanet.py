@@ -10,15 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 from _dense_heads import (
-    SMALL,
-    assert_same_detections,
-    blurred_image,
+    assert_python_detections_match,
     cli_detect_matches_torchvision,
-    imported,
-    resize_small,
+    imported_training_losses,
     torchvision_model,
-    training_losses,
 )
+from _parity import real_photo
 from detkit_dense_heads import AnchorGrid, RetinaNetHead, octave_sizes
 from test_learning import tiny_run_overrides, train_and_score
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -72,7 +69,7 @@ def test_import_and_detect_on_a_photo_match_torchvision(torchvision_retinanet, s
     """The recipe's 800 px resize, P3-P7, 1000 candidates per level, class-wise NMS; a threshold that cuts."""
     tv_model, tv_file = torchvision_retinanet
     count = cli_detect_matches_torchvision(
-        NAME, tv_model, tv_file, shared_data("tiny_coco") / "val2017", tmp_path, score_thresh=0.11
+        NAME, tv_model, tv_file, real_photo(shared_data, tmp_path), tmp_path, score_thresh=0.11
     )
     assert 0 < count < 300  # the threshold keeps some, not all of the 300
 
@@ -80,23 +77,13 @@ def test_import_and_detect_on_a_photo_match_torchvision(torchvision_retinanet, s
 def test_imported_model_matches_exactly_in_python(torchvision_retinanet, tmp_path):
     """No rounding, a non-square image, every detection (threshold 0: 300 kept)."""
     tv_model, tv_file = torchvision_retinanet
-    ours, _ = imported(NAME, tv_file, tmp_path, [*SMALL, "model.postprocess.score_thresh=0.0"])
-    resize_small(tv_model)
-    tv_model.score_thresh = 0.0
-    image = blurred_image(240, 351, seed=1)
-    with torch.no_grad():
-        mine = ours([image])[0][0]
-        theirs = tv_model([image])[0]
-    assert len(mine) == 300
-    assert_same_detections(mine.boxes, mine.scores, (mine.labels + 1).tolist(), theirs, box_atol=1e-3, score_atol=1e-5)
+    assert_python_detections_match(NAME, tv_model, tv_file, tmp_path, count=300)
 
 
 def test_training_losses_match_torchvision(torchvision_retinanet, tmp_path):
     """Matching (low-quality matches, ignored anchors), focal loss and L1 box loss on the same images."""
     tv_model, tv_file = torchvision_retinanet
-    ours, _ = imported(NAME, tv_file, tmp_path, SMALL)
-    resize_small(tv_model)
-    theirs, mine = training_losses(tv_model, ours)
+    theirs, mine = imported_training_losses(NAME, tv_model, tv_file, tmp_path)
     assert set(mine) == {"loss_retinanet_cls", "loss_retinanet_box"}
     assert torch.allclose(mine["loss_retinanet_cls"], theirs["classification"], rtol=1e-5)
     assert torch.allclose(mine["loss_retinanet_box"], theirs["bbox_regression"], rtol=1e-5)

@@ -8,6 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from _parity import (
+    assert_json_detections_equal,
+    blurred_image,
+    cutting_threshold,
+    detect_photo,
+    import_torchvision,
+    real_photo,
+    training_losses,
+)
 from detkit_single_shot import DefaultBoxes, hard_negative_mask, match_default_boxes
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
@@ -167,14 +176,8 @@ def torchvision_ssd(tmp_path_factory):
 def imported_ssd(torchvision_ssd, tmp_path_factory):
     from detkit.engine.build import load_model
 
-    ckpt = tmp_path_factory.mktemp("dk") / "ssd300.pt"
-    assert main(["-q", "import-torchvision", "ssd300_vgg16", str(torchvision_ssd[1]), str(ckpt)]) == 0
+    ckpt = import_torchvision("ssd300_vgg16", torchvision_ssd[1], tmp_path_factory.mktemp("dk") / "ssd300.pt")
     return load_model(ckpt, overrides=["model.postprocess.score_thresh=0.0"])[0].model
-
-
-def _blurred_image(height, width, seed):
-    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.avg_pool2d(image, 9, stride=1, padding=4)[0]
 
 
 def test_imported_ssd_matches_torchvision_exactly_in_python(torchvision_ssd, imported_ssd):
@@ -182,7 +185,7 @@ def test_imported_ssd_matches_torchvision_exactly_in_python(torchvision_ssd, imp
     tv_model, _ = torchvision_ssd
     tv_model.eval().score_thresh = 0.0
     imported_ssd.eval()
-    image = _blurred_image(240, 351, seed=1)
+    image = blurred_image(240, 351, seed=1)
     with torch.no_grad():
         ours = imported_ssd([image])[0][0]
         theirs = tv_model([image])[0]
@@ -195,59 +198,24 @@ def test_imported_ssd_matches_torchvision_exactly_in_python(torchvision_ssd, imp
 def test_imported_ssd_training_losses_match_torchvision(torchvision_ssd, imported_ssd):
     """Matching, hard negative mining and both losses against torchvision's SSD.compute_loss."""
     tv_model, _ = torchvision_ssd
-    images = [_blurred_image(240, 351, seed=2), _blurred_image(300, 200, seed=3)]
     boxes = [
         torch.tensor([[10.0, 20.0, 200.0, 180.0], [150.0, 5.0, 340.0, 90.0]]),
         torch.tensor([[30.0, 40.0, 90.0, 250.0]]),
     ]
     labels = [torch.tensor([0, 16]), torch.tensor([61])]  # detkit labels; torchvision's are + 1
-    tv_model.train()
-    imported_ssd.train()
-    try:
-        with torch.no_grad():
-            theirs = tv_model(images, [{"boxes": b, "labels": lab + 1} for b, lab in zip(boxes, labels)])
-            _, ours = imported_ssd(images, [Targets(boxes=b, labels=lab) for b, lab in zip(boxes, labels)])
-    finally:
-        tv_model.eval()
-        imported_ssd.eval()
+    theirs, ours = training_losses(tv_model, imported_ssd, boxes, labels)
     assert torch.allclose(ours["loss_ssd_cls"], theirs["classification"], rtol=1e-5)
     assert torch.allclose(ours["loss_ssd_box"], theirs["bbox_regression"], rtol=1e-5)
     assert ours["loss_ssd_box"] > 0 and ours["loss_ssd_cls"] > 0
 
 
 def test_import_and_detect_match_torchvision_ssd300(torchvision_ssd, shared_data, tmp_path):
-    photo_dir = shared_data("tiny_coco") / "val2017"
-    source = sorted(photo_dir.glob("*.jpg"))[0]
-    photo = tmp_path / "in" / source.name
-    photo.parent.mkdir()
-    photo.write_bytes(source.read_bytes())
+    photo = real_photo(shared_data, tmp_path)
     tv_model, tv_file = torchvision_ssd
-    tv_model.score_thresh = 0.0
-    image = image_to_tensor(read_image(photo))
-    with torch.no_grad():
-        unthresholded = tv_model([image])[0]
-        # random weights: put the threshold mid-way down the scores, so that it cuts
-        thresh = round(float(unthresholded["scores"][len(unthresholded["scores"]) // 2]), 3)
-        tv_model.score_thresh = thresh
-        theirs = tv_model([image])[0]
-    assert 0 < len(theirs["boxes"]) < len(unthresholded["boxes"])
-    ckpt = tmp_path / "detkit.pt"
-    assert main(["-q", "import-torchvision", "ssd300_vgg16", str(tv_file), str(ckpt)]) == 0
-    override = tmp_path / "thresh.yaml"
-    override.write_text(f"model:\n  postprocess: {{score_thresh: {thresh}}}\n")
-    out = tmp_path / "out"
-    assert main(["-q", "detect", "--weights", str(ckpt), "--config", str(override), "--out", str(out),
-                 "--score-thresh", "0", "--device", "cpu", "--no-draw", str(photo)]) == 0
-    ours = json.loads((out / "detections.json").read_text())
-
-    assert len(ours) == len(theirs["boxes"])
-    names = {i + 1: n for i, n in enumerate(torch.load(ckpt, weights_only=True)["class_names"])}
-    assert [r["category"] for r in ours] == [names[int(k)] for k in theirs["labels"]]
-    boxes = torch.tensor([r["bbox"] for r in ours])
-    tv_xywh = torchvision.ops.box_convert(theirs["boxes"], "xyxy", "xywh")
-    # detections.json rounds boxes to 0.01 px and scores to 1e-5
-    assert torch.allclose(boxes, tv_xywh, atol=0.01)
-    assert torch.allclose(torch.tensor([r["score"] for r in ours]), theirs["scores"], atol=1e-4)
+    thresh, theirs = cutting_threshold(tv_model, image_to_tensor(read_image(photo)))
+    ckpt = import_torchvision("ssd300_vgg16", tv_file, tmp_path / "detkit.pt")
+    ours = detect_photo(ckpt, photo, tmp_path / "out", score_thresh=thresh)
+    assert_json_detections_equal(ours, theirs, ckpt)
 
 
 # ---------------------------------------------------------------- the CLI recipe

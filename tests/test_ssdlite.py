@@ -3,18 +3,25 @@ ssdlite320_mobilenet_v3_large (detections and training losses), the trunk agains
 MobileNetV3-Large, learning on shapes images, and images without objects."""
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from _parity import (
+    assert_json_detections_equal,
+    blurred_image,
+    cutting_threshold,
+    detect_photo,
+    import_torchvision,
+    real_photo,
+    training_losses,
+)
 from detkit_single_shot import SSDLiteHead, SSDLiteMobileNetV3
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
 
 from detkit import CheckpointError
-from detkit.cli import main
 from detkit.config import load_config
 from detkit.data.images import image_to_tensor, read_image
 from detkit.data.shapes import render_shapes_image
@@ -56,11 +63,6 @@ def _lively(model: torch.nn.Module, seed: int) -> None:
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
 
 
-def _blurred_image(height, width, seed):
-    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.avg_pool2d(image, 9, stride=1, padding=4)[0]
-
-
 # ---------------------------------------------------------------- torchvision parity
 
 
@@ -83,10 +85,9 @@ def torchvision_ssdlite(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported_checkpoint(torchvision_ssdlite, tmp_path_factory):
     """The torchvision file converted by `detkit import-torchvision`."""
-    ckpt = tmp_path_factory.mktemp("dk") / "ssdlite.pt"
-    assert main(["-q", "import-torchvision", "ssdlite320_mobilenet_v3_large", str(torchvision_ssdlite[1]),
-                 str(ckpt)]) == 0
-    return ckpt
+    return import_torchvision(
+        "ssdlite320_mobilenet_v3_large", torchvision_ssdlite[1], tmp_path_factory.mktemp("dk") / "ssdlite.pt"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_imported_ssdlite_matches_torchvision_exactly_in_python(torchvision_ssdl
     """No rounding, a non-square image, every detection (score_thresh 0, 300 kept)."""
     tv_model, _ = torchvision_ssdlite
     imported_ssdlite.eval()
-    image = _blurred_image(240, 351, seed=1)
+    image = blurred_image(240, 351, seed=1)
     with torch.no_grad():
         ours = imported_ssdlite([image])[0][0]
         theirs = tv_model([image])[0]
@@ -112,55 +113,23 @@ def test_imported_ssdlite_matches_torchvision_exactly_in_python(torchvision_ssdl
 
 
 def test_import_and_detect_match_torchvision_ssdlite(torchvision_ssdlite, imported_checkpoint, shared_data, tmp_path):
-    photo_dir = shared_data("tiny_coco") / "val2017"
-    source = sorted(photo_dir.glob("*.jpg"))[0]
-    photo = tmp_path / "in" / source.name
-    photo.parent.mkdir()
-    photo.write_bytes(source.read_bytes())
+    photo = real_photo(shared_data, tmp_path)
     tv_model, _ = torchvision_ssdlite
-    image = image_to_tensor(read_image(photo))
-    with torch.no_grad():
-        tv_model.score_thresh = 0.0
-        unthresholded = tv_model([image])[0]
-        # put the threshold mid-way down the scores, so that it cuts
-        thresh = round(float(unthresholded["scores"][len(unthresholded["scores"]) // 2]), 3)
-        tv_model.score_thresh = thresh
-        try:
-            theirs = tv_model([image])[0]
-        finally:
-            tv_model.score_thresh = 0.0
-    assert 0 < len(theirs["boxes"]) < len(unthresholded["boxes"])
-    ckpt = imported_checkpoint
-    override = tmp_path / "thresh.yaml"
-    override.write_text(f"model:\n  postprocess: {{score_thresh: {thresh}}}\n")
-    out = tmp_path / "out"
-    assert main(["-q", "detect", "--weights", str(ckpt), "--config", str(override), "--out", str(out),
-                 "--score-thresh", "0", "--device", "cpu", "--no-draw", str(photo)]) == 0
-    ours = json.loads((out / "detections.json").read_text())
-
-    assert len(ours) == len(theirs["boxes"])
-    names = {i + 1: n for i, n in enumerate(torch.load(ckpt, weights_only=True)["class_names"])}
-    assert [r["category"] for r in ours] == [names[int(k)] for k in theirs["labels"]]
-    boxes = torch.tensor([r["bbox"] for r in ours])
-    tv_xywh = torchvision.ops.box_convert(theirs["boxes"], "xyxy", "xywh")
-    # detections.json rounds boxes to 0.01 px and scores to 1e-5
-    assert torch.allclose(boxes, tv_xywh, atol=0.01)
-    assert torch.allclose(torch.tensor([r["score"] for r in ours]), theirs["scores"], atol=1e-4)
+    thresh, theirs = cutting_threshold(tv_model, image_to_tensor(read_image(photo)))
+    ours = detect_photo(imported_checkpoint, photo, tmp_path / "out", score_thresh=thresh)
+    assert_json_detections_equal(ours, theirs, imported_checkpoint)
 
 
 def test_imported_ssdlite_training_losses_match_torchvision(torchvision_ssdlite, imported_ssdlite):
     """Matching, hard negative mining and both losses against torchvision's, batch-norm in training mode."""
-    tv_model = copy.deepcopy(torchvision_ssdlite[0]).train()  # training updates the running statistics
-    ours_model = copy.deepcopy(imported_ssdlite).train()
-    images = [_blurred_image(240, 351, seed=2), _blurred_image(300, 200, seed=3)]
+    # training updates the running statistics: copies keep the module's models as they are
+    tv_model, ours_model = copy.deepcopy(torchvision_ssdlite[0]), copy.deepcopy(imported_ssdlite)
     boxes = [
         torch.tensor([[10.0, 20.0, 200.0, 180.0], [150.0, 5.0, 340.0, 90.0]]),
         torch.tensor([[30.0, 40.0, 90.0, 250.0]]),
     ]
     labels = [torch.tensor([0, 16]), torch.tensor([61])]  # detkit labels; torchvision's are + 1
-    with torch.no_grad():
-        theirs = tv_model(images, [{"boxes": b, "labels": lab + 1} for b, lab in zip(boxes, labels)])
-        _, ours = ours_model(images, [Targets(boxes=b, labels=lab) for b, lab in zip(boxes, labels)])
+    theirs, ours = training_losses(tv_model, ours_model, boxes, labels)
     assert set(ours) == {"loss_ssdlite_cls", "loss_ssdlite_box"}
     assert torch.allclose(ours["loss_ssdlite_cls"], theirs["classification"], rtol=1e-5)
     assert torch.allclose(ours["loss_ssdlite_box"], theirs["bbox_regression"], rtol=1e-5)
@@ -187,7 +156,7 @@ def test_trunk_from_torchvision_mobilenet_v3_large_weights(width_mult, reduced_t
     path = tmp_path / "mobilenet.pth"
     torch.save(classifier.state_dict(), path)
     backbone = SSDLiteMobileNetV3(width_mult=width_mult, reduced_tail=reduced_tail, weights=str(path)).eval()
-    x = _blurred_image(160, 224, seed=4)[None]
+    x = blurred_image(160, 224, seed=4)[None]
     with torch.no_grad():
         features = backbone(x)
         trunk = classifier.features

@@ -4,15 +4,12 @@ The torchvision model is built with random weights and a fixed seed, saved, conv
 with `detkit import-torchvision`, and run with `detkit detect` on a real photo.
 """
 
-import json
-from pathlib import Path
-
 import cv2
 import pytest
 import torch
 import torchvision
+from _parity import assert_json_detections_equal, detect_photo, import_torchvision, real_photo
 
-from detkit.cli import main
 from detkit.data.images import image_to_tensor, read_image
 
 
@@ -27,39 +24,18 @@ def torchvision_model_file(tmp_path_factory):
     return model, path
 
 
-def _real_photo(shared_data, tmp_path: Path) -> Path:
-    folder = shared_data("tiny_coco") / "val2017"
-    photo = sorted(folder.glob("*.jpg"))[0]
-    target = tmp_path / "in" / photo.name
-    target.parent.mkdir()
-    target.write_bytes(photo.read_bytes())
-    return target
-
-
-def test_import_and_detect_match_torchvision(torchvision_model_file, shared_data, tmp_path, capsys):
+def test_import_and_detect_match_torchvision(torchvision_model_file, shared_data, tmp_path):
     tv_model, tv_file = torchvision_model_file
-    photo = _real_photo(shared_data, tmp_path)
-    ckpt = tmp_path / "detkit.pt"
-    assert main(["import-torchvision", "fasterrcnn_resnet50_fpn", str(tv_file), str(ckpt)]) == 0
+    photo = real_photo(shared_data, tmp_path)
+    ckpt = import_torchvision("fasterrcnn_resnet50_fpn", tv_file, tmp_path / "detkit.pt")
     # random weights score every class about 1/91: keep everything, as the torchvision model does
-    override = tmp_path / "thresh.yaml"
-    override.write_text("model:\n  postprocess: {score_thresh: 0.0}\n")
-    out = tmp_path / "out"
-    assert main(["-q", "detect", "--weights", str(ckpt), "--config", str(override), "--out", str(out),
-                 "--score-thresh", "0", "--device", "cpu", str(photo)]) == 0
-    ours = json.loads((out / "detections.json").read_text())
+    ours = detect_photo(ckpt, photo, tmp_path / "out", score_thresh=0.0, draw=True)
 
     with torch.no_grad():
         theirs = tv_model([image_to_tensor(read_image(photo))])[0]
-    assert len(ours) == len(theirs["boxes"]) == 100
-    names = {i + 1: n for i, n in enumerate(torch.load(ckpt, weights_only=True)["class_names"])}
-    boxes = torch.tensor([r["bbox"] for r in ours])
-    tv_xywh = torchvision.ops.box_convert(theirs["boxes"], "xyxy", "xywh")
-    # detections.json rounds boxes to 0.01 px and scores to 1e-5
-    assert torch.allclose(boxes, tv_xywh, atol=0.01)
-    assert torch.allclose(torch.tensor([r["score"] for r in ours]), theirs["scores"], atol=1e-4)
-    assert [r["category"] for r in ours] == [names[int(k)] for k in theirs["labels"]]
-    assert (out / f"{photo.stem}.png").is_file()
+    assert len(ours) == 100
+    assert_json_detections_equal(ours, theirs, ckpt)
+    assert (tmp_path / "out" / f"{photo.stem}.png").is_file()
 
 
 def test_imported_model_matches_exactly_in_python(torchvision_model_file, tmp_path):
@@ -67,8 +43,7 @@ def test_imported_model_matches_exactly_in_python(torchvision_model_file, tmp_pa
     from detkit.engine.build import load_model
 
     tv_model, tv_file = torchvision_model_file
-    ckpt = tmp_path / "detkit.pt"
-    assert main(["import-torchvision", "fasterrcnn_resnet50_fpn", str(tv_file), str(ckpt)]) == 0
+    ckpt = import_torchvision("fasterrcnn_resnet50_fpn", tv_file, tmp_path / "detkit.pt")
     loaded, _ = load_model(ckpt, overrides=["model.postprocess.score_thresh=0.0"])
     rng = torch.Generator().manual_seed(1)
     image = torch.rand(3, 300, 451, generator=rng)
