@@ -85,8 +85,9 @@ DEFAULTS: dict[str, Any] = {
         "val": None,
         # training augmentation (detkit.data.augment), applied mosaic -> affine -> hsv -> hflip:
         # probabilities hflip and mosaic, hsv {h, s, v} and affine {degrees, translate, scale, shear}
-        # (true: their defaults, see augment_settings), mosaic_off_last: the run's last fraction without mosaic
-        "augment": {"hflip": 0.5, "hsv": None, "affine": None, "mosaic": 0.0, "mosaic_off_last": 0.0},
+        # (true: their defaults, see augment_settings), mosaic_off_last: the run's last fraction without mosaic;
+        # size: downscale each image to that longer side first (mosaic tiles too), so large photos augment cheaply
+        "augment": {"hflip": 0.5, "hsv": None, "affine": None, "mosaic": 0.0, "mosaic_off_last": 0.0, "size": None},
         "workers": 0,
         "check": "warn",  # strict | warn | off: detkit.data.check before training
     },
@@ -472,7 +473,7 @@ AUGMENT_AFFINE: dict[str, Any] = {"degrees": 0.0, "translate": 0.1, "scale": [0.
 def augment_settings(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     """``data.augment`` checked, missing keys filled with their defaults.
 
-    Returns ``{hflip, hsv, affine, mosaic, mosaic_off_last}``: probabilities and fractions
+    Returns ``{hflip, hsv, affine, mosaic, mosaic_off_last, size}``: probabilities and fractions
     as floats, ``hsv`` as ``{h, s, v}`` or None, ``affine`` as ``{degrees, translate,
     scale: [low, high], shear}`` or None (``true`` gives :data:`AUGMENT_HSV` /
     :data:`AUGMENT_AFFINE`, a mapping overrides some of them).
@@ -486,7 +487,11 @@ def augment_settings(augment: Mapping[str, Any] | None) -> dict[str, Any]:
         "hflip": _fraction(given["hflip"], "data.augment.hflip"),
         "mosaic": _fraction(given["mosaic"], "data.augment.mosaic"),
         "mosaic_off_last": _fraction(given["mosaic_off_last"], "data.augment.mosaic_off_last"),
+        "size": given["size"],
     }
+    size = given["size"]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"data.augment.size must be null or a positive number of pixels, got {size!r}")
     hsv = _augment_section(given["hsv"], "hsv", AUGMENT_HSV)
     if hsv is not None:
         hsv = {key: _fraction(value, f"data.augment.hsv.{key}") for key, value in hsv.items()}

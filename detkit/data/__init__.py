@@ -19,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from detkit.data.augment import Mosaic, RandomAffine, RandomHSV, training_transforms
+    from detkit.data.augment import Mosaic, RandomAffine, RandomHSV, ResizeLongest, training_transforms
     from detkit.data.base import DetectionDataset, Sample, coco_from_dict
     from detkit.data.coco import CocoDataset
     from detkit.data.images import IMAGE_EXTENSIONS, find_images, image_to_tensor, read_image
@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "Mosaic": "augment",
     "RandomAffine": "augment",
     "RandomHSV": "augment",
+    "ResizeLongest": "augment",
     "RandomHorizontalFlip": "transforms",
     "Sample": "base",
     "ShapesDataset": "shapes",
@@ -72,6 +73,7 @@ __all__ = [
     "RandomAffine",
     "RandomHSV",
     "RandomHorizontalFlip",
+    "ResizeLongest",
     "Sample",
     "ShapesDataset",
     "SkipBadItems",

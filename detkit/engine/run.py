@@ -77,7 +77,10 @@ def train_loader(config: Mapping[str, Any], dataset: DetectionDataset, *, rank: 
     train, data = config["train"], config["data"]
     batch_size = int(train["batch_size"])
     augment = augment_settings(data["augment"])
-    settings = {"dataset": dataset, "hflip": augment["hflip"], "hsv": augment["hsv"], "affine": augment["affine"]}
+    settings = {
+        "dataset": dataset, "hflip": augment["hflip"], "hsv": augment["hsv"], "affine": augment["affine"],
+        "size": augment["size"],
+    }
     transforms = training_transforms(**settings, mosaic=augment["mosaic"])
     final_from, final_transforms = None, None
     if augment["mosaic"] > 0 and augment["mosaic_off_last"] > 0:

@@ -21,6 +21,7 @@ from detkit.data.augment import (
     Mosaic,
     RandomAffine,
     RandomHSV,
+    ResizeLongest,
     adjust_hsv,
     hsv_to_rgb,
     rgb_to_hsv,
@@ -368,7 +369,7 @@ def test_same_item_seed_same_sample_other_seed_other_sample() -> None:
 
 def test_defaults_keep_the_plain_flip() -> None:
     settings = augment_settings(load_config(None)["data"]["augment"])
-    assert settings == {"hflip": 0.5, "hsv": None, "affine": None, "mosaic": 0.0, "mosaic_off_last": 0.0}
+    assert settings == {"hflip": 0.5, "hsv": None, "affine": None, "mosaic": 0.0, "mosaic_off_last": 0.0, "size": None}
     only_flip = training_transforms(dataset=None, hflip=0.5)
     assert isinstance(only_flip, RandomHorizontalFlip)  # the same draws as before these options
     assert training_transforms(hflip=0.0) is None
@@ -387,6 +388,7 @@ def test_defaults_keep_the_plain_flip() -> None:
         ("data.augment.affine={translate: 0.9}", "data.augment.affine.translate must be in [0, 0.5]"),
         ("data.augment.mosaic=1.5", "data.augment.mosaic must be in [0, 1]"),
         ("data.augment.hflip=x", "data.augment.hflip must be a number"),
+        ("data.augment.size=0", "data.augment.size must be null or a positive number"),
     ],
 )
 def test_bad_augment_settings_are_config_errors(override: str, message: str) -> None:
@@ -435,3 +437,23 @@ def test_loader_with_every_augmentation_on_shapes(tmp_path: Path, masks: bool) -
                     torch.testing.assert_close(targets.boxes, edges)
                 objects += len(targets)
     assert objects > 8
+
+
+def test_resize_longest_scales_image_boxes_and_masks_together() -> None:
+    sample = _box_sample([[10, 20, 50, 60], [100, 0, 160, 40]], 120, 200)
+    small = ResizeLongest(100)(sample)
+    assert small.image_size == (60, 100)
+    torch.testing.assert_close(small.targets.boxes, sample.targets.boxes / 2)
+    # the masks are the same rectangles at half size: their boxes are the halved boxes
+    edges = masks_to_boxes(small.targets.masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+    torch.testing.assert_close(edges, small.targets.boxes)
+    assert ResizeLongest(400)(sample) is sample  # never upscales
+
+
+def test_augment_size_makes_mosaic_tiles_of_that_size(tmp_path: Path) -> None:
+    dataset = ShapesDataset(root=tmp_path / "shapes", num_train=8, num_val=1, image_size=64)
+    config = load_config(None, ["data.augment={hflip: 0.0, affine: true, mosaic: 1.0, size: 32}", "train.batch_size=4"])
+    for batch in train_loader(config, dataset):
+        assert all(image.shape == (3, 32, 32) for image in batch.images)
+        for image, targets in zip(batch.images, batch.targets, strict=True):
+            _check_valid(Sample(image=image, targets=targets, image_id=0, file_name=""))
