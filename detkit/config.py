@@ -126,7 +126,7 @@ DEFAULTS: dict[str, Any] = {
         "sync_bn": False,  # SyncBatchNorm across the GPUs of a distributed run
         "find_unused_parameters": False,  # DDP: parameters may get no gradient in a step
     },
-    "eval": {"batch_size": 2, "max_images": None},
+    "eval": {"batch_size": 2, "max_images": None, "backend": "faster"},  # backend: faster | pycocotools
     "output": {"dir": "runs/train"},
 }
 

@@ -116,8 +116,10 @@ def test_train_then_eval_then_detect_on_shapes(tmp_path, capsys):
     for name in ("best.pt", "last.pt", "metrics.json", "metrics.jsonl", "loss_curve.png", "config.yaml"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    expected = {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "per_class"}
+    expected = {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "per_class",
+                "backend"}  # fmt: skip
     assert set(metrics["bbox"]) == expected and set(metrics["bbox"]["per_class"]) == set(CLASSES)
+    assert metrics["bbox"]["backend"] == "faster"  # the default eval.backend
 
     eval_out = tmp_path / "eval"
     ann = data / "annotations" / "instances_val.json"

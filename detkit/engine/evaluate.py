@@ -24,7 +24,7 @@ from detkit.data.loader import build_loader
 from detkit.device import autocast
 from detkit.engine import distributed
 from detkit.errors import DataError
-from detkit.evaluation.coco import CocoEvaluator, write_results
+from detkit.evaluation.coco import DEFAULT_BACKEND, CocoEvaluator, write_results
 from detkit.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def evaluate_dataset(
     label_map: torch.Tensor | None = None,
     skip_unreadable: bool = True,
     precision: str = "fp32",
+    backend: str = DEFAULT_BACKEND,
     shard: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def evaluate_dataset(
             ``metrics["images"]`` records the images evaluated and skipped.
         precision: ``fp32``, or ``fp16``/``bf16`` to run the model under autocast
             (see :func:`detkit.device.autocast`); recorded as ``metrics["precision"]``.
+        backend: the COCOeval implementation (``eval.backend``, see :data:`~detkit.evaluation.coco.BACKENDS`).
         shard: in a distributed run, each rank runs the model on every
             ``world_size``-th image and rank 0 gathers the detections and scores them;
             the other ranks return ``{}``.
@@ -95,7 +97,7 @@ def evaluate_dataset(
         iou_types = ("bbox", "segm") if getattr(model, "has_masks", False) else ("bbox",)
     evaluator = CocoEvaluator(
         dataset.coco_gt(), class_names=dataset.class_names, category_ids=dataset.category_ids,
-        iou_types=iou_types,
+        iou_types=iou_types, backend=backend,
     )
     loader = build_loader(mine, batch_size=batch_size, shuffle=False)
     found: list[tuple[int, Any]] = []
@@ -112,7 +114,10 @@ def evaluate_dataset(
                 if label_map is not None:
                     mapped = label_map[dets.labels]
                     dets = dets[mapped >= 0].replace(labels=mapped[mapped >= 0])
-                found.append((image_id, dets))
+                if info.distributed:  # rank 0 scores every rank's after the gather
+                    found.append((image_id, dets))
+                else:  # streamed: held once, as result records (masks as RLEs)
+                    evaluator.add(image_id, dets)
     model.train(was_training)
     skipped = _skipped(dataset, loader.dataset, indices)
     if info.distributed:

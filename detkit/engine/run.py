@@ -36,6 +36,7 @@ from detkit.engine.resume import resume_checkpoint
 from detkit.engine.trainer import EvaluateFn, Trainer
 from detkit.engine.transfer import init_weights
 from detkit.errors import ConfigError, DetkitError
+from detkit.evaluation.coco import DEFAULT_BACKEND, check_backend
 from detkit.plugins import load_plugins
 from detkit.weights import read_state_dict
 
@@ -109,8 +110,14 @@ def train_loader(config: Mapping[str, Any], dataset: DetectionDataset, *, rank: 
 def coco_evaluation(
     config: Mapping[str, Any], dataset: DetectionDataset, results_path: Path, *, progress: bool
 ) -> EvaluateFn:
-    """The trainer's evaluation: COCO metrics of a model on ``dataset`` (``eval.batch_size``, ``eval.max_images``)."""
+    """The trainer's evaluation: COCO metrics of a model on ``dataset`` (``eval.batch_size``, ``eval.max_images``,
+    ``eval.backend``).
+
+    Raises:
+        ConfigError: an unknown ``eval.backend`` (before training starts).
+    """
     settings = config["eval"]
+    backend = check_backend(str(settings.get("backend", DEFAULT_BACKEND)))
 
     def evaluate(model: nn.Module) -> dict[str, Any]:
         return evaluate_dataset(
@@ -120,6 +127,7 @@ def coco_evaluation(
             max_images=settings.get("max_images"),
             results_path=results_path,
             precision=str(config["train"].get("precision", "fp32")),
+            backend=backend,
             shard=True,
             progress=progress,
         )

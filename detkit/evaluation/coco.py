@@ -1,19 +1,31 @@
-"""COCO-style evaluation of detections and instance masks with pycocotools.
+"""COCO-style evaluation of detections and instance masks (Lin et al., "Microsoft COCO", ECCV 2014).
 
 :class:`CocoEvaluator` collects :class:`~detkit.structures.Detections` image by
-image, writes them as COCO result records and runs pycocotools' ``COCOeval`` on the
-images that were added (so evaluating part of a dataset is correct).
+image (or the result records another detector wrote, :meth:`CocoEvaluator.add_results`),
+keeps them as COCO result records and runs ``COCOeval`` on the images that were added
+(so evaluating part of a dataset is correct).
+
+Two implementations of ``COCOeval`` compute the same numbers (``eval.backend``):
+
+- ``faster`` (the default): faster-coco-eval, which keeps pycocotools' API and
+  matching rules but runs the per-image matching (``evaluateImg``) and the
+  precision/recall accumulation in C++; about ten times faster on COCO val2017's size.
+- ``pycocotools``: the reference implementation, in Python and numpy.
+
+tests/evaluation/test_coco_backends.py checks that both give identical summary
+numbers and per-class APs, boxes and masks.
 
 The metrics dict, per evaluated IoU type (``"bbox"``, ``"segm"``)::
 
     {"bbox": {"AP": .., "AP50": .., "AP75": .., "APs": .., "APm": .., "APl": ..,
               "AR1": .., "AR10": .., "AR100": .., "ARs": .., "ARm": .., "ARl": ..,
-              "per_class": {class_name: AP, ...}}}
+              "per_class": {class_name: AP, ...}, "backend": "faster"}}
 
 The twelve numbers are pycocotools' ``stats`` in that order, as fractions in
 ``[0, 1]``; like pycocotools, -1.0 means "no ground truth to measure" (for example
 no large objects). A class's AP is the mean of ``precision[:, :, k, area=all,
 maxDets=100]`` over its defined entries, -1.0 if the class has no ground truth.
+``backend`` names the implementation that computed them.
 """
 
 from __future__ import annotations
@@ -30,11 +42,26 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
-from detkit.errors import DataError
+from detkit.errors import ConfigError, DataError
 from detkit.io import write_json
 from detkit.structures import Detections, detections_to_coco
 
-__all__ = ["METRIC_NAMES", "CocoEvaluator", "encode_masks", "format_metrics", "write_results"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "METRIC_NAMES",
+    "CocoEvaluator",
+    "check_backend",
+    "encode_masks",
+    "format_metrics",
+    "write_results",
+]
+
+#: The implementations of COCOeval an evaluator can run (``eval.backend``).
+BACKENDS: tuple[str, ...] = ("faster", "pycocotools")
+#: faster-coco-eval; pycocotools stays the reference the tests compare it with.
+DEFAULT_BACKEND = "faster"
+_BACKEND_NAMES = {"faster": "faster-coco-eval", "pycocotools": "pycocotools"}
 
 #: The names of pycocotools' twelve summary numbers, in its order.
 METRIC_NAMES: tuple[str, ...] = (
@@ -68,6 +95,17 @@ _METRIC_LABELS: tuple[str, ...] = (
 _IOU_TYPES = ("bbox", "segm")
 
 
+def check_backend(backend: str, *, source: str = "eval.backend") -> str:
+    """``backend`` when it is one of :data:`BACKENDS`.
+
+    Raises:
+        ConfigError: an unknown backend, naming ``source``.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"{source} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
 def encode_masks(masks: Tensor) -> list[dict[str, Any]]:
     """``(D, H, W)`` masks -> D COCO RLEs with ``counts`` as str.
 
@@ -95,9 +133,10 @@ class CocoEvaluator:
         category_ids: the ground truth's category id of each label index.
         iou_types: any of ``"bbox"``, ``"segm"`` (segm needs ``Detections.masks``
             at the image's original size).
+        backend: the COCOeval implementation, one of :data:`BACKENDS`.
 
     Attributes:
-        summary_text: pycocotools' printed summary of the last :meth:`evaluate`.
+        summary_text: the backend's printed summary of the last :meth:`evaluate`.
     """
 
     def __init__(
@@ -107,6 +146,7 @@ class CocoEvaluator:
         class_names: Sequence[str],
         category_ids: Sequence[int],
         iou_types: Sequence[str] = ("bbox",),
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         if len(class_names) != len(category_ids):
             raise ValueError(
@@ -119,9 +159,11 @@ class CocoEvaluator:
         self.class_names = list(class_names)
         self.category_ids = [int(c) for c in category_ids]
         self.iou_types = tuple(dict.fromkeys(iou_types))
+        self.backend = check_backend(backend, source="backend")
         self.summary_text = ""
         self._records: list[dict[str, Any]] = []
         self._image_ids: set[int] = set()
+        self._faster_coco_gt: Any = None
 
     def reset(self) -> None:
         """Forget every added detection."""
@@ -179,20 +221,20 @@ class CocoEvaluator:
         for iou_type in self.iou_types:
             coco_eval, text = self._run(iou_type)
             metrics[iou_type] = self._metrics(coco_eval)
+            metrics[iou_type]["backend"] = self.backend
             texts.append(f"IoU type: {iou_type}\n{text}")
         self.summary_text = "\n".join(texts)
         return metrics
 
-    def _run(self, iou_type: str) -> tuple[COCOeval, str]:
-        """COCOeval after evaluate/accumulate/summarize, and what it printed."""
+    def _run(self, iou_type: str) -> tuple[Any, str]:
+        """The backend's COCOeval after evaluate/accumulate/summarize, and what it printed."""
         # Each type gets its own copies: loadRes adds fields to the records, and a
         # segm result without "bbox" gets its area from the mask (as it should).
         drop = "segmentation" if iou_type == "bbox" else "bbox"
         records = [{k: v for k, v in r.items() if k != drop} for r in self._records]
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            coco_dt = self.coco_gt.loadRes(records) if records else self._empty_results()
-            coco_eval = COCOeval(self.coco_gt, coco_dt, iouType=iou_type)
+            coco_eval = self._cocoeval(records, iou_type)
             coco_eval.params.imgIds = self.image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -200,6 +242,29 @@ class CocoEvaluator:
             out.seek(0)
             coco_eval.summarize()
         return coco_eval, out.getvalue()
+
+    def _cocoeval(self, records: list[dict[str, Any]], iou_type: str) -> Any:
+        """The backend's COCOeval of ``records`` (which loadRes completes in place)."""
+        if self.backend == "pycocotools":
+            coco_dt = self.coco_gt.loadRes(records) if records else self._empty_results()
+            return COCOeval(self.coco_gt, coco_dt, iouType=iou_type)
+        from faster_coco_eval import COCOeval_faster
+
+        coco_gt = self._faster_gt()
+        return COCOeval_faster(coco_gt, coco_gt.loadRes(records), iouType=iou_type, print_function=print)
+
+    def _faster_gt(self) -> Any:
+        """The ground truth as a faster-coco-eval COCO, built once.
+
+        The annotation dicts are copied (not their polygons): faster-coco-eval stores
+        each one's RLE and ignore flag in it, and the pycocotools COCO stays as it was.
+        """
+        if self._faster_coco_gt is None:
+            from faster_coco_eval import COCO as FasterCOCO
+
+            data = self.coco_gt.dataset
+            self._faster_coco_gt = FasterCOCO({**data, "annotations": [dict(a) for a in data.get("annotations", [])]})
+        return self._faster_coco_gt
 
     def _empty_results(self) -> COCO:
         """A result COCO without detections (pycocotools' loadRes fails on an empty list)."""
@@ -212,7 +277,8 @@ class CocoEvaluator:
         coco_dt.createIndex()
         return coco_dt
 
-    def _metrics(self, coco_eval: COCOeval) -> dict[str, Any]:
+    def _metrics(self, coco_eval: Any) -> dict[str, Any]:
+        # faster-coco-eval appends AR50 and AR75 to the twelve; zip stops at twelve
         metrics: dict[str, Any] = {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats)}
         # precision: (T iou thresholds, R recall thresholds, K categories, A areas, M maxDets)
         precision = coco_eval.eval["precision"]
@@ -259,7 +325,9 @@ def format_metrics(metrics: dict[str, dict[str, Any]]) -> str:
     for iou_type, m in metrics.items():
         if iou_type not in _IOU_TYPES:
             continue
-        lines.append(f"{iou_type} ({'boxes' if iou_type == 'bbox' else 'masks'}), fractions (0-1) as in metrics.json")
+        by = f", by {_BACKEND_NAMES.get(m['backend'], m['backend'])}" if "backend" in m else ""
+        kind = "boxes" if iou_type == "bbox" else "masks"
+        lines.append(f"{iou_type} ({kind}), fractions (0-1) as in metrics.json{by}")
         for name, label in zip(METRIC_NAMES, _METRIC_LABELS):
             lines.append(f"  {name:<6} {label:<45} {value(m[name])}")
         per_class = m.get("per_class", {})

@@ -64,8 +64,10 @@ def _load(path: Path) -> COCO:
         return COCO(str(path))
 
 
-def _evaluator(gt_file: Path, iou_types: tuple[str, ...] = ("bbox",)) -> CocoEvaluator:
-    return CocoEvaluator(_load(gt_file), class_names=CLASS_NAMES, category_ids=CATEGORY_IDS, iou_types=iou_types)
+def _evaluator(gt_file: Path, iou_types: tuple[str, ...] = ("bbox",), backend: str = "faster") -> CocoEvaluator:
+    return CocoEvaluator(
+        _load(gt_file), class_names=CLASS_NAMES, category_ids=CATEGORY_IDS, iou_types=iou_types, backend=backend
+    )
 
 
 def _pycocotools_stats(
@@ -127,7 +129,8 @@ def _random_detections(gt: COCO, image_id: int, seed: int) -> Detections:
 
 
 def test_stats_equal_pycocotools(gt_file: Path) -> None:
-    ev = _evaluator(gt_file, ("bbox", "segm"))
+    # the reference backend, bit for bit (test_coco_backends.py compares the faster one with it)
+    ev = _evaluator(gt_file, ("bbox", "segm"), backend="pycocotools")
     dets = {i: _random_detections(ev.coco_gt, i, seed=i) for i in (1, 2, 3)}
     for image_id, d in dets.items():
         ev.add(image_id, d)
@@ -156,7 +159,7 @@ def test_stats_equal_pycocotools(gt_file: Path) -> None:
 
 
 def test_partial_evaluation_uses_added_images_only(gt_file: Path) -> None:
-    ev = _evaluator(gt_file)
+    ev = _evaluator(gt_file, backend="pycocotools")
     d = _random_detections(ev.coco_gt, 2, seed=5)
     ev.add(2, d)
     assert ev.image_ids == [2]
