@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparser(
         sub,
         "eval",
-        "Evaluate weights on a COCO json, a Pascal VOC folder or a YOLO data.yaml.",
+        "Evaluate weights on a COCO json, a Pascal VOC folder or a YOLO data.yaml, or score a results file.",
         """
         detkit eval --weights runs/demo/best.pt --data runs/demo/data/annotations/instances_val.json
         detkit eval configs/faster_rcnn_r50_fpn.yaml --weights coco.pt \\
@@ -94,11 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         detkit eval --weights runs/bccd/best.pt --data ../shared/data/BCCD --split test
         detkit eval --weights runs/demo/best.pt
         detkit eval --weights runs/bccd/best.pt --device cuda --precision bf16
+        detkit eval --results other_detector.json --data ../shared/data/tiny_coco/annotations/instances_val2017.json
     """,
     )
     p.add_argument("config", nargs="?", default=None, help="config to apply over the checkpoint's (optional)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
+    p.add_argument("--weights", default=None, help="a detkit checkpoint (.pt)")
+    p.add_argument(
+        "--results", default=None, metavar="FILE",
+        help="instead of --weights: score this COCO results json (a list of image_id, category_id, bbox, score "
+        "records, from any detector) against --data; every image of --data counts",
+    )
     p.add_argument(
         "--data", default=None,
         help="COCO instances .json, a Pascal VOC root folder or a YOLO data.yaml (default: the checkpoint's data.val)",
@@ -451,6 +457,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.backend is not None:
         check_backend(args.backend, source="--backend")
+    if args.results is not None:
+        return _eval_results(args)
+    if args.weights is None:
+        raise DetkitError("detkit eval needs --weights CHECKPOINT (run a model) or --results FILE (score a file)")
     _check_device_flag(args)
     _check_precision_flag(args)
     reuse_freed_memory()
@@ -484,6 +494,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_json(out / "metrics.json", metrics)
     print(format_metrics(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'results.json'}")
+    return 0
+
+
+def _eval_results(args: argparse.Namespace) -> int:
+    """``detkit eval --results FILE --data ANN``: score a results file, no model."""
+    from detkit.engine.build import dataset_from_path
+    from detkit.engine.evaluate import evaluate_results
+    from detkit.errors import ConfigError
+    from detkit.evaluation.coco import DEFAULT_BACKEND, format_metrics
+    from detkit.io import write_json
+
+    if args.weights is not None:
+        raise ConfigError("give --weights (run a model) or --results (score a results file), not both")
+    if args.data is None:
+        raise ConfigError("--results needs --data: the annotation file (or VOC/YOLO dataset) the results are of")
+    if args.config is not None or args.overrides or args.max_images is not None:
+        raise ConfigError("--results takes no config, overrides or --max-images; choose the backend with --backend")
+    dataset = dataset_from_path(args.data, images=args.images, split=args.split)
+    metrics = evaluate_results(args.results, dataset, backend=args.backend or DEFAULT_BACKEND)
+    out = Path(args.out)
+    write_json(out / "metrics.json", metrics)
+    print(format_metrics(metrics))
+    print(f"wrote {out / 'metrics.json'}")
     return 0
 
 

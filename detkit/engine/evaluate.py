@@ -6,6 +6,9 @@ COCO AP is averaged over the images that were evaluated, so a run that skipped a
 image is not comparable with one that did not. :func:`evaluate_dataset` stops on an
 unreadable image unless ``skip_unreadable`` (``detkit eval --skip-unreadable``;
 training's periodic evaluation skips, logs and records them).
+
+:func:`evaluate_results` scores a COCO results file that any detector wrote (``detkit
+eval --results``) with the same evaluator, no model involved.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from detkit.data.loader import build_loader
 from detkit.device import autocast
 from detkit.engine import distributed
 from detkit.errors import DataError
-from detkit.evaluation.coco import DEFAULT_BACKEND, CocoEvaluator, write_results
+from detkit.evaluation.coco import DEFAULT_BACKEND, CocoEvaluator, read_results, write_results
 from detkit.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -143,6 +146,35 @@ def evaluate_dataset(
     metrics: dict[str, Any] = evaluator.evaluate()
     metrics["precision"] = precision
     metrics["images"] = {"evaluated": total - len(skipped), "total": total, "skipped": skipped}
+    return metrics
+
+
+def evaluate_results(
+    results: str | Path, dataset: DetectionDataset, *, backend: str = DEFAULT_BACKEND
+) -> dict[str, Any]:
+    """COCO metrics of the results file ``results`` against ``dataset``'s ground truth.
+
+    Every image of ``dataset`` counts, one without a record as one where the detector
+    found nothing; so a ``results.json`` that :func:`evaluate_dataset` wrote for a whole
+    dataset (nothing skipped, no ``max_images``) scores the same numbers again. Boxes
+    are evaluated when every record has a ``bbox``, masks when every one has a
+    ``segmentation``. ``metrics["results"]`` names the file.
+
+    Raises:
+        DataError: the file is not a JSON list of COCO result records, or its records
+            name image or category ids that ``dataset`` lacks (the first few, and the count).
+    """
+    records = read_results(results)
+    iou_types = tuple(t for t, key in (("bbox", "bbox"), ("segm", "segmentation")) if all(key in r for r in records))
+    evaluator = CocoEvaluator(
+        dataset.coco_gt(), class_names=dataset.class_names, category_ids=dataset.category_ids,
+        iou_types=iou_types or ("bbox",), backend=backend,
+    )
+    evaluator.add_results(records, image_ids=dataset.image_ids, source=f"results file '{results}'")
+    metrics: dict[str, Any] = evaluator.evaluate()
+    total = len(dataset.image_ids)
+    metrics["results"] = str(results)
+    metrics["images"] = {"evaluated": total, "total": total, "skipped": []}
     return metrics
 
 

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,7 @@ __all__ = [
     "check_backend",
     "encode_masks",
     "format_metrics",
+    "read_results",
     "write_results",
 ]
 
@@ -62,6 +65,13 @@ BACKENDS: tuple[str, ...] = ("faster", "pycocotools")
 #: faster-coco-eval; pycocotools stays the reference the tests compare it with.
 DEFAULT_BACKEND = "faster"
 _BACKEND_NAMES = {"faster": "faster-coco-eval", "pycocotools": "pycocotools"}
+#: What one record of a results file holds, for error messages.
+_RECORD_FORMAT = (
+    '{"image_id": int, "category_id": int, "score": float, "bbox": [x, y, width, height]} '
+    '(and/or "segmentation": a COCO RLE)'
+)
+#: Unknown ids an error message names (the count is always given).
+_NAMED_IDS = 5
 
 #: The names of pycocotools' twelve summary numbers, in its order.
 METRIC_NAMES: tuple[str, ...] = (
@@ -205,6 +215,50 @@ class CocoEvaluator:
         self._records.extend(detections_to_coco(dets, image_id=image_id, category_ids=self.category_ids, rles=rles))
         self._image_ids.add(image_id)
 
+    def add_results(
+        self,
+        records: list[dict[str, Any]],
+        *,
+        image_ids: Iterable[int] | None = None,
+        source: str = "the results",
+    ) -> None:
+        """Add COCO result records any detector wrote (what :func:`read_results` returns).
+
+        Args:
+            records: ``{"image_id", "category_id", "score", "bbox"[, "segmentation"]}``
+                each, ``category_id`` one of ``category_ids``; held, not copied.
+            image_ids: the images the records cover, those without a record included
+                (the detector found nothing there); default: every ground-truth image.
+            source: what to call the records in an error message (the file).
+
+        Raises:
+            DataError: records name image or category ids the ground truth lacks (the
+                first few and their count), or lack what an IoU type needs.
+        """
+        covered = set(self.coco_gt.imgs) if image_ids is None else {int(i) for i in image_ids}
+        problems = []
+        unknown_images = sorted(({r["image_id"] for r in records} | covered) - set(self.coco_gt.imgs))
+        if unknown_images:
+            problems.append(f"{len(unknown_images)} image ids not in the ground truth ({_few(unknown_images)})")
+        unknown_cats = sorted({r["category_id"] for r in records} - set(self.category_ids))
+        if unknown_cats:
+            problems.append(
+                f"{len(unknown_cats)} category ids not in the ground truth ({_few(unknown_cats)}; "
+                f"it has {_few(self.category_ids)})"
+            )
+        if problems:
+            raise DataError(
+                f"{source} names {' and '.join(problems)}; score results against the annotation file "
+                "of the images their detector ran on"
+            )
+        for iou_type, key in (("bbox", "bbox"), ("segm", "segmentation")):
+            lacking = sum(1 for r in records if key not in r) if iou_type in self.iou_types else 0
+            if lacking:
+                raise DataError(f"{lacking} of the {len(records)} records of {source} have no {key!r}, "
+                                f"which {iou_type} evaluation needs")  # fmt: skip
+        self._records.extend(records)
+        self._image_ids.update(covered)
+
     @property
     def image_ids(self) -> list[int]:
         """The ids of the images added so far, sorted."""
@@ -338,6 +392,68 @@ def format_metrics(metrics: dict[str, dict[str, Any]]) -> str:
                 lines.append(f"    {name:<{width}}  {value(ap)}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a COCO results file, from detkit (``results.json``) or any detector.
+
+    The file is a JSON list of ``{"image_id", "category_id", "score", "bbox"}``
+    records (``bbox`` ``[x, y, width, height]`` in pixels) with or without
+    ``"segmentation"`` (a COCO RLE), as the COCO detection challenge defines it. Ids are
+    checked against a ground truth by :meth:`CocoEvaluator.add_results`.
+
+    Raises:
+        DataError: the file is missing, not JSON, or not a list of such records (the
+            first bad one is named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"results file '{path}' not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"results file '{path}' is not JSON ({exc}); expected a list of {_RECORD_FORMAT}") from None
+    if not isinstance(records, list):
+        raise DataError(
+            f"results file '{path}' holds a JSON {type(records).__name__}, not a list of records {_RECORD_FORMAT}"
+        )
+    for n, record in enumerate(records):
+        problem = _record_problem(record)
+        if problem:
+            raise DataError(f"results file '{path}': record #{n} {problem}; each record is {_RECORD_FORMAT}")
+    return records
+
+
+def _record_problem(record: Any) -> str:
+    """What is wrong with one result record ("" when nothing)."""
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object"
+    for key in ("image_id", "category_id"):
+        value = record.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"has {key} {value!r}, not an integer"
+    if not _is_number(record.get("score")):
+        return f"has score {record.get('score')!r}, not a number"
+    if "bbox" not in record and "segmentation" not in record:
+        return "has neither 'bbox' nor 'segmentation'"
+    bbox = record.get("bbox", [0, 0, 0, 0])
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return f"has bbox {bbox!r}, not [x, y, width, height] numbers"
+    segm = record.get("segmentation", {"size": [], "counts": ""})
+    if not (isinstance(segm, dict) and "size" in segm and "counts" in segm):
+        return "has a 'segmentation' that is not a COCO RLE ({'size': [h, w], 'counts': ...})"
+    return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _few(ids: Sequence[int]) -> str:
+    """The first :data:`_NAMED_IDS` ids, and how many more."""
+    named = ", ".join(str(i) for i in ids[:_NAMED_IDS])
+    return named + (f" and {len(ids) - _NAMED_IDS} more" if len(ids) > _NAMED_IDS else "")
 
 
 def write_results(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
