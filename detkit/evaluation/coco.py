@@ -35,6 +35,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_BACKEND",
     "METRIC_NAMES",
     "CocoEvaluator",
+    "PrecisionCurves",
     "check_backend",
     "encode_masks",
     "format_metrics",
@@ -134,6 +136,56 @@ def encode_masks(masks: Tensor) -> list[dict[str, Any]]:
     return list(rles)
 
 
+@dataclass(frozen=True)
+class PrecisionCurves:
+    """COCOeval's interpolated precision at maxDets=100, per class and object size.
+
+    Shape glossary: T IoU thresholds (0.50:0.05:0.95), R recall thresholds (0:0.01:1),
+    K classes (in the evaluator's label order), A area ranges (all, small, medium, large).
+
+    Attributes:
+        precision: ``(T, R, K, A)``; -1 where a class has no ground truth in that range.
+        iou_thresholds: ``(T,)``.
+        recall_thresholds: ``(R,)``.
+        class_names: the K class names.
+        areas: the A area-range names.
+    """
+
+    precision: np.ndarray
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    class_names: tuple[str, ...]
+    areas: tuple[str, ...]
+
+    @classmethod
+    def of(cls, coco_eval: Any, class_names: Sequence[str], category_ids: Sequence[int]) -> PrecisionCurves:
+        """The curves of an accumulated COCOeval, reordered to ``class_names``' order."""
+        params = coco_eval.params
+        precision = np.asarray(coco_eval.eval["precision"])[..., list(params.maxDets).index(100)]
+        cat_index = {int(c): k for k, c in enumerate(params.catIds)}
+        columns = np.full((*precision.shape[:2], len(category_ids), precision.shape[3]), -1.0)
+        for k, cat_id in enumerate(category_ids):
+            if int(cat_id) in cat_index:
+                columns[:, :, k] = precision[:, :, cat_index[int(cat_id)]]
+        return cls(
+            precision=columns,
+            iou_thresholds=np.asarray(params.iouThrs, dtype=float),
+            recall_thresholds=np.asarray(params.recThrs, dtype=float),
+            class_names=tuple(class_names),
+            areas=tuple(str(a) for a in params.areaRngLbl),
+        )
+
+    def at(self, iou: float | None = None, area: str = "all") -> np.ndarray:
+        """``(R, K)`` precision at IoU threshold ``iou`` (None: the mean over T of the defined values)."""
+        p = self.precision[:, :, :, self.areas.index(area)]
+        if iou is not None:
+            return np.asarray(p[int(np.argmin(np.abs(self.iou_thresholds - iou)))])
+        defined = p > -1
+        total = np.where(defined, p, 0.0).sum(axis=0)
+        count = defined.sum(axis=0)
+        return np.where(count > 0, total / np.maximum(count, 1), -1.0)
+
+
 class CocoEvaluator:
     """Collect detections and evaluate them against a COCO ground truth.
 
@@ -147,6 +199,7 @@ class CocoEvaluator:
 
     Attributes:
         summary_text: the backend's printed summary of the last :meth:`evaluate`.
+        curves: per IoU type, the precision-recall curves of the last :meth:`evaluate`.
     """
 
     def __init__(
@@ -171,6 +224,7 @@ class CocoEvaluator:
         self.iou_types = tuple(dict.fromkeys(iou_types))
         self.backend = check_backend(backend, source="backend")
         self.summary_text = ""
+        self.curves: dict[str, PrecisionCurves] = {}
         self._records: list[dict[str, Any]] = []
         self._image_ids: set[int] = set()
         self._faster_coco_gt: Any = None
@@ -180,6 +234,7 @@ class CocoEvaluator:
         self._records = []
         self._image_ids = set()
         self.summary_text = ""
+        self.curves = {}
 
     def add(self, image_id: int, dets: Detections) -> None:
         """Add the detections of one image (also when there are none).
@@ -276,6 +331,7 @@ class CocoEvaluator:
             coco_eval, text = self._run(iou_type)
             metrics[iou_type] = self._metrics(coco_eval)
             metrics[iou_type]["backend"] = self.backend
+            self.curves[iou_type] = PrecisionCurves.of(coco_eval, self.class_names, self.category_ids)
             texts.append(f"IoU type: {iou_type}\n{text}")
         self.summary_text = "\n".join(texts)
         return metrics
