@@ -122,10 +122,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="the COCOeval implementation: faster-coco-eval, or pycocotools, the reference; both give the same "
         "numbers (default: the config's eval.backend, faster)",
     )
+    _add_analysis_flags(p)
+    p.add_argument(
+        "--no-analysis", action="store_true",
+        help="write the metrics only: no error analysis, curves, confusion matrix or gallery",
+    )
     _add_precision(p)
     _add_speed_flags(p)
     add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = subparser(
+        sub,
+        "analyze",
+        "Explain a results file's AP: TIDE error types, PR curves, confusion matrix, AP by size, worst images.",
+        """
+        detkit analyze --results runs/eval/results.json --data runs/demo/data/annotations/instances_val.json
+        detkit analyze --results other_detector.json \\
+            --data ../shared/data/tiny_coco/annotations/instances_val2017.json --gallery 20 --out runs/analyze
+        detkit analyze --results runs/bccd_eval/results.json --data ../shared/data/BCCD --split test --score-thresh 0.3
+    """,
+    )
+    p.add_argument(
+        "--results", required=True, metavar="FILE",
+        help="a COCO results json (detkit eval's results.json, or any detector's list of image_id, category_id, "
+        "bbox, score records); every image of --data counts",
+    )
+    p.add_argument("--data", required=True, help="COCO instances .json, a Pascal VOC root folder or a YOLO data.yaml")
+    p.add_argument("--images", default=None, help="image folder of a COCO json (default: beside it)")
+    p.add_argument("--split", default=None, help=_SPLIT_HELP)
+    p.add_argument("--out", default="runs/analyze", help="where metrics.json, the plots and gallery/ go")
+    _add_analysis_flags(p)
+    p.add_argument(
+        "--backend", default=None, metavar="faster|pycocotools",
+        help="the COCOeval implementation (default: faster; both give the same numbers)",
+    )
+    add_common(p, device=False)
+    p.set_defaults(func=cmd_analyze)
 
     p = subparser(
         sub,
@@ -206,6 +239,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/proposals", help="where proposals.json and recall.png go")
     add_common(p)
     p.set_defaults(func=cmd_proposals)
+
+    p = subparser(
+        sub,
+        "compare",
+        "Compare runs side by side: COCO metrics, per-class AP, error types and training curves.",
+        """
+        detkit compare runs/demo runs/shapes_yolo
+        detkit compare runs/bccd runs/bccd-eval runs/bccd-yolo-eval --iou-type bbox --out runs/compare
+    """,
+    )
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN",
+        help="folders that `detkit train` or `detkit eval --out` wrote (each with a metrics.json); one is fine",
+    )
+    p.add_argument(
+        "--iou-type", choices=["bbox", "segm"], default=None,
+        help="compare boxes or masks only (default: every type a run has)",
+    )
+    p.add_argument(
+        "--out", default=None, metavar="DIR",
+        help="also write compare.json and training_curves.png into DIR (default: print the tables only)",
+    )
+    p.set_defaults(func=cmd_compare)
 
     p = subparser(
         sub,
@@ -304,6 +360,18 @@ def _add_speed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true",
         help="torch.compile the backbone and neck (the first image of each size compiles, tens of seconds)",
+    )
+
+
+def _add_analysis_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gallery", type=int, default=12, metavar="N",
+        help="draw the N images with the most errors into OUT/gallery (0: none; default 12)",
+    )
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5,
+        help="the lowest score the confusion matrix counts and the gallery draws (default 0.5; AP and the "
+        "error types use every detection)",
     )
 
 
@@ -455,8 +523,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detkit.evaluation.coco import check_backend, format_metrics
     from detkit.io import write_json
 
-    if args.backend is not None:
-        check_backend(args.backend, source="--backend")
+    _check_analysis_flags(args)
     if args.results is not None:
         return _eval_results(args)
     if args.weights is None:
@@ -491,10 +558,80 @@ def cmd_eval(args: argparse.Namespace) -> int:
         backend=backend,
         progress=not args.quiet,
     )
+    if not args.no_analysis:
+        skipped = {s["image_id"] for s in metrics["images"]["skipped"]}
+        evaluated = [i for i in dataset.image_ids[: args.max_images] if i not in skipped]
+        metrics = _with_analysis(args, metrics, out / "results.json", dataset, evaluated, backend)
     write_json(out / "metrics.json", metrics)
     print(format_metrics(metrics))
+    _print_analysis(metrics, out)
     print(f"wrote {out / 'metrics.json'} and {out / 'results.json'}")
     return 0
+
+
+def _with_analysis(
+    args: argparse.Namespace, metrics: dict[str, Any], results: Path | str, dataset: Any, image_ids: Any, backend: str
+) -> dict[str, Any]:
+    """``metrics`` with the error analysis of ``results`` added, its pictures drawn into ``--out``."""
+    from detkit.engine.analyze import analyze_results
+    from detkit.evaluation.coco import read_results
+
+    analysis = analyze_results(
+        read_results(results), dataset, out_dir=args.out, image_ids=image_ids, backend=backend,
+        gallery=args.gallery, score_thresh=args.score_thresh, source=f"results file '{results}'",
+    )
+    merged = dict(metrics)
+    for key, value in analysis.items():
+        if key in ("bbox", "segm") and key in merged:
+            merged[key] = {**merged[key], "errors": value["errors"], "by_size": value["by_size"]}
+        elif key in ("confusion", "gallery"):
+            merged[key] = value
+    return merged
+
+
+def _print_analysis(metrics: dict[str, Any], out: Path) -> None:
+    from detkit.engine.analyze import format_analysis
+
+    if "confusion" not in metrics:
+        return
+    print(format_analysis(metrics))
+    pictures = ["errors.png", "pr_curves.png", "confusion_matrix.png"]
+    pictures += ["gallery/"] if metrics.get("gallery") else []
+    print(f"drew {', '.join(str(out / p) for p in pictures)}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from detkit.engine.analyze import analyze_results
+    from detkit.engine.build import dataset_from_path
+    from detkit.evaluation.coco import DEFAULT_BACKEND, format_metrics, read_results
+    from detkit.io import write_json
+
+    _check_analysis_flags(args)
+    dataset = dataset_from_path(args.data, images=args.images, split=args.split)
+    out = Path(args.out)
+    metrics = analyze_results(
+        read_results(args.results), dataset, out_dir=out, backend=args.backend or DEFAULT_BACKEND,
+        gallery=args.gallery, score_thresh=args.score_thresh, source=f"results file '{args.results}'",
+    )
+    metrics["results"] = str(args.results)
+    write_json(out / "metrics.json", metrics)
+    print(format_metrics(metrics))
+    _print_analysis(metrics, out)
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def _check_analysis_flags(args: argparse.Namespace) -> None:
+    from detkit.errors import ConfigError
+
+    if args.gallery < 0:
+        raise ConfigError(f"--gallery must be 0 or more images, got {args.gallery}")
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise ConfigError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if getattr(args, "backend", None) is not None:
+        from detkit.evaluation.coco import check_backend
+
+        check_backend(args.backend, source="--backend")
 
 
 def _eval_results(args: argparse.Namespace) -> int:
@@ -512,10 +649,14 @@ def _eval_results(args: argparse.Namespace) -> int:
     if args.config is not None or args.overrides or args.max_images is not None:
         raise ConfigError("--results takes no config, overrides or --max-images; choose the backend with --backend")
     dataset = dataset_from_path(args.data, images=args.images, split=args.split)
-    metrics = evaluate_results(args.results, dataset, backend=args.backend or DEFAULT_BACKEND)
+    backend = args.backend or DEFAULT_BACKEND
+    metrics = evaluate_results(args.results, dataset, backend=backend)
     out = Path(args.out)
+    if not args.no_analysis:
+        metrics = _with_analysis(args, metrics, args.results, dataset, dataset.image_ids, backend)
     write_json(out / "metrics.json", metrics)
     print(format_metrics(metrics))
+    _print_analysis(metrics, out)
     print(f"wrote {out / 'metrics.json'}")
     return 0
 
@@ -588,7 +729,7 @@ def _min_max_size(text: str) -> tuple[int, int | None]:
 def cmd_proposals(args: argparse.Namespace) -> int:
     from detkit.engine.build import dataset_from_path, plugins_for
     from detkit.engine.proposals import ProposerRun, score_proposers
-    from detkit.engine.run import proposals_report
+    from detkit.engine.run import proposals_coverage, proposals_report
     from detkit.errors import ConfigError, DataError
     from detkit.evaluation.proposals import format_table, plot_recall_curves, proposal_budgets
     from detkit.io import write_json
@@ -623,14 +764,36 @@ def cmd_proposals(args: argparse.Namespace) -> int:
             "size": list(args.size) if args.size else None,
             "budgets": budgets,
         },
+        total=len(dataset),
     )
     write_json(out / "proposals.json", report)
     plot_recall_curves([{"name": r["spec"], "curve": r["curve"]} for r in results], out / "recall.png")
     print(format_table([{**r, "name": r["spec"]} for r in results]))
-    print(
-        f"{report['dataset']['num_images']} images ({len(bad)} skipped), {report['dataset']['num_objects']} objects; "
-        f"wrote {out / 'proposals.json'} and {out / 'recall.png'}"
-    )
+    print(proposals_coverage(report["dataset"], max_images=args.max_images))
+    print(f"wrote {out / 'proposals.json'} and {out / 'recall.png'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from detkit.errors import DataError
+    from detkit.evaluation.compare import compare_dict, compare_table, format_runs, iou_types_of, read_runs
+    from detkit.io import write_json
+    from detkit.viz.plots import plot_training_curves
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise DataError(f"--out '{out}' is a file; give a folder for compare.json and training_curves.png")
+    runs = read_runs(args.runs)
+    iou_types = [args.iou_type] if args.iou_type else iou_types_of(runs)
+    for iou_type in iou_types:
+        print(compare_table(runs, iou_type))
+    print(format_runs(runs), end="")
+    if out is not None:
+        write_json(out / "compare.json", compare_dict(runs, iou_types))
+        plot_training_curves(runs, out / "training_curves.png")
+        undrawn = [r.name for r in runs if r.records is None]
+        note = f" (no training curve for {', '.join(undrawn)}: no metrics.jsonl)" if undrawn else ""
+        print(f"wrote {out / 'compare.json'} and {out / 'training_curves.png'}{note}")
     return 0
 
 

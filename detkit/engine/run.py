@@ -267,23 +267,38 @@ def import_torchvision(
     return list(class_names)
 
 
+#: The version of ``proposals.json``'s layout (README, "proposals.json").
+PROPOSALS_FORMAT = "detkit.proposals/1"
+
+
 def proposals_report(
-    results: list[dict[str, Any]], skipped: Mapping[int, str], *, source: Mapping[str, Any], settings: Mapping[str, Any]
+    results: list[dict[str, Any]],
+    skipped: Mapping[int, str],
+    *,
+    source: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    total: int,
 ) -> dict[str, Any]:
     """What ``detkit proposals`` writes to ``proposals.json``: the data scored, the settings, one entry per proposer.
+
+    README's "proposals.json" section documents the schema (``format`` names its version).
 
     Args:
         results: :func:`~detkit.engine.proposals.score_proposers`' results (at least one).
         skipped: image index -> why it was skipped.
         source: where the images came from (``data``, ``images``, ``split``).
         settings: the scoring settings (budgets, sizes, limits).
+        total: how many images the data holds (``--max-images`` may score fewer).
     """
     if not results:
         raise DetkitError("no proposer results to report")
     first = results[0]
     return {
+        "format": PROPOSALS_FORMAT,
         "dataset": {
             **source,
+            "images_evaluated": first["num_images"],
+            "images_total": total,
             "num_images": first["num_images"],
             "num_images_skipped": len(skipped),
             "skipped": [{"index": i, "reason": why} for i, why in sorted(skipped.items())],
@@ -295,9 +310,23 @@ def proposals_report(
     }
 
 
+def proposals_coverage(dataset: Mapping[str, Any], *, max_images: int | None) -> str:
+    """``scored on N of M images ...``: what a proposals report's numbers cover, and what was left out."""
+    evaluated, total = dataset["images_evaluated"], dataset["images_total"]
+    skipped = dataset["skipped"]
+    parts = [f"scored on {evaluated} of {total} images"]
+    if max_images is not None and max_images < total:
+        parts.append(f"the first {max_images} (--max-images)")
+    if skipped:
+        parts.append(f"{len(skipped)} skipped (first: {skipped[0]['reason']}; proposals.json lists them)")
+    return ", ".join(parts) + f"; {dataset['num_objects']} objects"
+
+
 __all__ = [
+    "PROPOSALS_FORMAT",
     "coco_evaluation",
     "import_torchvision",
+    "proposals_coverage",
     "proposals_report",
     "resume_source",
     "run_training",

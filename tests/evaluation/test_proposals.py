@@ -303,6 +303,9 @@ def test_proposals_command_scores_a_plugin_proposer(shapes, grid_plugin, tmp_pat
     report = json.loads((out / "proposals.json").read_text())
     assert (out / "recall.png").stat().st_size > 0
     assert report["dataset"]["num_images"] == 4 and report["dataset"]["num_images_skipped"] == 1
+    assert report["format"] == "detkit.proposals/1"
+    assert (report["dataset"]["images_evaluated"], report["dataset"]["images_total"]) == (4, 5)
+    assert "scored on 4 of 5 images, 1 skipped (first: " in captured.out
     assert report["settings"]["max_proposals"] == 300
     own, doubled = report["proposers"]
 
