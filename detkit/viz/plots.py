@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -179,6 +180,86 @@ def plot_loss_curve(metrics_jsonl: str | os.PathLike[str], out_png: str | os.Pat
     fig = Figure(figsize=(9, 6.5 if curves.eval_ap else 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     _draw(fig, curves, title=f"{src.parent.name or src.name}: training")
+    target = Path(out_png)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+    return target
+
+
+class NamedRecords(Protocol):
+    """A run as :func:`plot_training_curves` draws it (:class:`detkit.evaluation.compare.RunSummary` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def records(self) -> list[dict[str, Any]] | None: ...
+
+
+def _eval_points(records: list[dict[str, Any]], iou_type: str) -> tuple[list[float], list[float]]:
+    """Iterations and ``metrics[iou_type]["AP"]`` of the evaluation records."""
+    xs, ys = [], []
+    for rec in records:
+        metrics = rec.get("metrics")
+        if rec.get("type") != "eval" or not isinstance(metrics, dict):
+            continue
+        block = metrics.get(iou_type)
+        it = _number(rec.get("iter"))
+        ap = _number(block.get("AP")) if isinstance(block, dict) else None
+        if it is not None and ap is not None and ap >= 0:
+            xs.append(it)
+            ys.append(ap)
+    return xs, ys
+
+
+def plot_training_curves(runs: Sequence[NamedRecords], out_png: str | os.PathLike[str]) -> Path:
+    """Draw several runs' training curves into one PNG (atomically), one colour per run.
+
+    Left: the total training loss against the iteration, every run on one axes (log y
+    when the losses span more than :data:`LOG_SCALE_RATIO`). Right: evaluation AP
+    against the iteration, box AP solid and mask AP dashed where a run has it. Runs
+    without records (``records is None``: no ``metrics.jsonl``) are not drawn; the
+    legend names them.
+
+    Args:
+        runs: each with a ``name`` (the legend) and the ``records`` of its
+            ``metrics.jsonl`` (see :func:`read_metrics`) or ``None``.
+        out_png: the image to (re)write.
+
+    Returns:
+        ``out_png`` as a :class:`Path`.
+    """
+    fig = Figure(figsize=(12, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_ap = fig.subplots(1, 2)
+    drawn = [r for r in runs if r.records is not None]
+    losses: list[float] = []
+    for index, run in enumerate(drawn):
+        color = f"C{index % 10}"
+        curves = _collect(run.records or [])
+        ax_loss.plot(curves.iters, curves.total, color=color, linewidth=1.5, label=run.name)
+        losses += curves.total
+        for iou_type, style in (("bbox", "-"), ("segm", "--")):
+            xs, ys = _eval_points(run.records or [], iou_type)
+            if xs:
+                kind = "box" if iou_type == "bbox" else "mask"
+                ax_ap.plot(xs, ys, color=color, linestyle=style, marker="o", markersize=3,
+                           label=f"{run.name} {kind} AP")
+    if losses and min(losses) > 0 and max(losses) / min(losses) > LOG_SCALE_RATIO:
+        ax_loss.set_yscale("log")
+    ax_ap.set_ylim(bottom=0.0)
+    missing = [r.name for r in runs if r.records is None]
+    if missing:  # an empty line whose label names the runs that have no curve
+        ax_loss.plot([], [], " ", label="not drawn (no metrics.jsonl): " + ", ".join(missing))
+    for ax, ylabel, title in ((ax_loss, "total loss", "training loss"), (ax_ap, "AP", "evaluation AP")):
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", loc="best")
+        else:
+            ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes)
     target = Path(out_png)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png")
