@@ -58,7 +58,8 @@ __all__ = [
 
 #: IoU types a ``metrics.json`` may hold, in the order they are shown.
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
-#: TIDE's error types in its order; ``errors["delta_ap"]`` keys outside it follow, sorted.
+#: TIDE's error types in its order (:data:`detkit.evaluation.tide.ERROR_TYPES`); other
+#: ``errors["delta_ap"]`` keys follow, sorted.
 ERROR_TYPES: tuple[str, ...] = ("classification", "localization", "both", "duplicate", "background", "missed")
 #: The summary dAPs of ``errors`` beside ``delta_ap``: all false positives, all false negatives fixed.
 _ERROR_SUMMARIES: tuple[tuple[str, str], ...] = (
@@ -126,6 +127,13 @@ def _number(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) and value >= 0 else None
+
+
+def _finite(value: Any) -> float | None:
+    """A finite number, else ``None`` (dAPs may be negative: TIDE does not clip the false positive/negative fixes)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _load_json(path: Path) -> Any:
@@ -292,10 +300,10 @@ def _sections(runs: Sequence[RunSummary], iou_type: str) -> dict[str, list[_Row]
         deltas: list[dict[str, Any]] = [e["delta_ap"] if isinstance(e.get("delta_ap"), dict) else {} for e in errors]
         extra = sorted({str(k) for d in deltas for k in d} - set(ERROR_TYPES))
         rows = [
-            _Row(t, t, [_number(d.get(t)) for d in deltas], higher_is_better=False) for t in (*ERROR_TYPES, *extra)
+            _Row(t, t, [_finite(d.get(t)) for d in deltas], higher_is_better=False) for t in (*ERROR_TYPES, *extra)
         ]
         rows += [
-            _Row(key, label, [_number(e.get(key)) for e in errors], higher_is_better=False)
+            _Row(key, label, [_finite(e.get(key)) for e in errors], higher_is_better=False)
             for key, label in _ERROR_SUMMARIES
             if any(key in e for e in errors)
         ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
 import yaml
 
 from detkit.cli import main
+from detkit.evaluation import compare
 from detkit.evaluation.coco import METRIC_NAMES
 from detkit.evaluation.compare import compare_dict, compare_table, read_run, read_runs
 from detkit.importers import CONFIG_DIR
@@ -35,7 +37,7 @@ def errors(**delta: float) -> dict:
 def write_run(folder: Path, bbox: dict, *, images: int = 8, curve: bool = True, segm: dict | None = None) -> Path:
     """A run folder as ``detkit train`` (``curve=True``) or ``detkit eval`` writes it."""
     folder.mkdir(parents=True)
-    metrics = {"bbox": {**bbox, "backend": "faster"}, "precision": "fp32",
+    metrics: dict[str, Any] = {"bbox": {**bbox, "backend": "faster"}, "precision": "fp32",
                "images": {"evaluated": images, "total": images, "skipped": []}}  # fmt: skip
     if segm is not None:
         metrics["segm"] = {**segm, "backend": "faster"}
@@ -105,6 +107,14 @@ def test_lower_dap_is_best_and_error_rows_only_with_errors(tmp_path: Path) -> No
     table = compare_table(read_runs(plain), "bbox")
     assert "TIDE" not in table and "classification" not in table
     assert "errors" not in compare_dict(read_runs(plain))["bbox"]
+
+
+def test_error_types_are_tides_and_negative_fixes_show(tmp_path: Path) -> None:
+    tide = pytest.importorskip("detkit.evaluation.tide")
+    assert compare.ERROR_TYPES == tide.ERROR_TYPES
+    a = write_run(tmp_path / "a", {**coco_numbers(0.3), "errors": {**errors(), "false_positive_ap": -0.004}})
+    b = write_run(tmp_path / "b", {**coco_numbers(0.3), "errors": errors()})
+    assert table_rows(compare_table(read_runs([a, b]), "bbox"), 2)["false positives"] == ["-0.004*", "0.070"]
 
 
 def test_compare_dict_holds_the_table(runs: list[Path]) -> None:
