@@ -43,9 +43,9 @@ ERROR_COLORS: dict[str, RGB] = {
     "duplicate": (0, 130, 200),
     "background": (145, 30, 180),
 }
-#: Ground truth is drawn in white with a black rim; missed objects in white with a red rim.
+#: Ground truth is drawn in white with a black rim; missed objects in white with a cyan rim.
 GROUND_TRUTH_COLOR: RGB = (255, 255, 255)
-MISSED_RIM: RGB = (230, 25, 75)
+MISSED_RIM: RGB = (70, 240, 240)
 
 #: Bar colour of each error type in :func:`plot_error_bars`.
 _BAR_COLORS = {name: tuple(v / 255 for v in rgb) for name, rgb in ERROR_COLORS.items()} | {"missed": (0.5, 0.5, 0.5)}
@@ -117,7 +117,7 @@ def plot_pr_curves(curves: PrecisionCurves, out_png: str | os.PathLike[str], *, 
             for label, precision, color, style in lines:
                 p = precision[:, k]
                 ax.plot(recall, p, color=color, linestyle=style, linewidth=1.2, label=f"{label} AP {p.mean():.3f}")
-            ax.legend(fontsize="x-small", loc="lower left")
+            ax.legend(fontsize="x-small", loc="best")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
@@ -176,8 +176,8 @@ def draw_errors(
 ) -> np.ndarray:
     """Ground truth and detections on a copy of ``image``, styled by what went wrong.
 
-    Ground truth is a white box with a black rim (a red rim when the object was
-    missed) and its class name below the top edge; detections are boxes coloured by
+    Ground truth is a white box with a black rim (a cyan rim when the object was
+    missed) and its class name inside its lower edge; detections are boxes coloured by
     kind (:data:`ERROR_COLORS`) with ``"name 0.93 localization"`` above them. A legend
     of the kinds runs along the top.
 
@@ -189,7 +189,7 @@ def draw_errors(
         min_size: enlarge smaller images (pixels repeated) so the text stays readable.
 
     Returns:
-        A new ``(f*H, f*W + 0, 3)`` uint8 RGB array with a legend strip on top.
+        A new ``(L + f*H, f*W, 3)`` uint8 RGB array: a legend strip L rows high, then the image.
     """
     _check_image(image)
     height, width = image.shape[:2]

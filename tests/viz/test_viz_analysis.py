@@ -1,7 +1,7 @@
 """The pictures of an error analysis: what is drawn where, and that the plots are valid PNGs.
 
 Oracle for the gallery drawing: pixel colours at hand-placed boxes (a correct
-detection is green, each error type its own colour, ground truth white with a red rim
+detection is green, each error type its own colour, ground truth white with a cyan rim
 when missed); the image above the legend is the input where nothing was drawn.
 """
 
