@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Compare runs side by side: COCO metrics, per-class AP, error types and training curves.",
         """
         detkit compare runs/demo runs/shapes_yolo
-        detkit compare runs/bccd runs/bccd-eval runs/bccd-yolo-eval --iou-type bbox --out runs/compare
+        detkit compare runs/bccd runs/eval --iou-type bbox --out runs/compare
     """,
     )
     p.add_argument(

@@ -209,7 +209,7 @@ def read_run(path: str | os.PathLike[str], *, name: str | None = None) -> RunSum
             f"'{source}' holds no 'bbox' or 'segm' metrics; is it a detkit metrics file? {_how_to_evaluate(path)}"
         )
     return RunSummary(
-        name=name or path.resolve().name,
+        name=name or Path(os.path.abspath(path)).name,
         path=path,
         metrics=metrics,
         records=records,
@@ -243,10 +243,11 @@ def _evaluated_on(metrics: dict[str, Any], path: Path, iteration: float | None) 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
     """Folder names, extended by parent folders until they differ; ``#2``, ``#3`` for one folder given twice."""
-    resolved = [p.resolve() for p in paths]
-    distinct = list(dict.fromkeys(resolved))
-    parts = {p: p.parts for p in distinct}
-    names = {p: p.name or str(p) for p in distinct}
+    resolved = [p.resolve() for p in paths]  # one folder however it is spelled
+    given = {r: Path(os.path.abspath(p)) for r, p in zip(resolved, paths)}  # named as given (links not followed)
+    distinct = list(given)
+    parts = {p: given[p].parts for p in distinct}
+    names = {p: given[p].name or str(given[p]) for p in distinct}
     depth = 1
     while len(set(names.values())) < len(names) and depth < max(len(x) for x in parts.values()):
         depth += 1
@@ -449,7 +450,7 @@ def compare_table(runs: Sequence[RunSummary], iou_type: str = "bbox") -> str:
 
 def format_runs(runs: Sequence[RunSummary]) -> str:
     """One line per run: its folder and what its metrics were computed on; then the notes."""
-    width = max(len(r.name) for r in runs)
+    width = max((len(r.name) for r in runs), default=0)
     lines = []
     for r in runs:
         src = r.evaluated_on
