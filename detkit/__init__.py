@@ -1,5 +1,13 @@
 """detkit: a plugin-based object detection and instance segmentation toolkit.
 
+From Python, :class:`Detector` loads a checkpoint and detects (:mod:`detkit.api`)::
+
+    from detkit import Detector
+
+    det = Detector.from_checkpoint("runs/demo/best.pt", device="auto")
+    result = det("image.png")          # or an array, a PIL image, a tensor, a list of them
+    print(result.to_records())
+
 The public API, the only modules a plugin imports (``tests/test_imports.py``
 enforces it for the first-party plugins), is :data:`PUBLIC_MODULES`:
 
@@ -16,9 +24,14 @@ enforces it for the first-party plugins), is :data:`PUBLIC_MODULES`:
   (MobileNetV3's inverted residual blocks and tables), the FPN and the backbone registry.
 """
 
+from typing import TYPE_CHECKING
+
 from detkit.errors import CheckpointError, ConfigError, DataError, DetkitError, PluginError
 from detkit.hookspecs import hookimpl
 from detkit.registry import ComponentRegistry
+
+if TYPE_CHECKING:
+    from detkit.api import DetectionResult, Detector
 
 __version__ = "0.1.0"
 
@@ -36,12 +49,27 @@ PUBLIC_MODULES: tuple[str, ...] = (
     "detkit.backbones",
 )
 
+#: The names of :mod:`detkit.api` this package gives, loaded on first use: ``import detkit``
+#: stays light (no torch) for plugins' and tools' imports.
+_API = ("DetectionResult", "Detector")
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from detkit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'detkit' has no attribute {name!r}")
+
+
 __all__ = [
     "PUBLIC_MODULES",
     "CheckpointError",
     "ComponentRegistry",
     "ConfigError",
     "DataError",
+    "DetectionResult",
+    "Detector",
     "DetkitError",
     "PluginError",
     "__version__",
