@@ -325,6 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subparser(
         sub,
+        "info",
+        "Describe a checkpoint: architecture, classes, training data and settings, metrics, versions.",
+        """
+        detkit info runs/demo/best.pt
+        detkit info coco.pt --json
+    """,
+    )
+    p.add_argument("checkpoint", help="a detkit checkpoint (best.pt, last.pt, an imported model, a classifier)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=cmd_info, plugins=[])
+
+    p = subparser(
+        sub,
         "demo",
         "Generate the shapes dataset, train a small Faster R-CNN, evaluate, draw.",
         """
@@ -830,6 +843,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if failure:
         print(f"detkit: error: {failure}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from detkit.engine.info import checkpoint_info, format_info
+
+    info = checkpoint_info(args.checkpoint)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 

@@ -195,7 +195,12 @@ def _starts_like_zip(file: Path) -> bool:
 def _check_checkpoint(obj: Any, file: Path) -> dict[str, Any]:
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         version = obj.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or version < 1:
+            raise CheckpointError(
+                f"checkpoint {str(file)!r} has format_version {version!r}, which no detkit writes (the first "
+                "is 1); the file is damaged or was made by hand: use a checkpoint detkit wrote"
+            )
+        if version > FORMAT_VERSION:
             raise CheckpointError(
                 f"checkpoint {str(file)!r} has format_version {version!r}; this detkit reads up to "
                 f"{FORMAT_VERSION}: upgrade detkit"
