@@ -55,6 +55,8 @@ PLANS: dict[str, Plan] = {
     "detkit eval --weights runs/bccd/best.pt --data ../shared/data/BCCD --split test --out runs/bccd-eval": Plan(
         extra=["--max-images", "2"]
     ),
+    "detkit analyze --results runs/bccd-eval/results.json --data ../shared/data/BCCD --split test "
+    "--out runs/bccd-why": Plan(extra=["--gallery", "2"]),
     "detkit detect --weights runs/demo/best.pt --out runs/detect runs/demo/data/val/ "
     "runs/demo/data/train/00000*.png runs/demo/data/train/000012.png": Plan(),
     "detkit proposals --data ../shared/data/BCCD --split test --proposer selective_search:preset=fast "
