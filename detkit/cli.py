@@ -18,11 +18,17 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detkit.cliutil import add_common, add_global_flags, subparser
 from detkit.errors import EXIT_USER_ERROR, DetkitError
 from detkit.memory import reuse_freed_memory
+
+if TYPE_CHECKING:  # the commands import what they run when they run
+    from torch import nn
+
+    from detkit.engine.predict import ImageFiles
+    from detkit.engine.video import VideoFrames
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,24 +169,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparser(
         sub,
         "detect",
-        "Detect objects in images; write annotated images and detections.json.",
+        "Detect objects in images, videos or a camera; write annotated images and detections.json, "
+        "and per video an annotated MP4 and a JSON line per frame.",
         """
         detkit detect --weights runs/demo/best.pt --out runs/detect runs/demo/data/val/
+        detkit detect --weights coco.pt --out runs/detect_clip clip.mp4 --stride 2 --max-frames 300
+        detkit detect --weights coco.pt --out runs/detect_camera --camera 0    # until Ctrl-C
         detkit detect --weights coco.pt --out runs/detect_coco '../shared/data/tiny_coco/val2017/*.jpg' \\
             ../shared/data/balloon/val/24631331976_defa3bb61f_k.jpg --score-thresh 0.7
         detkit detect --weights coco.pt --out runs/detect_bf16 --precision bf16 ../shared/data/tiny_coco/val2017/
         detkit detect --weights coco.pt --out runs/detect_coco --resume --batch-size 2 ../shared/data/tiny_coco/val2017/
     """,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT",
+        help="image files, folders or globs, and video files (.mp4 .avi .mov .mkv .webm .m4v ...: each gets "
+        "OUT/<stem>.mp4 and OUT/<stem>.jsonl; images go to OUT/<stem>.png and OUT/detections.json)",
+    )
+    p.add_argument(
+        "--camera", type=int, default=None, metavar="INDEX",
+        help="read camera INDEX (/dev/videoINDEX) instead of files, until --max-frames or Ctrl-C; "
+        "writes OUT/cameraINDEX.mp4 and OUT/cameraINDEX.jsonl",
+    )
+    p.add_argument("--stride", type=int, default=1, metavar="K", help="videos: detect every K-th frame (default 1)")
+    p.add_argument(
+        "--max-frames", type=int, default=None, metavar="N", help="videos: detect at most N frames of each",
+    )
     p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
     p.add_argument("--config", default=None, help="config applied over the checkpoint's (optional)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.5, help="drop detections below (default 0.5)")
-    p.add_argument("--no-draw", action="store_true", help="write detections.json(l) only")
+    p.add_argument("--no-draw", action="store_true", help="write the detections only (json, jsonl): no PNG, no MP4")
     p.add_argument(
         "--batch-size", type=int, default=None, metavar="N",
-        help="images per model call (default: 1 on a CPU, 8 on CUDA)",
+        help="images or video frames per model call (default: 1 on a CPU, 8 on CUDA)",
     )
     p.add_argument(
         "--workers", type=int, default=None, metavar="N",
@@ -676,24 +698,64 @@ def _eval_results(args: argparse.Namespace) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.engine.build import load_model
-    from detkit.engine.predict import ImageFiles, detect_files
+    from detkit.engine.predict import ImageFiles
+    from detkit.engine.video import open_sources
 
     _check_device_flag(args)
     _check_precision_flag(args)
     _check_detect_counts(args)
-    source = ImageFiles.find(args.inputs)
-    reuse_freed_memory()
-    loaded, _ = load_model(
-        args.weights, config_path=args.config, cli_plugins=args.plugins,
-        channels_last=args.channels_last, compile=args.compile,
-    )
-    device = _checkpoint_device(args, loaded.config)
-    precision = _precision(args, device)
+    videos, image_inputs = _detect_inputs(args)
+    source = ImageFiles.find(image_inputs) if image_inputs else None
+    streams = open_sources(videos, camera=args.camera)  # every video opens before the model loads
+    try:
+        reuse_freed_memory()
+        loaded, _ = load_model(
+            args.weights, config_path=args.config, cli_plugins=args.plugins,
+            channels_last=args.channels_last, compile=args.compile,
+        )
+        device = _checkpoint_device(args, loaded.config)
+        precision = _precision(args, device)
+        model = loaded.model.to(device)
+        status = 0 if source is None else _detect_images(args, model, source, loaded.class_names, precision)
+        return _detect_streams(args, model, streams, loaded.class_names, precision) or status
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def _detect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """``detect``'s videos and image inputs; checks ``--camera``, ``--stride`` and ``--max-frames`` against them."""
+    from detkit.engine.video import check_stream_options, split_inputs
+    from detkit.errors import ConfigError
+
+    check_stream_options(stride=args.stride, max_frames=args.max_frames)
+    if args.camera is not None:
+        if args.inputs:
+            raise ConfigError("--camera reads a camera instead of files; give no INPUT with it")
+        if args.camera < 0:
+            raise ConfigError(f"--camera must be a camera index (0, 1, ...), got {args.camera}")
+        return [], []
+    if not args.inputs:
+        raise ConfigError("give images, folders, globs or videos to detect, or --camera INDEX")
+    videos, images = split_inputs(args.inputs)
+    if not videos and (args.stride != 1 or args.max_frames is not None):
+        raise ConfigError("--stride and --max-frames apply to videos and --camera; the inputs hold no video")
+    if videos and args.resume:
+        print("detkit: warning: --resume applies to images; videos are detected from their start", file=sys.stderr)
+    return videos, images
+
+
+def _detect_images(
+    args: argparse.Namespace, model: nn.Module, source: ImageFiles, class_names: list[str], precision: str
+) -> int:
+    """Run ``detect`` on the image files of ``source``; print the summary; the exit status."""
+    from detkit.engine.predict import detect_files
+
     report = detect_files(
-        loaded.model.to(device),
+        model,
         source,
         args.out,
-        class_names=loaded.class_names,
+        class_names=class_names,
         score_thresh=args.score_thresh,
         draw=not args.no_draw,
         precision=precision,
@@ -715,6 +777,28 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if note:
         print(f"{note}; a lower --score-thresh shows weaker detections")
     return 1 if report.failed and len(report.failed) == len(source) else 0
+
+
+def _detect_streams(
+    args: argparse.Namespace, model: nn.Module, streams: list[VideoFrames], class_names: list[str], precision: str
+) -> int:
+    """Run ``detect`` on each video (or the camera) in turn; print a summary each; the exit status.
+
+    Ctrl-C ends a camera run normally (status 0); it stops a video file's run with
+    status 130, after closing its outputs, and the videos after it are not started.
+    """
+    from detkit.engine.video import detect_video, output_names
+
+    for stream, name in zip(streams, output_names(streams)):
+        report = detect_video(
+            model, stream, args.out, name=name, class_names=class_names, score_thresh=args.score_thresh,
+            draw=not args.no_draw, precision=precision, progress=not args.quiet, batch_size=args.batch_size,
+            stride=args.stride, max_frames=args.max_frames,
+        )
+        print(report.summary())
+        if report.stopped and not stream.is_camera:
+            return 130
+    return 0
 
 
 def _check_detect_counts(args: argparse.Namespace) -> None:

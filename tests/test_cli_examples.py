@@ -24,6 +24,7 @@ PLACEHOLDERS = {
     "my.yaml": "the user's own classification config",
     "flowers/test": "the user's own image folder",
     "seven.png": "the user's own image",
+    "clip.mp4": "the user's own video",
 }
 
 EXAMPLES = epilog_examples()
