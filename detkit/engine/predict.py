@@ -82,8 +82,9 @@ class FrameSource(Protocol):
     """Frames to detect on, by index in ``[0, len(source))``.
 
     The source goes to DataLoader worker processes, which call :meth:`read`; keep
-    it light (paths, not pixels). A video would be a source of its frames, with
-    keys such as ``"clip.mp4#000012"``.
+    it light (paths, not pixels). A video, which is read in order rather than by
+    index, is a :class:`detkit.engine.video.VideoFrames` instead (its frames' keys
+    are ``"clip.mp4#000012"``).
     """
 
     def __len__(self) -> int:
