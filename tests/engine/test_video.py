@@ -214,6 +214,41 @@ def test_output_names_are_unique_and_avoid_detect_files(tmp_path):
     assert names == ["clip", "clip_1", "detections_1", "camera0"]
 
 
+def test_a_camera_runs_until_max_frames_or_ctrl_c(checkpoint, clip, tmp_path, monkeypatch, capsys):
+    """The clip stands in for camera 0: the same capture calls, a camera's names, times and ending."""
+    opened: list[object] = []
+
+    def fake_camera(source: str | int) -> cv2.VideoCapture:
+        opened.append(source)
+        return cv2.VideoCapture(str(clip))
+
+    monkeypatch.setattr(video_module, "_open_capture", fake_camera)
+    out = tmp_path / "max"
+    assert _detect(checkpoint, out, "--camera", "0", "--max-frames", "5") == 0
+    assert opened == [0]
+    lines = _lines(out / "camera0.jsonl")
+    assert [line["frame"] for line in lines] == list(range(5))
+    assert [line["file_name"] for line in lines] == [f"camera 0#{i:06d}" for i in range(5)]
+    times = [line["time_s"] for line in lines]
+    assert times[0] == 0.0 and times == sorted(times)  # seconds since the first frame was read
+    assert _mp4_frames(out / "camera0.mp4")[0] == 5
+    assert "camera 0: 5 frames" in capsys.readouterr().out
+
+    calls = {"n": 0}
+
+    def interrupted(*args: object, **kwargs: object) -> list:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return run_batch(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(video_module, "run_batch", interrupted)
+    out = tmp_path / "ctrl_c"
+    assert _detect(checkpoint, out, "--camera", "0") == 0  # Ctrl-C is how a camera run ends
+    assert "camera 0: 2 frames (stopped by Ctrl-C)" in capsys.readouterr().out
+    assert len(_lines(out / "camera0.jsonl")) == 2 and _mp4_frames(out / "camera0.mp4")[0] == 2
+
+
 # ----------------------------------------------------------------------------- stopping
 
 
