@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
             ../shared/data/balloon/val/24631331976_defa3bb61f_k.jpg --score-thresh 0.7
         detkit detect --weights coco.pt --out runs/detect_bf16 --precision bf16 ../shared/data/tiny_coco/val2017/
         detkit detect --weights coco.pt --out runs/detect_coco --resume --batch-size 2 ../shared/data/tiny_coco/val2017/
+        detkit detect --weights runs/demo/model.onnx --out runs/detect_onnx runs/demo/data/val/   # detkit export's file
     """,
     )
     p.add_argument(
@@ -195,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-frames", type=int, default=None, metavar="N", help="videos: detect at most N frames of each",
     )
-    p.add_argument("--weights", required=True, help="a detkit checkpoint (.pt)")
+    p.add_argument(
+        "--weights", required=True,
+        help="a detkit checkpoint (.pt), or a model detkit export wrote (.onnx through onnxruntime, or TorchScript)",
+    )
     p.add_argument("--config", default=None, help="config applied over the checkpoint's (optional)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.5, help="drop detections below (default 0.5)")
@@ -217,6 +221,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_flags(p)
     add_common(p)
     p.set_defaults(func=cmd_detect)
+
+    p = subparser(
+        sub,
+        "export",
+        "Export a checkpoint to ONNX or TorchScript, and check it gives detkit's detections.",
+        """
+        detkit export --format onnx runs/shapes_yolo/best.pt runs/shapes_yolo/model.onnx
+        detkit export --format torchscript runs/shapes_yolo/best.pt runs/shapes_yolo/model.ts
+        detkit export --format onnx runs/demo/best.pt runs/demo/model.onnx --size 480 640   # Faster R-CNN: fixed size
+        detkit detect --weights runs/shapes_yolo/model.onnx --out runs/detect_onnx runs/demo/data/val/
+    """,
+    )
+    p.add_argument("checkpoint", help="a detkit checkpoint (.pt)")
+    p.add_argument("out", help="the file to write (.onnx; .ts or .pt for TorchScript)")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="onnx or torchscript")
+    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default 17)")
+    p.add_argument(
+        "--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+        help="the input image size to export for: the only size Faster/Mask R-CNN, RetinaNet and FCOS files take "
+        "(they keep the aspect ratio); SSD and YOLO files take any size (default: the model's size)",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip running the written file against detkit")
+    add_common(p, device=False)
+    p.set_defaults(func=cmd_export)
 
     p = subparser(
         sub,
@@ -700,6 +728,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.engine.build import load_model
     from detkit.engine.predict import ImageFiles
     from detkit.engine.video import open_sources
+    from detkit.export import is_exported_file
 
     _check_device_flag(args)
     _check_precision_flag(args)
@@ -709,18 +738,55 @@ def cmd_detect(args: argparse.Namespace) -> int:
     streams = open_sources(videos, camera=args.camera)  # every video opens before the model loads
     try:
         reuse_freed_memory()
-        loaded, _ = load_model(
-            args.weights, config_path=args.config, cli_plugins=args.plugins,
-            channels_last=args.channels_last, compile=args.compile,
-        )
-        device = _checkpoint_device(args, loaded.config)
-        precision = _precision(args, device)
-        model = loaded.model.to(device)
-        status = 0 if source is None else _detect_images(args, model, source, loaded.class_names, precision)
-        return _detect_streams(args, model, streams, loaded.class_names, precision) or status
+        if is_exported_file(args.weights):  # detkit export's file: onnxruntime or TorchScript, on the CPU
+            model, class_names, precision = _exported_model(args)
+        else:
+            loaded, _ = load_model(
+                args.weights, config_path=args.config, cli_plugins=args.plugins,
+                channels_last=args.channels_last, compile=args.compile,
+            )
+            device = _checkpoint_device(args, loaded.config)
+            precision = _precision(args, device)
+            model, class_names = loaded.model.to(device), loaded.class_names
+        status = 0 if source is None else _detect_images(args, model, source, class_names, precision)
+        return _detect_streams(args, model, streams, class_names, precision) or status
     finally:
         for stream in streams:
             stream.close()
+
+
+def _exported_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], str]:
+    """``detect --weights`` of an exported file: the runner, its class names and precision fp32 (CPU only)."""
+    from detkit.errors import ConfigError
+    from detkit.export import load_exported
+
+    flags = (("--config", args.config), ("--channels-last", args.channels_last), ("--compile", args.compile))
+    for flag, given in flags:
+        if given:
+            raise ConfigError(f"{flag} applies to detkit checkpoints; {args.weights!r} is an exported model")
+    if args.device not in (None, "auto", "cpu") or args.precision not in (None, "fp32"):
+        raise ConfigError(f"{args.weights!r} is an exported model: it runs on the CPU in fp32 here")
+    model = load_exported(args.weights)
+    return model, model.class_names, "fp32"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from detkit.export import export_model
+
+    result = export_model(
+        args.checkpoint, args.out, format=args.format, opset=args.opset, image_size=args.size,
+        check=not args.no_check, cli_plugins=args.plugins,
+    )
+    meta = result.metadata
+    h, w = meta["image_size"]
+    size = "any H x W" if meta["dynamic_size"] else f"{h} x {w} only (fixed: the model keeps the aspect ratio)"
+    print(f"wrote {result.path} ({result.format}, {meta['model_type']}, {len(meta['class_names'])} classes)")
+    print(f"  input:   {meta['input']['name']} (3, H, W) float32 RGB in [0, 1]; size: {size}")
+    print(f"  outputs: {', '.join(meta['outputs'])}" + (f"; then {meta['decode']}" if meta["decode"] else ""))
+    print(f"  exporter: {meta['exporter']}")
+    for report in result.parity:
+        print(f"  parity with detkit, {report.line()}")
+    return 0 if all(r.ok() for r in result.parity) else 1
 
 
 def _detect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:

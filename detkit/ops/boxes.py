@@ -18,6 +18,17 @@ from torch import Tensor
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def is_exporting() -> bool:
+    """Whether the code runs under ``torch.jit.trace``, ``torch.jit.script`` or ``torch.onnx.export``.
+
+    A traced graph keeps the Python branches taken while tracing, so the ops that pick
+    a path by the data (the early-stopping NMS of :func:`batched_nms`, the threaded
+    RoIAlign of :func:`~detkit.ops.roi_align`) take their plain torchvision path then,
+    which gives the same results for any input (see :mod:`detkit.export`).
+    """
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 def at_least_float32(tensor: Tensor) -> Tensor:
     """``tensor`` in float32 when it is float16 or bfloat16, else ``tensor`` itself.
 
@@ -151,12 +162,12 @@ def batched_nms(
     which are in any prefix that holds it (ties with the prefix's lowest score are
     taken in whole), so a prefix keeps exactly the boxes the full run keeps among
     them. A post-process keeping 100 of 90,000 candidates then runs NMS on a few
-    hundred.
+    hundred. While exporting (:func:`is_exporting`) it runs on all the candidates.
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     boxes, scores = at_least_float32(boxes), at_least_float32(scores)
-    if max_kept is None or len(scores) <= _PREFIX_GROWTH * max_kept:
+    if max_kept is None or is_exporting() or len(scores) <= _PREFIX_GROWTH * max_kept:
         keep = torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)
         return keep if max_kept is None else keep[:max_kept]
     order = scores.argsort(descending=True)

@@ -4,8 +4,9 @@ torchvision's CPU RoIAlign kernels run on one thread; on a CPU training step
 the backward pass alone can take half the time. This wrapper splits the regions
 into chunks and runs torchvision's own kernels on them in parallel threads (the
 kernels release the GIL), then sums the per-chunk feature gradients. Results
-equal torchvision's up to float summation order. On CUDA, for quantized input and
-for fewer than ``2 * MIN_ROIS_PER_THREAD`` regions it defers to torchvision.
+equal torchvision's up to float summation order. On CUDA, for quantized input, for
+fewer than ``2 * MIN_ROIS_PER_THREAD`` regions and while a model is traced or exported
+(:func:`~detkit.ops.boxes.is_exporting`) it defers to torchvision.
 
 float16/bfloat16 features (a model run under autocast) are pooled in float32, with
 float32 boxes, and the result is cast back, as torchvision's autocast kernel does:
@@ -25,7 +26,7 @@ import torchvision
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from detkit.ops.boxes import HALF_DTYPES, at_least_float32
+from detkit.ops.boxes import HALF_DTYPES, at_least_float32, is_exporting
 
 #: Fewer regions than this per thread are not worth a thread (a 7x7 or 14x14 region of
 #: 256 channels takes tens of microseconds; a thread hand-off a few).
@@ -117,7 +118,12 @@ def roi_align(
             spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
         )
         return pooled.to(features.dtype)
-    if features.is_quantized or features.device.type != "cpu" or _num_rois(boxes) < 2 * MIN_ROIS_PER_THREAD:
+    if (
+        features.is_quantized
+        or features.device.type != "cpu"
+        or is_exporting()  # a traced graph or ONNX file holds torchvision's op, not the threads
+        or _num_rois(boxes) < 2 * MIN_ROIS_PER_THREAD
+    ):
         # torchvision takes the boxes and output_size as given (and checks them)
         return torchvision.ops.roi_align(
             features, boxes if isinstance(boxes, Tensor) else list(boxes), output_size,
