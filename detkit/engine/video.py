@@ -35,6 +35,11 @@ Outputs, for a video ``clip.mp4`` (``camera0`` for camera 0):
 Ctrl-C (:class:`KeyboardInterrupt`) stops the reading, finishes the frames under way,
 closes the MP4 under its final name and the JSONL, and returns a report with
 ``stopped`` set: it is how a camera run ends when ``max_frames`` is not given.
+
+A camera is read as fast as the model takes its frames; when the model is slower
+than the camera, the frames wait in the driver's few buffers (so the detections lag
+the scene by a few frames) and the camera's other frames are dropped, and its MP4,
+written at the camera's rate, plays faster than real time.
 """
 
 from __future__ import annotations
@@ -150,52 +155,45 @@ class VideoFrame(NamedTuple):
 
 
 class VideoFrames:
-    """A video file, or a camera (:meth:`camera`), as a stream of RGB frames.
+    """A video file, or a camera, as a stream of RGB frames.
 
     The capture is opened at construction, so a file that is not a video fails before
     any work; :meth:`close` (or leaving a ``with`` block) releases it.
 
     Args:
-        path: the video file.
+        path: the video file (its records are named ``"clip.mp4#000012"``, its outputs ``clip``).
+        camera: instead of ``path``, the index of a camera (``/dev/video<camera>`` on Linux;
+            records ``"camera 0#000012"``, outputs ``camera0``).
 
     Raises:
-        DataError: OpenCV cannot open ``path`` as a video (missing, not a video, or a
-            codec its FFmpeg lacks); the message names it.
+        DataError: OpenCV cannot open the file as a video (missing, not a video, or a
+            codec its FFmpeg lacks), or the camera (none with that index, in use); the
+            message names it.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path: Path | None = Path(path)
-        self.camera_index: int | None = None
+    def __init__(self, path: str | Path | None = None, *, camera: int | None = None) -> None:
+        if (path is None) == (camera is None):
+            raise TypeError("VideoFrames takes a video file or a camera index, one of them")
+        self.path = None if path is None else Path(path)
+        self.camera_index = camera
         #: How messages and the records' ``file_name`` name the source.
-        self.label = str(path)
+        self.label = f"camera {camera}" if path is None else str(path)
         #: The stem of the source's outputs.
-        self.stem = self.path.stem
-        if not self.path.is_file():
+        self.stem = f"camera{camera}" if self.path is None else self.path.stem
+        if self.path is not None and not self.path.is_file():
             raise DataError(f"video '{path}' does not exist; give a video file ({', '.join(VIDEO_EXTENSIONS)})")
-        self._capture = _open_capture(str(path))
-        if not self._capture.isOpened():
+        self._capture = _open_capture(str(path) if camera is None else camera)
+        if self._capture.isOpened():
+            return
+        if camera is not None:
             raise DataError(
-                f"cannot open video '{path}': not a video, or a codec this OpenCV build cannot decode; "
-                "convert it (e.g. to H.264 MP4) or remove it"
-            )
-
-    @classmethod
-    def camera(cls, index: int) -> VideoFrames:
-        """Camera ``index`` (``/dev/video<index>`` on Linux) as a source named ``camera<index>``.
-
-        Raises:
-            DataError: there is no such camera, or it cannot be opened.
-        """
-        source = cls.__new__(cls)
-        source.path, source.camera_index = None, index
-        source.label, source.stem = f"camera {index}", f"camera{index}"
-        source._capture = _open_capture(index)
-        if not source._capture.isOpened():
-            raise DataError(
-                f"cannot open camera {index}: no such camera, or it is in use or not permitted; "
+                f"cannot open camera {camera}: no such camera, or it is in use or not permitted; "
                 "check the index (`ls /dev/video*` on Linux)"
             )
-        return source
+        raise DataError(
+            f"cannot open video '{path}': not a video, or a codec this OpenCV build cannot decode; "
+            "convert it (e.g. to H.264 MP4) or remove it"
+        )
 
     @property
     def is_camera(self) -> bool:
@@ -651,7 +649,7 @@ def open_sources(videos: Sequence[str | Path], *, camera: int | None = None) -> 
         for path in videos:
             sources.append(VideoFrames(path))
         if camera is not None:
-            sources.append(VideoFrames.camera(camera))
+            sources.append(VideoFrames(camera=camera))
     except BaseException:
         for source in sources:
             source.close()
