@@ -229,8 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         """
         detkit export --format onnx runs/shapes_yolo/best.pt runs/shapes_yolo/model.onnx
         detkit export --format torchscript runs/shapes_yolo/best.pt runs/shapes_yolo/model.ts
-        detkit export --format onnx runs/demo/best.pt runs/demo/model.onnx --size 480 640   # Faster R-CNN: fixed size
-        detkit detect --weights runs/shapes_yolo/model.onnx --out runs/detect_onnx runs/demo/data/val/
+        detkit export --format onnx runs/demo/best.pt runs/demo/model.onnx --size 128 128   # Faster R-CNN: fixed size
     """,
     )
     p.add_argument("checkpoint", help="a detkit checkpoint (.pt)")

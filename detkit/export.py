@@ -193,7 +193,8 @@ class ParityReport:
     Attributes:
         image_size: ``(H, W)`` of the image.
         count, exported_count: detections of detkit and of the exported model.
-        labels_equal: the same labels in the same order (needs equal counts).
+        labels_equal: every detection paired with an exported one of its label and score
+            (:func:`compare_detections`; needs equal counts).
         max_box_diff: largest box coordinate difference, pixels (``inf`` when the counts differ).
         max_score_diff: largest score difference.
         mask_mean_abs_diff: mean absolute difference of the pasted mask probabilities.
