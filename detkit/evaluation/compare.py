@@ -42,6 +42,7 @@ import yaml
 
 from detkit.errors import DataError
 from detkit.evaluation.coco import METRIC_NAMES
+from detkit.evaluation.tide import ERROR_TYPES as TIDE_ERROR_TYPES
 from detkit.viz.plots import read_metrics
 
 __all__ = [
@@ -58,9 +59,8 @@ __all__ = [
 
 #: IoU types a ``metrics.json`` may hold, in the order they are shown.
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
-#: TIDE's error types in its order (:data:`detkit.evaluation.tide.ERROR_TYPES`); other
-#: ``errors["delta_ap"]`` keys follow, sorted.
-ERROR_TYPES: tuple[str, ...] = ("classification", "localization", "both", "duplicate", "background", "missed")
+#: TIDE's error types in its order; other ``errors["delta_ap"]`` keys follow, sorted.
+ERROR_TYPES: tuple[str, ...] = TIDE_ERROR_TYPES
 #: The summary dAPs of ``errors`` beside ``delta_ap``: all false positives, all false negatives fixed.
 _ERROR_SUMMARIES: tuple[tuple[str, str], ...] = (
     ("false_positive_ap", "false positives"),

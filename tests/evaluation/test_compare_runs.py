@@ -110,8 +110,7 @@ def test_lower_dap_is_best_and_error_rows_only_with_errors(tmp_path: Path) -> No
 
 
 def test_error_types_are_tides_and_negative_fixes_show(tmp_path: Path) -> None:
-    tide = pytest.importorskip("detkit.evaluation.tide")
-    assert compare.ERROR_TYPES == tide.ERROR_TYPES
+    assert compare.ERROR_TYPES == ("classification", "localization", "both", "duplicate", "background", "missed")
     a = write_run(tmp_path / "a", {**coco_numbers(0.3), "errors": {**errors(), "false_positive_ap": -0.004}})
     b = write_run(tmp_path / "b", {**coco_numbers(0.3), "errors": errors()})
     assert table_rows(compare_table(read_runs([a, b]), "bbox"), 2)["false positives"] == ["-0.004*", "0.070"]
