@@ -582,8 +582,7 @@ def _without_option(argv: Sequence[str], option: str) -> list[str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from detkit.engine.build import build_dataset, dataset_from_path, load_model
     from detkit.engine.evaluate import evaluate_dataset, label_map_by_name
-    from detkit.evaluation.coco import check_backend, format_metrics
-    from detkit.io import write_json
+    from detkit.evaluation.coco import check_backend
 
     _check_analysis_flags(args)
     if args.results is not None:
@@ -624,11 +623,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         skipped = {s["image_id"] for s in metrics["images"]["skipped"]}
         evaluated = [i for i in dataset.image_ids[: args.max_images] if i not in skipped]
         metrics = _with_analysis(args, metrics, out / "results.json", dataset, evaluated, backend)
-    write_json(out / "metrics.json", metrics)
-    print(format_metrics(metrics))
-    _print_analysis(metrics, out)
-    print(f"wrote {out / 'metrics.json'} and {out / 'results.json'}")
-    return 0
+    return _report_metrics(metrics, out, also=out / "results.json")
 
 
 def _with_analysis(
@@ -651,6 +646,18 @@ def _with_analysis(
     return merged
 
 
+def _report_metrics(metrics: dict[str, Any], out: Path, *, also: Path | None = None) -> int:
+    """Write ``out/metrics.json``, print the metrics and their analysis, name what was written."""
+    from detkit.evaluation.coco import format_metrics
+    from detkit.io import write_json
+
+    write_json(out / "metrics.json", metrics)
+    print(format_metrics(metrics))
+    _print_analysis(metrics, out)
+    print(f"wrote {out / 'metrics.json'}" + (f" and {also}" if also is not None else ""))
+    return 0
+
+
 def _print_analysis(metrics: dict[str, Any], out: Path) -> None:
     from detkit.engine.analyze import format_analysis
 
@@ -665,8 +672,7 @@ def _print_analysis(metrics: dict[str, Any], out: Path) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from detkit.engine.analyze import analyze_results
     from detkit.engine.build import dataset_from_path
-    from detkit.evaluation.coco import DEFAULT_BACKEND, format_metrics, read_results
-    from detkit.io import write_json
+    from detkit.evaluation.coco import DEFAULT_BACKEND, read_results
 
     _check_analysis_flags(args)
     dataset = dataset_from_path(args.data, images=args.images, split=args.split)
@@ -676,11 +682,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         gallery=args.gallery, score_thresh=args.score_thresh, source=f"results file '{args.results}'",
     )
     metrics["results"] = str(args.results)
-    write_json(out / "metrics.json", metrics)
-    print(format_metrics(metrics))
-    _print_analysis(metrics, out)
-    print(f"wrote {out / 'metrics.json'}")
-    return 0
+    return _report_metrics(metrics, out)
 
 
 def _check_analysis_flags(args: argparse.Namespace) -> None:
@@ -701,8 +703,7 @@ def _eval_results(args: argparse.Namespace) -> int:
     from detkit.engine.build import dataset_from_path
     from detkit.engine.evaluate import evaluate_results
     from detkit.errors import ConfigError
-    from detkit.evaluation.coco import DEFAULT_BACKEND, format_metrics
-    from detkit.io import write_json
+    from detkit.evaluation.coco import DEFAULT_BACKEND
 
     if args.weights is not None:
         raise ConfigError("give --weights (run a model) or --results (score a results file), not both")
@@ -716,11 +717,7 @@ def _eval_results(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not args.no_analysis:
         metrics = _with_analysis(args, metrics, args.results, dataset, dataset.image_ids, backend)
-    write_json(out / "metrics.json", metrics)
-    print(format_metrics(metrics))
-    _print_analysis(metrics, out)
-    print(f"wrote {out / 'metrics.json'}")
-    return 0
+    return _report_metrics(metrics, out)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
