@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 def seed_and_threads(train: Mapping[str, Any], *, rank: int = 0) -> None:
     """Seed torch, numpy and Python with ``train.seed`` (+ ``rank``), cap torch's CPU threads at
-    ``train.threads`` (when set), and with ``train.deterministic`` choose deterministic algorithms.
+    ``train.threads`` (when a number; the trainer handles ``auto``, see :mod:`detkit.engine.threads`),
+    and with ``train.deterministic`` choose deterministic algorithms.
 
     The data order does not depend on these seeds (see
     :class:`~detkit.data.loader.TrainBatchSampler`); the model's own random choices
@@ -55,8 +56,8 @@ def seed_and_threads(train: Mapping[str, Any], *, rank: int = 0) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    if train.get("threads"):
-        torch.set_num_threads(int(train["threads"]))
+    if isinstance(train.get("threads"), int):
+        torch.set_num_threads(train["threads"])
     if train.get("deterministic"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable GEMMs
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -76,6 +76,7 @@ from detkit.engine.optim import (
     freeze_parameters,
 )
 from detkit.engine.resume import LAST, load_train_state, rng_state, set_rng_state, to_cpu, truncate_log
+from detkit.engine.threads import ThreadTuner, candidate_counts
 from detkit.errors import ConfigError, DetkitError
 from detkit.io import atomic_path, atomic_write
 from detkit.progress import progress as progress_bar
@@ -163,6 +164,15 @@ def _req_float(train: Mapping[str, Any], key: str, *, positive: bool = False) ->
     return value
 
 
+def _threads(train: Mapping[str, Any]) -> int | str | None:
+    value = train.get("threads")
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad("threads", "an integer >= 1, auto or null", value)
+    return value
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """The ``train`` section keys the loop reads, checked (see :data:`detkit.config.DEFAULTS`)."""
@@ -192,6 +202,8 @@ class TrainSettings:
     keep_checkpoints: int = 0
     sync_bn: bool = False
     find_unused_parameters: bool = False
+    #: torch CPU threads: a number, ``"auto"`` (:mod:`detkit.engine.threads`) or None (torch's default)
+    threads: int | str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
@@ -237,6 +249,7 @@ class TrainSettings:
             keep_checkpoints=_req_int(train, "keep_checkpoints", minimum=0),
             sync_bn=_flag(train, "sync_bn"),
             find_unused_parameters=_flag(train, "find_unused_parameters"),
+            threads=_threads(train),
         )
 
 
@@ -402,6 +415,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.ema = ModelEMA.from_config(self.model, (config.get("train") or {}).get("ema"))
         self.forward_model: nn.Module = self._wrapped()
+        self._threads_before = torch.get_num_threads()
+        self.thread_tuner = self._thread_tuner()
 
         self.iteration = 0
         self.epoch = 1
@@ -441,6 +456,18 @@ class Trainer:
             device_ids=[self.device] if self.device.type == "cuda" else None,
             find_unused_parameters=self.settings.find_unused_parameters,
         )
+
+    def _thread_tuner(self) -> ThreadTuner | None:
+        """With ``train.threads: auto`` in a one-process CPU run, the tuner of the thread count.
+
+        A choice by timing makes float rounding depend on the machine's load, so under
+        ``train.deterministic`` (and in distributed runs) ``auto`` keeps torch's default.
+        """
+        deterministic = bool((self.config.get("train") or {}).get("deterministic"))
+        if self.settings.threads != "auto" or self.device.type != "cpu" or self.dist.distributed or deterministic:
+            return None
+        tuner = ThreadTuner(candidate_counts(self._threads_before))
+        return tuner if tuner.active else None
 
     @property
     def sampler(self) -> TrainBatchSampler | None:
@@ -490,6 +517,8 @@ class Trainer:
                 raise
             finally:
                 self._log_file = None
+                if self.thread_tuner is not None:
+                    torch.set_num_threads(self._threads_before)
         if main:
             self._write_final_outputs()
         return TrainResult(
@@ -583,12 +612,15 @@ class Trainer:
             while self._more_epochs():
                 for group, reads in self._steps():
                     try:
-                        self._train_step(group)
+                        self._timed_step(group)
                     except KeyboardInterrupt:  # last.pt then continues with this step
                         self.batches_done -= reads
                         raise
                     bar.update(1)
-                    bar.set_postfix(loss=f"{self._last_loss:.4g}", lr=f"{self._lr():.3g}", refresh=False)
+                    postfix = {"loss": f"{self._last_loss:.4g}", "lr": f"{self._lr():.3g}"}
+                    if self.thread_tuner is not None:
+                        postfix["threads"] = str(self.thread_tuner.threads)
+                    bar.set_postfix(postfix, refresh=False)
                     if self.iteration % s.log_period == 0:
                         self._log_train()
                     out_of_time = self._update_horizon()
@@ -613,6 +645,17 @@ class Trainer:
                 self.epoch += 1
                 self.batches_done = 0
         return False
+
+    def _timed_step(self, group: Sequence[TrainBatch]) -> None:
+        """:meth:`_train_step`, run and timed for ``train.threads: auto``."""
+        tuner = self.thread_tuner
+        if tuner is None:
+            self._train_step(group)
+            return
+        tuner.before_step()
+        start = self.clock()
+        self._train_step(group)
+        tuner.after_step(self.clock() - start)
 
     def _train_step(self, group: Sequence[TrainBatch]) -> None:
         """One optimizer step on ``accumulate`` batches (skipped when the loss or gradients are not finite)."""
@@ -812,6 +855,8 @@ class Trainer:
         if self.scaler is not None:
             record["grad_scale"] = float(self.scaler.get_scale())
         record.update(memory_mb(self.device))
+        if self.thread_tuner is not None:
+            record["threads"] = self.thread_tuner.choice
         record["seconds"] = round(self.clock() - self._start, 3)
         self._log(record)
         self._window = _Window()
