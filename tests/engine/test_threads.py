@@ -111,10 +111,11 @@ output: {{dir: "{root}/run"}}
 """
 
 
-def test_demo_recipe_tunes_its_threads() -> None:
+def test_cpu_recipes_tune_their_threads() -> None:
     from detkit.config import load_config
 
-    assert load_config("detkit:shapes_faster_rcnn.yaml")["train"]["threads"] == "auto"
+    for recipe in ("shapes_faster_rcnn", "shapes_yolo", "bccd_faster_rcnn", "balloon_mask_rcnn"):
+        assert load_config(f"detkit:{recipe}.yaml")["train"]["threads"] == "auto"
 
 
 @pytest.mark.parametrize(
