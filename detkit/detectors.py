@@ -83,7 +83,15 @@ class Detector(nn.Module):
         checkpoints are unchanged. The first call of each new input shape compiles
         (tens of seconds on a CPU; inductor caches the result on disk for later
         processes); after one shape change the code is recompiled for dynamic shapes.
+
+        Without ``options`` inductor's ``freezing`` is on: calls under ``torch.no_grad``
+        (``detect``, ``eval``, ``benchmark``) take the weights as constants, so oneDNN
+        gets them packed once instead of reordering them at every call (SSD300 221 ms
+        against 229 ms, Faster R-CNN R50-FPN 1375-1438 against 1445 ms, 2 CPU cores).
+        Weights loaded after the first call are then not seen; compile last.
         """
+        if not options:
+            options = {"options": {"freezing": True}}
         for part in (self.backbone, self.neck):
             if part is not None:
                 part.compile(**options)
