@@ -17,19 +17,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _checkpoints import SHAPES_CLASSES, random_shapes_checkpoint
 from PIL import Image
 
 import detkit
 from detkit import DetectionResult, Detector
 from detkit.cli import main
-from detkit.config import load_config
 from detkit.data.shapes import generate_shapes
-from detkit.detectors import build_detector
-from detkit.engine.checkpoint import save_checkpoint
 from detkit.errors import CheckpointError, ConfigError, DataError
-from detkit.plugins import load_plugins
 
-CLASSES = ["circle", "square", "triangle", "ellipse"]
+CLASSES = SHAPES_CLASSES
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -44,12 +41,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random shapes Faster R-CNN that keeps weak detections (so there are some to compare)."""
-    torch.manual_seed(0)
-    config = load_config("detkit:shapes_faster_rcnn.yaml", ["model.postprocess.score_thresh=0.0"])
-    model = build_detector(config, load_plugins().registry, num_classes=len(CLASSES)).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    save_checkpoint(path, model=model, config=config, class_names=CLASSES)
-    return path
+    return random_shapes_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from _checkpoints import SHAPES_CLASSES, random_shapes_checkpoint
 from torch import nn
 
 from detkit.cli import main
-from detkit.config import load_config
 from detkit.data.coco import CocoDataset
 from detkit.data.shapes import generate_shapes
-from detkit.detectors import build_detector
-from detkit.engine.checkpoint import save_checkpoint
 from detkit.engine.evaluate import evaluate_dataset, evaluate_results
-from detkit.plugins import load_plugins
 from detkit.structures import Detections
 
-CLASSES = ["circle", "square", "triangle", "ellipse"]
+CLASSES = SHAPES_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +35,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised shapes recipe that keeps every detection (score_thresh 0)."""
-    torch.manual_seed(0)
-    config = load_config("detkit:shapes_faster_rcnn.yaml", ["model.postprocess.score_thresh=0.0"])
-    model = build_detector(config, load_plugins().registry, num_classes=len(CLASSES)).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, config=config, class_names=CLASSES)
-    return path
+    return random_shapes_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 class _Replay(nn.Module):

@@ -14,13 +14,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _checkpoints import SHAPES_CLASSES, random_shapes_checkpoint
 
 from detkit.cli import main
-from detkit.config import load_config
-from detkit.detectors import build_detector
 from detkit.engine import video as video_module
 from detkit.engine.build import load_model
-from detkit.engine.checkpoint import save_checkpoint
 from detkit.engine.predict import image_line, run_batch
 from detkit.engine.video import (
     RateMeter,
@@ -31,11 +29,9 @@ from detkit.engine.video import (
     split_inputs,
 )
 from detkit.errors import ConfigError
-from detkit.importers import CONFIG_DIR
-from detkit.plugins import load_plugins
 from detkit.structures import Detections
 
-CLASSES = ["circle", "square", "triangle", "ellipse"]
+CLASSES = SHAPES_CLASSES
 FRAMES, FPS, SIZE = 24, 12.0, 64
 
 
@@ -77,12 +73,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised shapes Faster R-CNN that keeps every detection (score_thresh 0)."""
-    torch.manual_seed(0)
-    config = load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", ["model.postprocess.score_thresh=0.0"])
-    model = build_detector(config, load_plugins().registry, num_classes=len(CLASSES)).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, config=config, class_names=CLASSES)
-    return path
+    return random_shapes_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
