@@ -728,7 +728,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from detkit.export import is_exported_file
 
     _check_device_flag(args)
-    hint = None
     _check_precision_flag(args)
     _check_detect_counts(args)
     videos, image_inputs = _detect_inputs(args)
@@ -736,6 +735,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     streams = open_sources(videos, camera=args.camera)  # every video opens before the model loads
     try:
         reuse_freed_memory()
+        hint = None  # the bf16 tip, for a checkpoint run in fp32 on an AMX CPU
         if is_exported_file(args.weights):  # detkit export's file: onnxruntime or TorchScript, on the CPU
             model, class_names, precision = _exported_model(args)
         else:
