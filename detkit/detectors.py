@@ -167,8 +167,6 @@ class TwoStageDetector(Detector):
         proposals, proposal_losses = self.proposer(
             batch, features if self.proposer.needs_features else None, targets
         )
-        if features is not None and self.channels_last:  # RoIAlign reads NCHW: one copy for box and mask heads
-            features = features.contiguous()
         raw, head_losses = self.roi_head(batch, features, proposals, targets)
         losses = {**proposal_losses, **head_losses}
         if self.training:

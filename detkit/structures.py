@@ -111,10 +111,6 @@ class FeatureMaps:
     def to(self, device: torch.device | str) -> FeatureMaps:
         return self.map(lambda v: v.to(device))
 
-    def contiguous(self) -> FeatureMaps:
-        """The maps in NCHW (contiguous) memory order: channels-last maps are copied, others kept."""
-        return self.map(lambda v: v.contiguous())
-
     def map(self, fn: Callable[[Tensor], Tensor]) -> FeatureMaps:
         """``fn`` applied to every map; strides and image scales kept."""
         return FeatureMaps({k: fn(v) for k, v in self.maps.items()}, dict(self.strides), dict(self.image_scales))

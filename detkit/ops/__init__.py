@@ -33,7 +33,7 @@ from detkit.ops.losses import (
     sigmoid_focal_loss,
 )
 from detkit.ops.matcher import Matcher
-from detkit.ops.roi_align import roi_align
+from detkit.ops.roi_align import multiscale_roi_align, pool_by_level, roi_align
 from detkit.ops.sampler import BalancedSampler
 
 __all__ = [
@@ -59,9 +59,11 @@ __all__ = [
     "grid_anchors",
     "level_strides",
     "masks_to_boxes",
+    "multiscale_roi_align",
     "nms",
     "nonempty_boxes",
     "paired_box_iou",
+    "pool_by_level",
     "remove_small_boxes",
     "roi_align",
     "scale_boxes",

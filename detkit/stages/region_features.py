@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_pool
 
-from detkit.ops import HALF_DTYPES, at_least_float32, box_area, roi_align
+from detkit.ops import HALF_DTYPES, at_least_float32, box_area, multiscale_roi_align, pool_by_level, roi_align
 from detkit.stages.base import RegionExtractor
 from detkit.structures import FeatureMaps, ImageBatch, RegionFeatures
 
@@ -76,16 +76,18 @@ class MultiScaleRoIAlign(RegionExtractor):
             rois[:, 1:], k_min=int(math.log2(strides[0])), k_max=int(math.log2(strides[-1])),
             canonical_size=self.canonical_size, canonical_level=self.canonical_level,
         )
-        pooled = rois.new_zeros((rois.shape[0], maps[0].shape[1], *self.output_size), dtype=maps[0].dtype)
-        for level, (feature, stride) in enumerate(zip(maps, strides)):
-            idx = torch.where(levels == level)[0]
-            pooled[idx] = self._pool(feature, rois[idx], stride).to(pooled.dtype)
-        return RegionFeatures(pooled, num_per_image)
+        return RegionFeatures(self._pool_levels(maps, rois, levels, strides), num_per_image)
 
     def _pool(self, feature: Tensor, rois: Tensor, stride: int) -> Tensor:
         return roi_align(
             feature, rois.to(_box_dtype(feature)), self.output_size, spatial_scale=1.0 / stride,
             sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+        )
+
+    def _pool_levels(self, maps: list[Tensor], rois: Tensor, levels: Tensor, strides: list[int]) -> Tensor:
+        return multiscale_roi_align(
+            maps, rois.to(_box_dtype(maps[0])), levels, self.output_size,
+            spatial_scales=[1.0 / s for s in strides], sampling_ratio=self.sampling_ratio, aligned=self.aligned,
         )
 
 
@@ -126,6 +128,9 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
         pooled = roi_pool(at_least_float32(feature), rois.to(_box_dtype(feature)), self.output_size,
                           spatial_scale=1.0 / stride)
         return pooled.to(feature.dtype)
+
+    def _pool_levels(self, maps: list[Tensor], rois: Tensor, levels: Tensor, strides: list[int]) -> Tensor:
+        return pool_by_level(maps, rois, levels, lambda m, r, level: self._pool(m, r, strides[level]))
 
 
 def context_boxes(boxes: Tensor, *, crop_size: int, context_padding: int) -> Tensor:

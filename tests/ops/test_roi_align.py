@@ -1,4 +1,4 @@
-"""The threaded RoIAlign equals torchvision's, values and gradients."""
+"""detkit's CPU RoIAlign (gather and threaded paths) equals torchvision's, values and gradients."""
 
 import contextlib
 import sys
@@ -10,7 +10,7 @@ import torchvision
 from detkit.ops import roi_align
 from detkit.ops.roi_align import MIN_ROIS_PER_THREAD
 
-#: The threaded path starts at this many regions.
+#: The gather and threaded paths start at this many regions.
 THREADED_FROM = 2 * MIN_ROIS_PER_THREAD
 
 
@@ -46,16 +46,74 @@ def test_forward_and_backward_match_torchvision(aligned):
     assert torch.allclose(results[0][1], results[1][1], atol=1e-4)
 
 
-def test_gradcheck_in_double_with_threads(monkeypatch):
+@pytest.mark.parametrize("sampling_ratio", [2, -1], ids=["gather", "threads"])
+def test_gradcheck_in_double(monkeypatch, sampling_ratio, threaded_calls):
     monkeypatch.setattr(sys.modules["detkit.ops.roi_align"], "MIN_ROIS_PER_THREAD", 2)
     features, rois = make_inputs(6, torch.float64)
     features = features[:, :2, :8, :8].contiguous().requires_grad_(True)
     rois[:, 1:] /= 4
 
     def fn(x):
-        return roi_align(x, rois, (3, 3), spatial_scale=0.5, sampling_ratio=2)
+        return roi_align(x, rois, (3, 3), spatial_scale=0.5, sampling_ratio=sampling_ratio)
 
     assert torch.autograd.gradcheck(fn, (features,), eps=1e-6, atol=1e-5)
+    assert threaded_calls and set(threaded_calls) == {6}
+
+
+def edge_rois(height: int, width: int, stride: float, num_images: int) -> torch.Tensor:
+    """Regions that hit every border rule of the kernel, in image pixels, each on every image:
+    beyond the map, straddling each edge, on the last row and column, thinner than a cell,
+    empty, inverted, and ordinary ones."""
+    h, w = height * stride, width * stride
+    boxes = torch.tensor([
+        [-40.0, -40.0, -20.0, -20.0],  # wholly outside, above left: every sample empty
+        [w + 10, h + 10, w + 60, h + 60],  # wholly outside, below right
+        [-15.0, -15.0, 20.0, 30.0],  # straddles the top-left corner
+        [w - 20, h - 25, w + 15, h + 5],  # straddles the bottom-right corner
+        [w - stride, 0.0, w, h],  # the last column
+        [0.0, h - stride, w, h],  # the last row
+        [5.0, 5.0, 5.2, 5.1],  # thinner than a cell
+        [7.0, 7.0, 7.0, 7.0],  # empty
+        [30.0, 30.0, 10.0, 12.0],  # inverted
+        [0.0, 0.0, w, h],  # the whole map
+        [3.3, 8.7, 41.9, 27.1],
+        [12.5, 1.25, 19.75, 60.5],
+        # with 4 x 3 bins of one sample, unaligned: samples exactly on the far edges
+        # (x = W and y = H cells, still read) and on the near ones (x = y = -1, also read)
+        [(width - 1.5) * stride, (height - 2.5) * stride, (width + 1.5) * stride, (height + 1.5) * stride],
+        [-1.5 * stride, -1.5 * stride, 1.5 * stride, 2.5 * stride],
+    ])
+    return torch.cat([torch.cat([torch.full((len(boxes), 1), float(n)), boxes], 1) for n in range(num_images)])
+
+
+@pytest.mark.parametrize("num_images", [1, 2])  # one image: the (H*W, C) view of NCHW features is not contiguous
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gather_path_matches_torchvision_at_every_border(num_images, sampling_ratio, aligned, dtype, threaded_calls):
+    g = torch.Generator().manual_seed(2)
+    features = torch.randn(num_images, 5, 9, 13, generator=g, dtype=dtype)
+    rois = edge_rois(9, 13, 4.0, num_images).to(dtype).repeat(3, 1)  # >= 32 regions: the gather path
+    kwargs = {"spatial_scale": 0.25, "sampling_ratio": sampling_ratio, "aligned": aligned}
+    out, grad = forward_and_grad(roi_align, features, rois, (4, 3), **kwargs)
+    ref_out, ref_grad = forward_and_grad(torchvision.ops.roi_align, features, rois, (4, 3), **kwargs)
+    assert threaded_calls == [len(rois)]
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
+    torch.testing.assert_close(grad, ref_grad, rtol=10 * tol, atol=10 * tol)
+    assert ref_out[0].abs().sum() == 0 and out[0].abs().sum() == 0  # the region beyond the map reads nothing
+
+
+def test_gather_path_keeps_channels_last(threaded_calls):
+    features, rois = make_inputs(300)
+    nhwc = features.contiguous(memory_format=torch.channels_last)
+    kwargs = {"spatial_scale": 0.25, "sampling_ratio": 2}
+    out, grad = forward_and_grad(roi_align, nhwc, rois, 7, **kwargs)
+    ref_out, ref_grad = forward_and_grad(roi_align, features, rois, 7, **kwargs)
+    assert threaded_calls == [300, 300]
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert torch.equal(out, ref_out)  # the same gather, only the copy to NCHW differs
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
 
 
 def test_no_rois():
@@ -70,16 +128,22 @@ def per_image_boxes(rois: torch.Tensor, num_images: int = 3) -> list[torch.Tenso
 
 @pytest.fixture
 def threaded_calls(monkeypatch):
-    """Counts the calls that take the threaded path (so a test knows which path it checked)."""
+    """The region counts of the calls that take detkit's own paths, gather (a fixed sampling
+    ratio) or threads (adaptive), so that a test knows which path it checked."""
     module = sys.modules["detkit.ops.roi_align"]
     calls: list[int] = []
-    original = module._ParallelRoIAlign.apply
+    threaded, gather = module._ParallelRoIAlign.apply, module._gather_roi_align
 
-    def spy(*args):
+    def spy_threaded(*args):
         calls.append(args[1].shape[0])
-        return original(*args)
+        return threaded(*args)
 
-    monkeypatch.setattr(module._ParallelRoIAlign, "apply", spy)
+    def spy_gather(features, rois, *args):
+        calls.append(rois.shape[0])
+        return gather(features, rois, *args)
+
+    monkeypatch.setattr(module._ParallelRoIAlign, "apply", spy_threaded)
+    monkeypatch.setattr(module, "_gather_roi_align", spy_gather)
     return calls
 
 
@@ -91,10 +155,12 @@ def forward_and_grad(fn, features, boxes, output_size, **kwargs):
     return out.detach(), x.grad
 
 
-# Forward outputs are compared exactly: every region is pooled by the same torchvision
-# kernel on its own, so splitting the regions into chunks changes no arithmetic. The
-# feature gradient sums over regions, and the threaded path adds the per-chunk sums in
-# another order: equal up to float32 rounding of sums of a few hundred terms.
+# The threaded path's forward outputs equal torchvision's exactly: every region is pooled by
+# the same torchvision kernel on its own, so splitting the regions into chunks changes no
+# arithmetic. The gather path sums each bin's weighted samples in another order (and folds
+# the 1/4 average into the weights, exactly), so its outputs are equal up to float32
+# rounding of a 16-term sum. The feature gradient sums over regions, in another order in
+# both paths: equal up to float32 rounding of sums of a few hundred terms.
 @pytest.mark.parametrize("num_rois", [20, 300])  # below and above 2 * MIN_ROIS_PER_THREAD = 32
 @pytest.mark.parametrize("output_size", [7, (7, 7), (5, 3), [4, 6]])
 @pytest.mark.parametrize("aligned", [False, True])
@@ -107,8 +173,11 @@ def test_both_paths_match_torchvision_for_every_argument_form(
     out, grad = forward_and_grad(roi_align, features, rois, output_size, **kwargs)
     ref_out, ref_grad = forward_and_grad(torchvision.ops.roi_align, features, rois, output_size, **kwargs)
     assert threaded_calls == ([num_rois] if num_rois >= THREADED_FROM else [])
-    assert out.shape == ref_out.shape
-    assert torch.equal(out, ref_out)
+    assert out.shape == ref_out.shape and out.is_contiguous()
+    if sampling_ratio > 0:
+        torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(out, ref_out)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
@@ -121,7 +190,7 @@ def test_list_of_per_image_boxes_matches_torchvision(num_rois, output_size, thre
     out, grad = forward_and_grad(roi_align, features, boxes, output_size, **kwargs)
     ref_out, ref_grad = forward_and_grad(torchvision.ops.roi_align, features, boxes, output_size, **kwargs)
     assert threaded_calls == ([num_rois] if num_rois >= THREADED_FROM else [])
-    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
@@ -168,7 +237,91 @@ def test_half_precision_features_pool_in_float32(dtype, num_rois, under_autocast
         out_list = roi_align(half, per_image_boxes(rois), 7, **kwargs)
     assert threaded_calls == ([num_rois, num_rois] if num_rois >= THREADED_FROM else [])
     assert out.dtype == out_list.dtype == dtype
-    assert torch.equal(out, expected) and torch.equal(out_list, expected_list)
+    # one rounding to half precision of float32 values equal up to float32 rounding
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out_list, expected_list)
     x = half.clone().requires_grad_(True)
     roi_align(x, rois, 7, **kwargs).float().sum().backward()
     assert x.grad is not None and x.grad.dtype == dtype
+
+
+def pyramid(num_images: int = 2, dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], list[float]]:
+    g = torch.Generator().manual_seed(3)
+    sizes = [(24, 32), (12, 16), (6, 8), (3, 4)]
+    maps = [torch.randn(num_images, 6, h, w, generator=g, dtype=dtype) for h, w in sizes]
+    return maps, [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+
+
+def pyramid_rois(num_rois: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    xy = torch.rand(num_rois, 2, generator=g, dtype=dtype) * torch.tensor([128.0, 96.0], dtype=dtype) - 8
+    wh = torch.rand(num_rois, 2, generator=g, dtype=dtype) ** 2 * 120 + 0.5
+    index = torch.randint(0, 2, (num_rois, 1), generator=g).to(dtype)
+    levels = torch.randint(0, 4, (num_rois,), generator=g)
+    return torch.cat([index, xy, xy + wh], dim=1), levels
+
+
+def torchvision_by_level(maps, rois, levels, output_size, scales, **kwargs):
+    """The oracle: torchvision's RoIAlign of each level's regions, scattered back in order."""
+    out = torch.zeros(rois.shape[0], maps[0].shape[1], *output_size, dtype=maps[0].dtype)
+    for level, (feature, scale) in enumerate(zip(maps, scales, strict=True)):
+        idx = torch.where(levels == level)[0]
+        out = out.index_put((idx,), torchvision.ops.roi_align(feature, rois[idx], output_size, scale, **kwargs))
+    return out
+
+
+@pytest.mark.parametrize("num_rois", [20, 300])  # 20: one torchvision call per level
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_multiscale_roi_align_matches_torchvision_level_by_level(num_rois, aligned, channels_last, threaded_calls):
+    from detkit.ops import multiscale_roi_align
+
+    maps, scales = pyramid()
+    if channels_last:
+        maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    rois, levels = pyramid_rois(num_rois)
+    kwargs = {"sampling_ratio": 2, "aligned": aligned}
+    grads, outs = [], []
+    for fn in ("detkit", "torchvision"):
+        xs = [m.clone().requires_grad_(True) for m in maps]
+        if fn == "detkit":
+            out = multiscale_roi_align(xs, rois, levels, (7, 5), spatial_scales=scales, **kwargs)
+        else:
+            out = torchvision_by_level(xs, rois, levels, (7, 5), scales, **kwargs)
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(5))).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad for x in xs])
+    assert threaded_calls == ([num_rois] if num_rois >= THREADED_FROM else [])  # one gather for all levels
+    kept_nhwc = channels_last and num_rois >= THREADED_FROM  # the gather path keeps the layout
+    assert outs[0].is_contiguous(memory_format=torch.channels_last if kept_nhwc else torch.contiguous_format)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+    for ours, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_multiscale_roi_align_pools_half_precision_in_float32(dtype):
+    from detkit.ops import multiscale_roi_align
+
+    maps, scales = pyramid()
+    rois, levels = pyramid_rois(300)
+    half = [m.to(dtype) for m in maps]
+    out = multiscale_roi_align(half, rois, levels, 7, spatial_scales=scales, sampling_ratio=2)
+    expected = torchvision_by_level([m.float() for m in half], rois, levels, (7, 7), scales, sampling_ratio=2)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, expected.to(dtype))
+
+
+def test_multiscale_gradcheck_in_double(monkeypatch):
+    from detkit.ops import multiscale_roi_align
+
+    monkeypatch.setattr(sys.modules["detkit.ops.roi_align"], "MIN_ROIS_PER_THREAD", 2)
+    maps, scales = pyramid(dtype=torch.float64)
+    maps = [m[:, :2, :6, :6].contiguous().requires_grad_(True) for m in maps[:2]]
+    rois, levels = pyramid_rois(8, torch.float64)
+    rois[:, 1:] /= 4
+
+    def fn(*xs):
+        return multiscale_roi_align(xs, rois, levels % 2, (3, 3), spatial_scales=scales[:2], sampling_ratio=2)
+
+    assert torch.autograd.gradcheck(fn, tuple(maps), eps=1e-6, atol=1e-5)
