@@ -17,7 +17,7 @@ Everything else is in the graph: preprocessing (normalize, resize, pad), backbon
 heads, box decoding, score threshold, class-wise NMS (``torchvision.ops.batched_nms``, ONNX
 ``NonMaxSuppression``), RoIAlign (``torchvision.ops.roi_align``, ONNX ``RoiAlign``), top-k and
 the rescale to the input's pixels. While tracing, :func:`detkit.ops.boxes.is_exporting` routes
-detkit's early-stopping NMS and threaded RoIAlign to the plain torchvision ops (same results).
+detkit's early-stopping NMS and gather/threaded RoIAlign to the plain torchvision ops (same results).
 
 Sizes. A trace records the Python branches and the Python ``int`` sizes of the run it traced,
 and detkit computes sizes in Python (resize scales, padding, anchors):
