@@ -238,9 +238,8 @@ def _gather_roi_align(
     scales = torch.tensor(list(spatial_scales), dtype=rois.dtype, device=rois.device)
     index, weight = bilinear_taps(
         rois, heights=sizes[levels, 0], widths=sizes[levels, 1], spatial_scales=scales[levels],
-        out_h=out_h, out_w=out_w, sampling_ratio=sampling_ratio, aligned=aligned,
+        first_rows=first_row[levels], out_h=out_h, out_w=out_w, sampling_ratio=sampling_ratio, aligned=aligned,
     )
-    index += first_row[levels].repeat_interleave(out_h * out_w)[:, None]
     pooled = F.embedding_bag(index, table, mode="sum", per_sample_weights=weight.to(table.dtype).detach())
     pooled = pooled.view(rois.shape[0], out_h, out_w, c).permute(0, 3, 1, 2)
     first = maps[0]
@@ -249,10 +248,13 @@ def _gather_roi_align(
 
 
 def bilinear_taps(
-    rois: Tensor, *, heights: Tensor, widths: Tensor, spatial_scales: Tensor, out_h: int, out_w: int,
-    sampling_ratio: int, aligned: bool,
+    rois: Tensor, *, heights: Tensor, widths: Tensor, spatial_scales: Tensor, first_rows: Tensor, out_h: int,
+    out_w: int, sampling_ratio: int, aligned: bool,
 ) -> tuple[Tensor, Tensor]:
-    """The rows of each region's ``(N*H*W, C)`` feature table, and their weights, that RoIAlign sums into each bin.
+    """The rows of a feature table, and their weights, that RoIAlign sums into each bin.
+
+    The table holds each level's ``(N, C, H, W)`` map as ``N*H*W`` rows of ``C``
+    channels (row ``(n * H + y) * W + x``), the levels one after another.
 
     Bin ``(r, i, j)`` of region ``r`` averages ``s x s`` samples (``s = sampling_ratio``),
     each the bilinear blend of 4 neighbouring cells, so it is ``sum_k weight[b, k] *
@@ -263,6 +265,7 @@ def bilinear_taps(
     Args:
         rois: ``(R, 5)`` rows ``(image index, x1, y1, x2, y2)``.
         heights, widths, spatial_scales: ``(R,)`` each region's map size and scale.
+        first_rows: ``(R,)`` int64 table row where each region's map starts.
 
     Returns:
         ``index`` (int64) and ``weight`` (the rois' dtype), both ``(R * out_h * out_w, 4 s^2)``.
@@ -285,8 +288,9 @@ def bilinear_taps(
         return t[:, None, :, None, :]
 
     image_rows = (rois[:, 0].to(torch.int64) * heights)[:, None, None]
-    row_width = widths[:, None, None]
-    row_low, row_high = along_y((image_rows + y_low) * row_width), along_y((image_rows + y_high) * row_width)
+    row_width, first = widths[:, None, None], first_rows[:, None, None]
+    row_low = along_y(first + (image_rows + y_low) * row_width)
+    row_high = along_y(first + (image_rows + y_high) * row_width)
     col_low, col_high = along_x(x_low), along_x(x_high)
     index = torch.stack([row_low + col_low, row_low + col_high, row_high + col_low, row_high + col_high], dim=-1)
     valid = (along_y(y_valid) & along_x(x_valid)).to(rois.dtype) / float(sampling_ratio * sampling_ratio)
