@@ -162,6 +162,7 @@ class Detector:
         score_thresh: float = 0.5,
         batch_size: int | None = None,
         channels_last: bool = False,
+        winograd: bool = False,
         compile: bool = False,
         plugins: Sequence[str] = (),
     ) -> Detector:
@@ -172,7 +173,7 @@ class Detector:
             precision: ``fp32``; ``fp16``/``bf16`` run under autocast.
             score_thresh: the least score of a kept detection (``detkit detect``'s default).
             batch_size: images per model call (default: 1 on a CPU, 8 on CUDA).
-            channels_last, compile: the opt-in speed-ups of ``detkit detect``.
+            channels_last, winograd, compile: the opt-in speed-ups of ``detkit detect``.
             plugins: plugin modules to load besides the installed ones.
 
         Raises:
@@ -183,7 +184,9 @@ class Detector:
         from detkit.engine.build import load_model
 
         target = resolve_device(device, source="device")
-        loaded, _ = load_model(path, cli_plugins=plugins, channels_last=channels_last, compile=compile)
+        loaded, _ = load_model(
+            path, cli_plugins=plugins, channels_last=channels_last, winograd=winograd, compile=compile
+        )
         return cls(
             loaded.model.to(target), class_names=loaded.class_names, config=loaded.config, precision=precision,
             score_thresh=score_thresh, batch_size=batch_size,

@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
         # inference speed (detect, eval, benchmark): NHWC convolutions; torch.compile of backbone and neck
         "channels_last": False,
         "compile": False,
+        # Winograd F(4x4, 3x3) for wide 3x3 convolutions on the CPU (detect, eval, benchmark and train)
+        "winograd": False,
         "preprocess": {
             "min_size": 800,
             "max_size": 1333,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.errors import ConfigError
+from detkit.ops.winograd import use_winograd
 from detkit.registry import ComponentRegistry
 from detkit.stages import ResizeNormalize
 from detkit.stages.base import (
@@ -74,6 +75,19 @@ class Detector(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+        return self
+
+    def use_winograd(self, enabled: bool = True) -> Detector:
+        """Run the wide 3x3, stride-1 convolutions as Winograd ``F(4x4, 3x3)`` on the CPU.
+
+        A quarter of the multiplications (:mod:`detkit.ops.winograd`): the FPN and RPN
+        convolutions of an R50-FPN run in about half the time, forward and backward.
+        Parameters are shared, so checkpoints and optimizers are unaffected; outputs
+        are the same up to float rounding (a few times a direct convolution's). CUDA,
+        autocast, export and ``torch.compile`` keep the direct convolutions. Returns
+        the detector.
+        """
+        use_winograd(self, enabled)
         return self
 
     def compile_trunk(self, **options: Any) -> Detector:

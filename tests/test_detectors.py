@@ -160,6 +160,44 @@ def test_post_processing_is_a_component_a_config_selects():
     assert type(default.postprocess) is DetectionPostProcess  # model.postprocess.name defaults to nms
 
 
+def test_winograd_detector_gives_the_same_losses_gradients_and_features(monkeypatch):
+    """Oracle: the same detector with direct convolutions (the FPN and RPN 3x3 convs change path)."""
+    from detkit.ops.winograd import WinogradConv2d
+
+    monkeypatch.setattr(WinogradConv2d, "min_tiles", 1)  # the test images are small
+    monkeypatch.setattr(WinogradConv2d, "min_training_tiles", 1)
+    torch.manual_seed(0)
+    config = load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", ["model.neck.out_channels=128"])
+    model = build_detector(config, load_plugins().registry, num_classes=4)
+    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    targets = [Targets(boxes=torch.tensor([[10.0, 20.0, 50.0, 60.0]]), labels=torch.tensor([1]))] * 2
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        model.load_state_dict(start)  # the training pass moves batch-norm statistics
+        torch.manual_seed(1)  # the RPN and RoI samplers draw the same regions
+        model.train().zero_grad()
+        losses = model(images, targets)[1]
+        sum(losses.values()).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        with torch.no_grad():  # inference: the kept transformed filters
+            batch = model.eval().preprocess(images, None)[0].tensor
+            return losses, grads, dict(model.extract_features(batch).maps)
+
+    direct = run()
+    model.use_winograd()
+    # the 4 FPN outputs, the RPN conv and the three stride-1 convs of layer4 (128 channels at width 16)
+    assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 8
+    assert list(model.state_dict()) == list(start)
+    winograd = run()
+    for name, loss in direct[0].items():
+        torch.testing.assert_close(winograd[0][name], loss, rtol=1e-4, atol=1e-6)
+    for name, grad in direct[1].items():
+        torch.testing.assert_close(winograd[1][name], grad, rtol=1e-3, atol=1e-4 * float(grad.abs().max()))
+    for name, value in direct[2].items():
+        torch.testing.assert_close(winograd[2][name], value, rtol=1e-4, atol=1e-5 * float(value.abs().max()))
+
+
 @pytest.mark.parametrize("recipe", ["shapes_faster_rcnn.yaml", "shapes_mask_rcnn.yaml", "shapes_ssd.yaml"])
 def test_channels_last_computes_the_same_features_and_detections(recipe):
     """Oracle: the same detector on NCHW tensors; NHWC only reorders the float rounding."""

@@ -96,6 +96,7 @@ class Setup:
     precision: str = "fp32"
     compile: bool = False
     channels_last: bool = False
+    winograd: bool = False
     train: bool = False
     against: str | None = None
     images: Sequence[str] = ()
@@ -347,6 +348,7 @@ def run_benchmark(
         "precision": setup.precision,
         "batch_size": setup.batch,
         "channels_last": setup.channels_last,
+        "winograd": setup.winograd,
         "compile": setup.compile,
         "allocator": allocator(),
         "runs": setup.runs,
@@ -378,6 +380,8 @@ def _inference_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any], *,
     fold_frozen_batchnorm(ours)  # as `detkit detect` and `detkit eval` do
     if setup.channels_last and isinstance(ours, Detector):
         ours.use_channels_last()
+    if setup.winograd and isinstance(ours, Detector):
+        ours.use_winograd()
     first_call = None
     if setup.compile:
         if not isinstance(ours, Detector):
@@ -417,6 +421,8 @@ def _training_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any]) -> 
         preprocess.min_sizes, preprocess.max_size = [TRAIN_SIZE[0]], TRAIN_SIZE[1]
     if setup.channels_last:
         ours.use_channels_last()
+    if setup.winograd:
+        ours.use_winograd()
     images, targets = training_batch(setup.batch, seed=setup.seed)
     device = setup.device
     images = [im.to(device) for im in images]
@@ -479,6 +485,8 @@ def _header(report: Mapping[str, Any]) -> str:
     options = [report["precision"], f"batch {report['batch_size']}"]
     if report["channels_last"]:
         options.append("channels-last")
+    if report.get("winograd"):
+        options.append("winograd")
     if report["compile"]:
         options.append("compiled")
     lines = [f"{report['description']}: {report['mode']}, {where}, {', '.join(options)}"]

@@ -149,6 +149,7 @@ def load_model(
     cli_plugins: Sequence[str] = (),
     fold_norms: bool = True,
     channels_last: bool = False,
+    winograd: bool = False,
     compile: bool = False,
 ) -> tuple[LoadedModel, Plugins]:
     """Rebuild a detector from a detkit checkpoint, ready for inference.
@@ -160,9 +161,12 @@ def load_model(
     ``channels_last`` the convolutions run on NHWC tensors
     (:meth:`detkit.detectors.Detector.use_channels_last`): faster on the CPU, but its
     rounding moves boxes by up to ~0.012 px against the NCHW path, so it is opt-in.
+    With ``winograd`` the wide 3x3 convolutions run as Winograd on the CPU
+    (:meth:`detkit.detectors.Detector.use_winograd`; also rounding, so opt-in too).
     With ``compile`` the backbone and neck go through ``torch.compile``
     (:meth:`detkit.detectors.Detector.compile_trunk`; the first call compiles). The
-    config's ``model.channels_last`` and ``model.compile`` turn either on as well.
+    config's ``model.channels_last``, ``model.winograd`` and ``model.compile`` turn
+    them on as well.
     """
     checkpoint = load_checkpoint(weights)
     config = merge(DEFAULTS, checkpoint["config"])  # keys added since the checkpoint was written
@@ -183,6 +187,8 @@ def load_model(
     if isinstance(model, Detector):
         if channels_last or config["model"].get("channels_last"):
             model.use_channels_last()
+        if winograd or config["model"].get("winograd"):
+            model.use_winograd()
         if compile or config["model"].get("compile"):
             model.compile_trunk()
     return LoadedModel(model.eval(), config, class_names), plugins

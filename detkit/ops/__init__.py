@@ -1,4 +1,4 @@
-"""Box math on plain tensors: no detector knowledge here.
+"""Box math on plain tensors, RoIAlign and Winograd convolution: no detector knowledge here.
 
 Boxes are ``(M, 4)`` float tensors in absolute ``xyxy`` pixels unless a function
 says otherwise.
@@ -35,12 +35,14 @@ from detkit.ops.losses import (
 from detkit.ops.matcher import Matcher
 from detkit.ops.roi_align import multiscale_roi_align, pool_by_level, roi_align
 from detkit.ops.sampler import BalancedSampler
+from detkit.ops.winograd import WinogradConv2d, use_winograd, winograd_conv2d
 
 __all__ = [
     "HALF_DTYPES",
     "BalancedSampler",
     "BoxCoder",
     "Matcher",
+    "WinogradConv2d",
     "at_least_float32",
     "batched_nms",
     "box_area",
@@ -68,4 +70,6 @@ __all__ = [
     "roi_align",
     "scale_boxes",
     "sigmoid_focal_loss",
+    "use_winograd",
+    "winograd_conv2d",
 ]

@@ -62,15 +62,19 @@ def test_losses_compare_by_value_whatever_their_names():
     assert not compare_losses(tv, {"a": torch.tensor(2.5)})["losses_equal"]
 
 
-def test_benchmark_against_torchvision_ssd_checks_detections_and_writes_the_speedup(tmp_path, capsys):
+@pytest.mark.parametrize("winograd", [False, True])
+def test_benchmark_against_torchvision_ssd_checks_detections_and_writes_the_speedup(winograd, tmp_path, capsys):
+    """With ``--winograd`` VGG16's 256- and 512-channel 3x3 convs run as Winograd: still torchvision's detections."""
     out = tmp_path / "bench.json"
     args = ["benchmark", "ssd300_vgg16", "--against", "torchvision", "--runs", "1", "--warmup", "0"]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out), *(["--winograd"] if winograd else [])]) == 0
     printed = capsys.readouterr().out
     assert "detections (fp32, torchvision vs detkit): identical" in printed
+    assert ("batch 1, winograd" in printed) == winograd
     assert "speed-up (torchvision / detkit):" in printed
     report = json.loads(out.read_text())
     assert report["identical"] and report["mode"] == "inference" and report["batch_size"] == 1
+    assert report["winograd"] == winograd
     names = ["torchvision ssd300_vgg16", "detkit ssd300_vgg16"]
     assert list(report["results"]) == names
     tv, ours = (report["results"][n] for n in names)
@@ -78,10 +82,15 @@ def test_benchmark_against_torchvision_ssd_checks_detections_and_writes_the_spee
     assert ours["images_per_s"] == pytest.approx(1000 / ours["ms_per_image"])
 
 
-def test_training_mode_gives_torchvisions_losses_at_step_0(tmp_path, capsys):
-    """The two-stage sampler draws and the frozen layers line up with torchvision's, so the losses agree."""
+@pytest.mark.parametrize("winograd", [False, True])
+def test_training_mode_gives_torchvisions_losses_at_step_0(winograd, tmp_path, capsys):
+    """The two-stage sampler draws and the frozen layers line up with torchvision's, so the losses agree.
+
+    With ``--winograd`` as well: the FPN, RPN and layer3/layer4 3x3 convs then train as Winograd.
+    """
     out = tmp_path / "train.json"
     args = ["benchmark", "fasterrcnn_resnet50_fpn", "--against", "torchvision", "--train", "--batch-size", "1"]
+    args += ["--winograd"] if winograd else []
     assert main([*args, "--runs", "1", "--warmup", "0", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["mode"] == "train" and report["losses_equal"]
