@@ -42,8 +42,14 @@ bench: venv
 	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --out runs/bench/faster_rcnn.json
 	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --channels-last \
 		--out runs/bench/faster_rcnn_channels_last.json
+	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --channels-last --winograd \
+		--out runs/bench/faster_rcnn_winograd.json
 	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --train --out runs/bench/faster_rcnn_train.json
+	$(BIN)/detkit benchmark fasterrcnn_resnet50_fpn --against torchvision --threads 2 --train --channels-last --winograd \
+		--out runs/bench/faster_rcnn_train_winograd.json
 	$(BIN)/detkit benchmark ssd300_vgg16 --against torchvision --threads 2 --out runs/bench/ssd300.json
+	$(BIN)/detkit benchmark ssd300_vgg16 --against torchvision --threads 2 --channels-last --winograd \
+		--out runs/bench/ssd300_winograd.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
