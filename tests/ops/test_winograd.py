@@ -193,3 +193,11 @@ def test_a_winograd_network_trains_like_the_direct_one(every_map):
             losses[name].append(float(loss.detach()))
     torch.testing.assert_close(torch.tensor(losses["winograd"]), torch.tensor(losses["direct"]), rtol=1e-3, atol=0)
     assert losses["winograd"][-1] < 0.5 * losses["winograd"][0]
+
+
+def test_second_derivatives_gradgradcheck():
+    """The backward passes are plain differentiable ops, so gradient penalties work through them."""
+    x, weight, bias = _case((2, 3, 6, 5), 2, channels_last=True)
+    for tensor in (x, weight, bias):
+        tensor.requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda *a: winograd_conv2d(*a, tile=4), (x, weight, bias))
