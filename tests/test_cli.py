@@ -150,3 +150,8 @@ def test_tool_scripts_end_a_user_error_with_one_line_and_status_2(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert done.stderr.startswith("compare_detectors.py: error: ") and str(missing) in done.stderr
+    done = subprocess.run(
+        [sys.executable, str(root / "tools" / "bench_winograd.py"), "--tile", "3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr == "bench_winograd.py: error: --tile must be one of [2, 4, 6], got 3\n"
