@@ -303,10 +303,12 @@ class WinogradConv2d(nn.Conv2d):
         return _twin(nn.Conv2d, self)
 
     def forward(self, x: Tensor) -> Tensor:
-        training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        grad_enabled = torch.is_grad_enabled()
+        training = grad_enabled and (x.requires_grad or self.weight.requires_grad)
         if not self._winograd_pays(x, self.min_training_tiles if training else self.min_tiles):
             return super().forward(x)
-        filters = self._kept_filters() if not training else None
+        weight_grad = grad_enabled and self.weight.requires_grad  # else the kept filters do (e.g. frozen layers)
+        filters = None if weight_grad else self._kept_filters()
         return winograd_conv2d(x, self.weight, self.bias, filters=filters)
 
     def _winograd_pays(self, x: Tensor, min_tiles: int) -> bool:

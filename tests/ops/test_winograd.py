@@ -201,3 +201,15 @@ def test_second_derivatives_gradgradcheck():
     for tensor in (x, weight, bias):
         tensor.requires_grad_()
     assert torch.autograd.gradgradcheck(lambda *a: winograd_conv2d(*a, tile=4), (x, weight, bias))
+
+
+def test_frozen_weights_use_the_kept_filters_and_still_pass_input_gradients(every_map):
+    """Saliency through a frozen network: only the input needs a gradient."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1).requires_grad_(False)
+    twin = WinogradConv2d.from_conv(conv)
+    x = torch.randn(1, 16, 12, 12, requires_grad=True)
+    (got,) = torch.autograd.grad(twin(x).square().sum(), x)
+    assert twin._filters is not None  # transformed once, kept
+    (want,) = torch.autograd.grad(conv(x).square().sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
