@@ -105,6 +105,23 @@ def test_lists_keep_order_and_batches_change_nothing(checkpoint: Path, det: Dete
     assert det([]) == []
 
 
+def test_winograd_gives_the_same_detections(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``winograd=True`` swaps the 128-channel FPN and RPN convs; the detections match up to order of ties."""
+    from detkit.ops.winograd import WinogradConv2d
+
+    monkeypatch.setattr(WinogradConv2d, "min_tiles", 1)  # 96 px test images
+    checkpoint = random_shapes_checkpoint(tmp_path / "wide.pt", ["model.neck.out_channels=128"])
+    plain = Detector.from_checkpoint(checkpoint, device="cpu", score_thresh=0.0)
+    winograd = Detector.from_checkpoint(checkpoint, device="cpu", score_thresh=0.0, winograd=True)
+    assert sum(isinstance(m, WinogradConv2d) for m in winograd.model.modules()) == 8
+    assert not any(isinstance(m, WinogradConv2d) for m in plain.model.modules())
+    a, b = plain(shapes / "val" / "000001.png"), winograd(shapes / "val" / "000001.png")
+    assert len(a) == len(b) > 0
+    for box, label in zip(a.boxes, a.labels, strict=True):  # each box has a twin of its class in the other set
+        twins = b.boxes[b.labels == label]
+        assert float((twins - box).abs().amax(dim=1).min()) < 0.01
+
+
 def test_threshold_drawing_and_saving(checkpoint: Path, shapes: Path, tmp_path: Path) -> None:
     path = shapes / "val" / "000002.png"
     everything = Detector.from_checkpoint(checkpoint, device="cpu", score_thresh=0.0)(path)
