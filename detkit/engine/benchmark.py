@@ -117,6 +117,7 @@ class Loaded:
 
     detkit: nn.Module
     description: str
+    num_classes: int
     reference: nn.Module | None = None
     importer: TorchvisionImporter | None = None
 
@@ -160,7 +161,7 @@ def load_subjects(setup: Setup) -> Loaded:
         model = build_detector(config, plugins.registry, num_classes=len(class_names))
         model.load_state_dict(state)
         return Loaded(
-            model, f"{setup.model} (random weights, seed {setup.seed})",
+            model, f"{setup.model} (random weights, seed {setup.seed})", len(class_names),
             reference if setup.against else None, importer,
         )
     if setup.against:
@@ -172,7 +173,8 @@ def load_subjects(setup: Setup) -> Loaded:
         from detkit.engine.build import load_model
 
         loaded, _ = load_model(setup.model, overrides=overrides, cli_plugins=setup.cli_plugins, fold_norms=False)
-        return Loaded(loaded.model, f"{setup.model} ({len(loaded.class_names)} classes)")
+        count = len(loaded.class_names)
+        return Loaded(loaded.model, f"{setup.model} ({count} classes)", count)
     if not config_file(setup.model).is_file():
         raise ConfigError(
             f"{setup.model!r} is neither a config file, a checkpoint (.pt) nor a torchvision model detkit imports"
@@ -183,7 +185,7 @@ def load_subjects(setup: Setup) -> Loaded:
     torch.manual_seed(setup.seed)
     num_classes = setup.num_classes or len(config["model"].get("class_names") or []) or DEFAULT_NUM_CLASSES
     model = build_detector(config, _configured(config, setup.cli_plugins).registry, num_classes=num_classes)
-    return Loaded(model, f"{setup.model} (random weights, seed {setup.seed}, {num_classes} classes)")
+    return Loaded(model, f"{setup.model} (random weights, seed {setup.seed}, {num_classes} classes)", num_classes)
 
 
 def _configured(config: Mapping[str, Any], cli_plugins: Sequence[str]) -> Plugins:
@@ -209,13 +211,17 @@ def inference_images(paths: Sequence[str], count: int, *, data_root: Path) -> tu
     return [image_to_tensor(read_image(f)) for f in chosen], [str(f) for f in chosen]
 
 
-def training_batch(count: int, *, seed: int) -> tuple[list[Tensor], list[Targets]]:
-    """``count`` random ``512x640`` images, each with three fixed boxes of labels 0, 2 and 17."""
+def training_batch(count: int, *, seed: int, num_classes: int) -> tuple[list[Tensor], list[Targets]]:
+    """``count`` random ``512x640`` images, each with three fixed boxes of labels 0, 2 and 17.
+
+    The labels wrap modulo ``num_classes`` for models with fewer classes.
+    """
     g = torch.Generator().manual_seed(seed)
     height, width = TRAIN_SIZE
     images = [torch.rand(3, height, width, generator=g) for _ in range(count)]
     boxes = torch.tensor([[10.0, 20.0, 200.0, 300.0], [300.0, 100.0, 600.0, 500.0], [50.0, 60.0, 250.0, 200.0]])
-    targets = [Targets(boxes=boxes.clone(), labels=torch.tensor([0, 2, 17])) for _ in range(count)]
+    labels = torch.tensor([0, 2, 17]) % num_classes
+    targets = [Targets(boxes=boxes.clone(), labels=labels.clone()) for _ in range(count)]
     return images, targets
 
 
@@ -423,7 +429,7 @@ def _training_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any]) -> 
         ours.use_channels_last()
     if setup.winograd:
         ours.use_winograd()
-    images, targets = training_batch(setup.batch, seed=setup.seed)
+    images, targets = training_batch(setup.batch, seed=setup.seed, num_classes=loaded.num_classes)
     device = setup.device
     images = [im.to(device) for im in images]
     targets = [Targets(boxes=t.boxes.to(device), labels=t.labels.to(device)) for t in targets]

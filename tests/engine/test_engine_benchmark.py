@@ -111,6 +111,16 @@ def test_a_config_is_timed_alone_with_random_weights_and_batches(tmp_path, capsy
     assert report["batch_size"] == 2 and len(report["images"]) == 2
 
 
+def test_a_config_with_few_classes_trains_on_labels_it_has(tmp_path):
+    """The training batch's labels (0, 2, 17 for torchvision's 91 classes) wrap to the model's classes."""
+    out = tmp_path / "train.json"
+    args = ["benchmark", "detkit:shapes_faster_rcnn.yaml", "--train", "--num-classes", "3", "--runs", "1"]
+    assert main([*args, "--warmup", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "train"
+    assert list(report["results"]) == ["detkit detkit:shapes_faster_rcnn.yaml"]
+
+
 def test_against_torchvision_needs_a_torchvision_model(capsys):
     assert main(["benchmark", "detkit:shapes_faster_rcnn.yaml", "--against", "torchvision"]) == 2
     err = capsys.readouterr().err
