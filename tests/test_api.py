@@ -120,6 +120,15 @@ def test_winograd_gives_the_same_detections(shapes: Path, tmp_path: Path, monkey
     for box, label in zip(a.boxes, a.labels, strict=True):  # each box has a twin of its class in the other set
         twins = b.boxes[b.labels == label]
         assert float((twins - box).abs().amax(dim=1).min()) < 0.01
+    # the command line: `detect --winograd` writes as many detections of each class as plain `detect`
+    counts = []
+    for flags in ([], ["--winograd"]):
+        out = tmp_path / f"detect{len(flags)}"
+        args = ["-q", "detect", "--weights", str(checkpoint), "--out", str(out), "--no-draw", "--score-thresh", "0"]
+        assert main([*args, *flags, str(shapes / "val" / "000001.png")]) == 0
+        records = json.loads((out / "detections.json").read_text())
+        counts.append(sorted(r["category"] for r in records))
+    assert counts[0] == counts[1] and len(counts[0]) == len(a)
 
 
 def test_threshold_drawing_and_saving(checkpoint: Path, shapes: Path, tmp_path: Path) -> None:

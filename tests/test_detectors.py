@@ -198,6 +198,20 @@ def test_winograd_detector_gives_the_same_losses_gradients_and_features(monkeypa
         torch.testing.assert_close(winograd[2][name], value, rtol=1e-4, atol=1e-5 * float(value.abs().max()))
 
 
+def test_model_winograd_in_a_config_builds_winograd_convolutions():
+    """``detkit train`` and ``load_model`` build through ``build_detector``: the config key reaches both."""
+    from detkit.ops.winograd import WinogradConv2d
+
+    overrides = ["model.neck.out_channels=128", "model.winograd=true"]
+    model = build_detector(load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", overrides), load_plugins().registry,
+                           num_classes=4)
+    assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 8
+    plain = build_detector(load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", overrides[:1]), load_plugins().registry,
+                           num_classes=4)
+    assert list(plain.state_dict()) == list(model.state_dict())
+    assert not any(isinstance(m, WinogradConv2d) for m in plain.modules())
+
+
 @pytest.mark.parametrize("recipe", ["shapes_faster_rcnn.yaml", "shapes_mask_rcnn.yaml", "shapes_ssd.yaml"])
 def test_channels_last_computes_the_same_features_and_detections(recipe):
     """Oracle: the same detector on NCHW tensors; NHWC only reorders the float rounding."""

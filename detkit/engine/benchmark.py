@@ -384,10 +384,8 @@ def _inference_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any], *,
     report["images"] = names
     ours = loaded.detkit.eval()
     fold_frozen_batchnorm(ours)  # as `detkit detect` and `detkit eval` do
-    if setup.channels_last and isinstance(ours, Detector):
-        ours.use_channels_last()
-    if setup.winograd and isinstance(ours, Detector):
-        ours.use_winograd()
+    if isinstance(ours, Detector):
+        _convolution_options(ours, setup)
     first_call = None
     if setup.compile:
         if not isinstance(ours, Detector):
@@ -408,6 +406,14 @@ def _inference_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any], *,
     return subjects
 
 
+def _convolution_options(ours: Detector, setup: Setup) -> None:
+    """``--channels-last`` and ``--winograd``, in inference and training alike."""
+    if setup.channels_last:
+        ours.use_channels_last()
+    if setup.winograd:
+        ours.use_winograd()
+
+
 def _inference_call(model: nn.Module, images: list[Tensor], setup: Setup) -> Callable[[], None]:
     def call() -> None:
         with torch.no_grad(), autocast(setup.device, setup.precision):
@@ -425,10 +431,7 @@ def _training_subjects(setup: Setup, loaded: Loaded, report: dict[str, Any]) -> 
     if getattr(ours.preprocess, "fixed_size", None) is None:  # no resizing: the batch is 512x640
         preprocess: Any = ours.preprocess
         preprocess.min_sizes, preprocess.max_size = [TRAIN_SIZE[0]], TRAIN_SIZE[1]
-    if setup.channels_last:
-        ours.use_channels_last()
-    if setup.winograd:
-        ours.use_winograd()
+    _convolution_options(ours, setup)
     images, targets = training_batch(setup.batch, seed=setup.seed, num_classes=loaded.num_classes)
     device = setup.device
     images = [im.to(device) for im in images]

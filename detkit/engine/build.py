@@ -187,7 +187,7 @@ def load_model(
     if isinstance(model, Detector):
         if channels_last or config["model"].get("channels_last"):
             model.use_channels_last()
-        if winograd or config["model"].get("winograd"):
+        if winograd:  # model.winograd: build_detector swapped them already
             model.use_winograd()
         if compile or config["model"].get("compile"):
             model.compile_trunk()

@@ -28,7 +28,6 @@ from detkit.data.augment import training_transforms
 from detkit.data.base import DetectionDataset
 from detkit.data.check import check_before_training
 from detkit.data.loader import TrainBatchSampler, build_loader
-from detkit.detectors import Detector
 from detkit.engine import distributed
 from detkit.engine.build import build_dataset, model_and_components, plugins_for
 from detkit.engine.checkpoint import load_state, save_checkpoint
@@ -212,8 +211,6 @@ def _run_training(
     config["model"]["class_names"] = class_names
     config["model"]["num_classes"] = len(class_names)
     model, components = model_and_components(config, plugins, class_names=class_names)
-    if config["model"].get("winograd") and isinstance(model, Detector):
-        model.use_winograd()
     if train.get("init_weights") and resume_from is None:
         report = init_weights(
             model, str(train["init_weights"]), class_names=class_names, registry=plugins.registry,

@@ -326,7 +326,7 @@ class WinogradConv2d(nn.Conv2d):
     def _kept_filters(self) -> Tensor:
         key = (self.weight._version, self.weight.data_ptr())
         if self._filters is None or self._filters[0] != key:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable outside inference mode
                 self._filters = (key, filter_transform(self.weight))
         return self._filters[1]
 
