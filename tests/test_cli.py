@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from detkit import cli
 from detkit.cli import main
 from detkit.config import load_config
 from detkit.detectors import build_detector
@@ -104,7 +105,9 @@ def test_detect_input_matching_nothing_is_a_clear_error(small_checkpoint, tmp_pa
     assert "nothing*.jpg" in capsys.readouterr().err
 
 
-def test_train_then_eval_then_detect_on_shapes(tmp_path, capsys):
+def test_train_then_eval_then_detect_on_shapes(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "reuse_freed_memory", lambda: calls.append(1) or True)
     out = tmp_path / "run"
     data = tmp_path / "data"
     overrides = [
@@ -113,6 +116,7 @@ def test_train_then_eval_then_detect_on_shapes(tmp_path, capsys):
         "train.warmup_iters=1", f"output.dir={out}",
     ]
     assert main(["-q", "train", str(CONFIG_DIR / "shapes_faster_rcnn.yaml"), *overrides, "--device", "cpu"]) == 0
+    assert calls  # training keeps freed memory for the next step, as detect and eval do
     for name in ("best.pt", "last.pt", "metrics.json", "metrics.jsonl", "loss_curve.png", "config.yaml"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())

@@ -30,6 +30,7 @@ from detkit.engine.build import build_dataset, model_and_components, plugins_for
 from detkit.engine.run import seed_and_threads, train_loader
 from detkit.engine.trainer import Trainer
 from detkit.io import write_json
+from detkit.memory import reuse_freed_memory
 
 
 def measure(
@@ -74,6 +75,7 @@ def main() -> int:
     logging.getLogger("detkit.engine.trainer").setLevel(logging.ERROR)  # no evaluation here, and no AP to miss
     if args.iters % args.warmup:
         parser.error("--iters must be a multiple of --warmup")
+    reuse_freed_memory()  # as `detkit train` does
     rows = [measure(args.recipe, args.overrides, p, device=args.device, warmup=args.warmup, iters=args.iters)
             for p in args.precisions]
     base = rows[0]["img_per_s"]
