@@ -55,7 +55,8 @@ DEFAULTS: dict[str, Any] = {
         "type": "two_stage",
         "num_classes": None,
         "class_names": None,
-        # inference speed (detect, eval, benchmark): NHWC convolutions; torch.compile of backbone and neck
+        # CPU speed: NHWC convolutions (train, detect, eval, benchmark); torch.compile of backbone and neck
+        # (detect, eval, benchmark)
         "channels_last": False,
         "compile": False,
         # Winograd F(4x4, 3x3) for wide 3x3 convolutions on the CPU (detect, eval, benchmark and train)

@@ -434,14 +434,18 @@ def build_dense(
 def build_detector(config: Mapping[str, Any], registry: ComponentRegistry, *, num_classes: int) -> nn.Module:
     """Build the detector a resolved config describes (``model.type`` selects the family).
 
-    ``model.winograd`` builds it with Winograd 3x3 convolutions (:meth:`Detector.use_winograd`),
-    for training and inference alike.
+    ``model.channels_last`` builds it with channels-last convolutions
+    (:meth:`Detector.use_channels_last`) and ``model.winograd`` with Winograd 3x3 ones
+    (:meth:`Detector.use_winograd`), for training and inference alike.
     """
     model = config["model"]
     builder = registry.get("detector", str(model.get("type", "two_stage"))).factory
     detector = builder(model, registry, num_classes=num_classes)
-    if model.get("winograd") and isinstance(detector, Detector):
-        detector.use_winograd()
+    if isinstance(detector, Detector):
+        if model.get("channels_last"):
+            detector.use_channels_last()
+        if model.get("winograd"):
+            detector.use_winograd()
     return detector
 
 

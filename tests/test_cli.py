@@ -114,6 +114,7 @@ def test_train_then_eval_then_detect_on_shapes(tmp_path, capsys, monkeypatch):
         f"data.train.root={data}", f"data.val.root={data}", "data.train.num_train=16", "data.train.num_val=8",
         "data.val.num_train=16", "data.val.num_val=8", "train.max_iters=3", "train.batch_size=4",
         "train.warmup_iters=1", f"output.dir={out}",
+        "model.channels_last=true", "model.winograd=true", "model.neck.out_channels=128",  # the CPU speed-ups
     ]
     assert main(["-q", "train", str(CONFIG_DIR / "shapes_faster_rcnn.yaml"), *overrides, "--device", "cpu"]) == 0
     assert calls  # training keeps freed memory for the next step, as detect and eval do

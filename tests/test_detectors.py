@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from detkit.config import load_config
 from detkit.detectors import DenseDetector, Detector, TwoStageDetector, build_detector, check_feature_maps
@@ -198,18 +199,20 @@ def test_winograd_detector_gives_the_same_losses_gradients_and_features(monkeypa
         torch.testing.assert_close(winograd[2][name], value, rtol=1e-4, atol=1e-5 * float(value.abs().max()))
 
 
-def test_model_winograd_in_a_config_builds_winograd_convolutions():
-    """``detkit train`` and ``load_model`` build through ``build_detector``: the config key reaches both."""
+def test_model_winograd_and_channels_last_in_a_config_build_them():
+    """``detkit train`` and ``load_model`` build through ``build_detector``: the config keys reach both."""
     from detkit.ops.winograd import WinogradConv2d
 
-    overrides = ["model.neck.out_channels=128", "model.winograd=true"]
+    overrides = ["model.neck.out_channels=128", "model.winograd=true", "model.channels_last=true"]
     model = build_detector(load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", overrides), load_plugins().registry,
                            num_classes=4)
     assert sum(isinstance(m, WinogradConv2d) for m in model.modules()) == 8
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert model.channels_last and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     plain = build_detector(load_config(CONFIG_DIR / "shapes_faster_rcnn.yaml", overrides[:1]), load_plugins().registry,
                            num_classes=4)
     assert list(plain.state_dict()) == list(model.state_dict())
-    assert not any(isinstance(m, WinogradConv2d) for m in plain.modules())
+    assert not any(isinstance(m, WinogradConv2d) for m in plain.modules()) and not plain.channels_last
 
 
 @pytest.mark.parametrize("recipe", ["shapes_faster_rcnn.yaml", "shapes_mask_rcnn.yaml", "shapes_ssd.yaml"])

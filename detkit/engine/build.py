@@ -185,9 +185,9 @@ def load_model(
     if fold_norms:
         fold_frozen_batchnorm(model)
     if isinstance(model, Detector):
-        if channels_last or config["model"].get("channels_last"):
+        if channels_last:  # model.channels_last and model.winograd: build_detector applied them already
             model.use_channels_last()
-        if winograd:  # model.winograd: build_detector swapped them already
+        if winograd:
             model.use_winograd()
         if compile or config["model"].get("compile"):
             model.compile_trunk()
