@@ -543,7 +543,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = not env_info().rank
     if not main_rank:  # one copy of each warning: rank 0's
         logging.getLogger().setLevel(logging.ERROR)
-    reuse_freed_memory()  # every rank: each step's tensors reuse the last one's pages
     metrics = run_training(config, args.plugins, progress=not args.quiet, resume=args.resume)
     if main_rank:
         print(format_metrics(metrics))

@@ -7,8 +7,10 @@ a fifth of the time on two CPU cores. :func:`reuse_freed_memory` turns ``mmap`` 
 for large blocks and stops trimming the heap, so freed blocks are reused; the resident
 memory then stays near the peak of one batch (about 10% above it, measured).
 
-``detkit train``, ``detect``, ``eval`` and ``benchmark`` call it (training the R50-FPN
-fine-tune recipe on COCO photos ran 1.3x faster with it on two cores);
+``detkit detect``, ``eval``, ``benchmark`` and every training run
+(:func:`detkit.engine.run.run_training`: ``detkit train`` on each rank, ``detkit demo``) call
+it (training the R50-FPN fine-tuning recipe on COCO photos ran 1.3x faster with it on two
+cores);
 ``DETKIT_MALLOC=default`` leaves malloc as it is. On systems without glibc (macOS,
 Windows, musl) it does nothing.
 """

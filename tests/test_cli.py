@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from detkit import cli
 from detkit.cli import main
 from detkit.config import load_config
 from detkit.detectors import build_detector
+from detkit.engine import run
 from detkit.engine.checkpoint import save_checkpoint
 from detkit.importers import CONFIG_DIR
 from detkit.plugins import load_plugins
@@ -107,7 +107,7 @@ def test_detect_input_matching_nothing_is_a_clear_error(small_checkpoint, tmp_pa
 
 def test_train_then_eval_then_detect_on_shapes(tmp_path, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr(cli, "reuse_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(run, "reuse_freed_memory", lambda: calls.append(1) or True)
     out = tmp_path / "run"
     data = tmp_path / "data"
     overrides = [

@@ -37,6 +37,7 @@ from detkit.engine.trainer import EvaluateFn, Trainer
 from detkit.engine.transfer import init_weights
 from detkit.errors import ConfigError, DetkitError
 from detkit.evaluation.coco import DEFAULT_BACKEND, check_backend
+from detkit.memory import reuse_freed_memory
 from detkit.plugins import load_plugins
 from detkit.weights import read_state_dict
 
@@ -172,12 +173,14 @@ def run_training(
     ``config["model"]`` gets the class names (from the training set unless the config
     names them) and their count; the output folder is ``output.dir``. Under
     ``torchrun`` each process runs this; rank 0 prepares the data and writes the files.
+    Freed memory stays in the process for the next step (:func:`detkit.memory.reuse_freed_memory`).
 
     Args:
         resume: a run folder (or its ``last.pt``) to continue; see :func:`resume_source`.
     """
     train = config["train"]
     info, device = distributed.init_from_env(str(train["device"]))  # a bad device fails before any work
+    reuse_freed_memory()  # every step allocates the same feature maps: keep their pages, don't fault them in again
     try:
         return _run_training(config, cli_plugins, info=info, device=device, progress=progress, resume=resume)
     finally:
