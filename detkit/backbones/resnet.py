@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from detkit.backbones.norm import FrozenBatchNorm2d, make_norm
+from detkit.backbones.norm import ConvNorm, FrozenBatchNorm2d, conv_then_norm, make_norm
 from detkit.backbones.registry import ClassifierBackbone
 
 
@@ -36,8 +36,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.relu(conv_then_norm(self.conv1, self.bn1, x))
+        out = conv_then_norm(self.conv2, self.bn2, out)
         return self.relu(out + identity)
 
 
@@ -60,16 +60,16 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.relu(conv_then_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_then_norm(self.conv2, self.bn2, out))
+        out = conv_then_norm(self.conv3, self.bn3, out)
         return self.relu(out + identity)
 
 
-def _projection(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Sequential | None:
+def _projection(in_channels: int, out_channels: int, stride: int, norm: str) -> ConvNorm | None:
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), make_norm(norm, out_channels))
+    return ConvNorm(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), make_norm(norm, out_channels))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Box math on plain tensors, RoIAlign and Winograd convolution: no detector knowledge here.
+"""Box math on plain tensors, RoIAlign and detkit's CPU convolutions: no detector knowledge here.
 
 Boxes are ``(M, 4)`` float tensors in absolute ``xyxy`` pixels unless a function
 says otherwise.
@@ -26,6 +26,7 @@ from detkit.ops.boxes import (
     remove_small_boxes,
     scale_boxes,
 )
+from detkit.ops.gemm_conv import GemmGradConv2d, conv2d_gemm_grad
 from detkit.ops.losses import (
     complete_box_iou_loss,
     distance_box_iou_loss,
@@ -41,6 +42,7 @@ __all__ = [
     "HALF_DTYPES",
     "BalancedSampler",
     "BoxCoder",
+    "GemmGradConv2d",
     "Matcher",
     "WinogradConv2d",
     "at_least_float32",
@@ -54,6 +56,7 @@ __all__ = [
     "clip_boxes",
     "complete_box_iou",
     "complete_box_iou_loss",
+    "conv2d_gemm_grad",
     "distance_box_iou",
     "distance_box_iou_loss",
     "generalized_box_iou",

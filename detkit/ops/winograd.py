@@ -43,6 +43,7 @@ from torch.autograd.function import FunctionCtx
 from torch.nn import functional as F
 
 from detkit.ops.boxes import is_exporting
+from detkit.ops.gemm_conv import GemmGradConv2d, gemm_grad_eligible
 
 #: Interpolation points of ``F(m x m, 3 x 3)`` per output tile size ``m`` (plus the
 #: point at infinity): small, symmetric points keep the transforms' rounding low.
@@ -226,12 +227,24 @@ class _OutputTransform(torch.autograd.Function):
         tile = round(products.shape[1] ** 0.5) - 2
         rows, cols = _tile_grid(height, width, tile)
         tiles = _transforms(tile, products.dtype, products.device)[2] @ products  # (P, m*m, K)
-        full = tiles.view(n, rows, cols, tile, tile, -1).transpose(2, 3).reshape(n, rows * tile, cols * tile, -1)
-        out = full[:, :height, :width]
-        if bias is not None:
-            out = out.add_(bias) if out.is_contiguous() else out + bias
+        out_channels = tiles.shape[-1]
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        # a tensor of its own, not a view: in-place ops after it (ReLU) are then allowed
+        result = torch.empty(
+            n, out_channels, height, width, dtype=tiles.dtype, device=tiles.device, memory_format=layout
+        )
+        placed = _nhwc(result)
+        grid = tiles.view(n, rows, cols, tile, tile, out_channels).transpose(2, 3)  # (N, th, m, tw, m, K)
+        if channels_last and (rows * tile, cols * tile) == (height, width):  # one pass: tiles -> output
+            placed, grid = placed.view(grid.shape), grid
+        else:
+            grid = grid.reshape(n, rows * tile, cols * tile, out_channels)[:, :height, :width]
+        if bias is None:
+            placed.copy_(grid)
+        else:
+            torch.add(grid, bias, out=placed)
         ctx.tile, ctx.has_bias = tile, bias is not None  # type: ignore[attr-defined]
-        return _as_nchw(out, channels_last)
+        return result
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None]:
@@ -272,7 +285,7 @@ def winograd_conv2d(
     return _OutputTransform.apply(products, bias, tuple(x.shape), _channels_last(x))
 
 
-class WinogradConv2d(nn.Conv2d):
+class WinogradConv2d(GemmGradConv2d):
     """A 3x3, stride-1, padding-1 :class:`torch.nn.Conv2d` that runs as Winograd where it pays.
 
     That is on the CPU, in float32 or float64, on maps of at least :attr:`min_tiles`
@@ -302,22 +315,23 @@ class WinogradConv2d(nn.Conv2d):
         """The plain :class:`torch.nn.Conv2d` again, on the same parameters."""
         return _twin(nn.Conv2d, self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The convolution with ``weight`` (``self.weight``, or one derived from it: a folded norm's)."""
         grad_enabled = torch.is_grad_enabled()
-        training = grad_enabled and (x.requires_grad or self.weight.requires_grad)
-        if not self._winograd_pays(x, self.min_training_tiles if training else self.min_tiles):
-            return super().forward(x)
-        weight_grad = grad_enabled and self.weight.requires_grad  # else the kept filters do (e.g. frozen layers)
-        filters = None if weight_grad else self._kept_filters()
-        return winograd_conv2d(x, self.weight, self.bias, filters=filters)
+        training = grad_enabled and (x.requires_grad or weight.requires_grad)
+        if not self._winograd_pays(x, weight, self.min_training_tiles if training else self.min_tiles):
+            return super()._conv_forward(x, weight, bias)
+        # frozen own weights keep their transformed filters (e.g. frozen layers, inference)
+        kept = weight is self.weight and not (grad_enabled and weight.requires_grad)
+        return winograd_conv2d(x, weight, bias, filters=self._kept_filters() if kept else None)
 
-    def _winograd_pays(self, x: Tensor, min_tiles: int) -> bool:
+    def _winograd_pays(self, x: Tensor, weight: Tensor, min_tiles: int) -> bool:
         if is_exporting() or torch.compiler.is_compiling():  # before any size test, which a trace would record
             return False
         return (
             x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
-            and x.dtype == self.weight.dtype
+            and x.dtype == weight.dtype
             and x.dim() == 4
             and not torch.is_autocast_enabled("cpu")
             and x.shape[0] * -(-x.shape[2] // DEFAULT_TILE) * -(-x.shape[3] // DEFAULT_TILE) >= min_tiles
@@ -335,8 +349,11 @@ _Conv = TypeVar("_Conv", bound=nn.Conv2d)
 
 
 def _twin(cls: type[_Conv], conv: nn.Conv2d) -> _Conv:
-    """A ``cls`` 3x3 convolution on ``conv``'s own parameters (built on the meta device: no copy)."""
-    twin = cls(conv.in_channels, conv.out_channels, 3, padding=1, bias=False, device="meta")
+    """A ``cls`` convolution like ``conv``, on its own parameters (built on the meta device: no copy)."""
+    twin = cls(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
+        conv.groups, bias=False, padding_mode=conv.padding_mode, device="meta",
+    )
     twin.weight = conv.weight
     twin.bias = conv.bias
     twin.train(conv.training)
@@ -364,8 +381,11 @@ def winograd_eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool
 
 
 def use_winograd(model: nn.Module, enabled: bool = True, *, min_channels: int = MIN_CHANNELS) -> int:
-    """Swap ``model``'s eligible convolutions for :class:`WinogradConv2d` (or back); how many.
+    """Swap ``model``'s convolutions for detkit's CPU ones (or back); how many.
 
+    Eligible ones (:func:`winograd_eligible`) become :class:`WinogradConv2d`; the other
+    dense convolutions with kernels above 1x1 (strided 3x3 ones, narrow ones)
+    :class:`~detkit.ops.gemm_conv.GemmGradConv2d`, whose weight gradient is one GEMM.
     Parameters are shared, not copied: state dicts, optimizers and checkpoints see
     the same tensors under the same names.
     """
@@ -374,8 +394,10 @@ def use_winograd(model: nn.Module, enabled: bool = True, *, min_channels: int = 
         for name, child in list(parent.named_children()):
             if enabled and winograd_eligible(child, min_channels):
                 setattr(parent, name, WinogradConv2d.from_conv(child))  # type: ignore[arg-type]
-            elif not enabled and type(child) is WinogradConv2d:
-                setattr(parent, name, child.to_conv())
+            elif enabled and gemm_grad_eligible(child):
+                setattr(parent, name, _twin(GemmGradConv2d, child))  # type: ignore[arg-type]
+            elif not enabled and type(child) in (WinogradConv2d, GemmGradConv2d):
+                setattr(parent, name, _twin(nn.Conv2d, child))  # type: ignore[arg-type]
             else:
                 continue
             swapped += 1
