@@ -292,8 +292,9 @@ class WinogradConv2d(GemmGradConv2d):
     output tiles (:attr:`min_training_tiles` when gradients flow: the filter gradient
     is a fixed cost), and not under autocast, tracing, export or ``torch.compile``
     (those get the plain convolution, so exported and compiled models are unchanged).
-    Without autograd the transformed filters are kept, and recomputed only when the
-    weights change.
+    Elsewhere it is a :class:`~detkit.ops.gemm_conv.GemmGradConv2d` (smaller maps in
+    training: the weight gradient as one GEMM). Without autograd the transformed
+    filters are kept, and recomputed only when the weights change.
     """
 
     #: fewer 4x4 output tiles (``N * ceil(H/4) * ceil(W/4)``) than this run direct
@@ -384,8 +385,8 @@ def use_winograd(model: nn.Module, enabled: bool = True, *, min_channels: int = 
     """Swap ``model``'s convolutions for detkit's CPU ones (or back); how many.
 
     Eligible ones (:func:`winograd_eligible`) become :class:`WinogradConv2d`; the other
-    dense convolutions with kernels above 1x1 (strided 3x3 ones, narrow ones)
-    :class:`~detkit.ops.gemm_conv.GemmGradConv2d`, whose weight gradient is one GEMM.
+    dense ones (1x1, strided or narrow 3x3, the stem's 7x7)
+    :class:`~detkit.ops.gemm_conv.GemmGradConv2d`, whose gradients are GEMMs.
     Parameters are shared, not copied: state dicts, optimizers and checkpoints see
     the same tensors under the same names.
     """

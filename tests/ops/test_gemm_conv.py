@@ -15,6 +15,8 @@ CASES = [  # (N, C, H, W), K, kernel, stride, padding
     ((2, 3, 13, 10), 4, (7, 7), (2, 2), (3, 3)),  # a ResNet stem
     ((1, 4, 7, 9), 2, (1, 3), (1, 2), (0, 1)),  # rectangular kernel, unequal strides
     ((1, 4, 6, 6), 5, (3, 3), (1, 1), (0, 0)),  # no padding
+    ((2, 6, 5, 7), 3, (1, 1), (1, 1), (0, 0)),  # pointwise: both gradients are GEMMs
+    ((2, 6, 9, 8), 4, (1, 1), (2, 2), (0, 0)),  # a ResNet projection shortcut
 ]
 
 
@@ -93,7 +95,7 @@ def test_gemm_grad_conv2d_is_a_drop_in_conv():
 def test_eligibility():
     assert gemm_grad_eligible(nn.Conv2d(3, 4, 3, stride=2, padding=1))
     assert gemm_grad_eligible(nn.Conv2d(3, 4, 7, stride=2, padding=3))
-    assert not gemm_grad_eligible(nn.Conv2d(3, 4, 1))  # 1x1: oneDNN's weight gradient runs near GEMM speed
+    assert gemm_grad_eligible(nn.Conv2d(3, 4, 1, stride=2))
     assert not gemm_grad_eligible(nn.Conv2d(4, 4, 3, padding=1, groups=2))
     assert not gemm_grad_eligible(nn.Conv2d(4, 4, 3, padding=2, dilation=2))
     assert not gemm_grad_eligible(nn.Conv2d(4, 4, 3, padding="same"))
