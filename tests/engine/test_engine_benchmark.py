@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import mmap
 
 import numpy as np
 import pytest
 import torch
 
 from detkit.cli import main
-from detkit.engine.benchmark import BOX_TOLERANCE, compare_detections, compare_losses
+from detkit.engine import benchmark
+from detkit.engine.benchmark import BOX_TOLERANCE, Setup, Subject, compare_detections, compare_losses
 from detkit.structures import Detections
 
 
@@ -60,6 +62,32 @@ def test_losses_compare_by_value_whatever_their_names():
     assert compare_losses(tv, {"loss_roi_box": torch.tensor(0.5), "loss_roi_cls": torch.tensor(2.0)})["losses_equal"]
     assert not compare_losses(tv, {"a": torch.tensor(0.5), "b": torch.tensor(2.01)})["losses_equal"]
     assert not compare_losses(tv, {"a": torch.tensor(2.5)})["losses_equal"]
+
+
+def _fresh_memory_subject(name: str, faulting_calls: int) -> Subject:
+    """A subject whose first ``faulting_calls`` steps touch 64 MB of freshly mapped memory, as a growing heap does."""
+    calls = []
+
+    def step() -> None:
+        calls.append(1)
+        if len(calls) <= faulting_calls:
+            with mmap.mmap(-1, 64 * 2**20) as fresh:
+                np.frombuffer(fresh, dtype=np.uint8)[::4096] = 1  # one write per page: ~16,000 page faults
+    return Subject(name, step)
+
+
+@pytest.mark.skipif(benchmark.resource is None, reason="no page-fault counts on this platform")
+@pytest.mark.parametrize(("asked", "faulting", "expected"), [
+    (2, 0, 2),  # settled: the rounds asked for
+    (2, 4, 5),  # steps 1-4 fault: round 5 is the first without, and timing starts after it
+    (2, 99, 2 + benchmark.MAX_SETTLING_ROUNDS),  # never settles: a bounded number of extra rounds
+    (0, 99, 0),  # no warm-up asked for: none
+])
+def test_warm_up_goes_on_while_a_step_faults_fresh_memory_in(asked, faulting, expected):
+    subjects = [_fresh_memory_subject("steady", 0), _fresh_memory_subject("growing", faulting)]
+    setup = Setup("any", runs=2, warmup=asked)
+    assert benchmark._time(subjects, setup, show_progress=False) == expected
+    assert [len(s.times) for s in subjects] == [2, 2]
 
 
 @pytest.mark.parametrize("winograd", [False, True])
