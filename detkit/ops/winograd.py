@@ -385,7 +385,7 @@ def use_winograd(model: nn.Module, enabled: bool = True, *, min_channels: int = 
     """Swap ``model``'s convolutions for detkit's CPU ones (or back); how many.
 
     Eligible ones (:func:`winograd_eligible`) become :class:`WinogradConv2d`; the other
-    dense ones (1x1, strided or narrow 3x3, the stem's 7x7)
+    dense ones with at least 16 input channels (1x1, strided or narrow 3x3)
     :class:`~detkit.ops.gemm_conv.GemmGradConv2d`, whose gradients are GEMMs.
     Parameters are shared, not copied: state dicts, optimizers and checkpoints see
     the same tensors under the same names.

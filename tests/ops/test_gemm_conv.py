@@ -81,11 +81,12 @@ def test_a_frozen_weight_an_nchw_input_and_autocast_take_the_plain_convolution()
 
 def test_gemm_grad_conv2d_is_a_drop_in_conv():
     torch.manual_seed(0)
-    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
-    twin = GemmGradConv2d(3, 4, 3, stride=2, padding=1)
+    conv = nn.Conv2d(16, 4, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
+    twin = GemmGradConv2d(16, 4, 3, stride=2, padding=1)
     twin.load_state_dict(conv.state_dict())
-    x = _channels_last(2, 3, 9, 9, dtype=torch.float32)
+    x = _channels_last(2, 16, 9, 9, dtype=torch.float32)
     torch.testing.assert_close(twin(x), conv(x))
+    assert "GemmWeightGrad" in type(twin(x).grad_fn).__name__
     twin(x).square().sum().backward()
     conv(x).square().sum().backward()
     torch.testing.assert_close(twin.weight.grad, conv.weight.grad, rtol=1e-5, atol=1e-5)
@@ -93,10 +94,10 @@ def test_gemm_grad_conv2d_is_a_drop_in_conv():
 
 
 def test_eligibility():
-    assert gemm_grad_eligible(nn.Conv2d(3, 4, 3, stride=2, padding=1))
-    assert gemm_grad_eligible(nn.Conv2d(3, 4, 7, stride=2, padding=3))
-    assert gemm_grad_eligible(nn.Conv2d(3, 4, 1, stride=2))
-    assert not gemm_grad_eligible(nn.Conv2d(4, 4, 3, padding=1, groups=2))
-    assert not gemm_grad_eligible(nn.Conv2d(4, 4, 3, padding=2, dilation=2))
-    assert not gemm_grad_eligible(nn.Conv2d(4, 4, 3, padding="same"))
-    assert not gemm_grad_eligible(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+    assert gemm_grad_eligible(nn.Conv2d(16, 4, 3, stride=2, padding=1))
+    assert gemm_grad_eligible(nn.Conv2d(16, 4, 1, stride=2))
+    assert not gemm_grad_eligible(nn.Conv2d(3, 64, 7, stride=2, padding=3))  # a stem: im2col of thin copies
+    assert not gemm_grad_eligible(nn.Conv2d(16, 16, 3, padding=1, groups=2))
+    assert not gemm_grad_eligible(nn.Conv2d(16, 16, 3, padding=2, dilation=2))
+    assert not gemm_grad_eligible(nn.Conv2d(16, 16, 3, padding="same"))
+    assert not gemm_grad_eligible(nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"))
