@@ -422,7 +422,7 @@ def _add_speed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--winograd", action="store_true",
         help="run wide 3x3 convolutions as Winograd F(4x4,3x3) on the CPU (about 2x faster each; boxes move by "
-        "float rounding)",
+        "float rounding), and in training the other convolutions' gradients as GEMMs",
     )
     parser.add_argument(
         "--compile", action="store_true",
