@@ -251,9 +251,11 @@ class _OutputTransform(torch.autograd.Function):
         tile: int = ctx.tile  # type: ignore[attr-defined]
         n, out_channels, height, width = grad.shape
         rows, cols = _tile_grid(height, width, tile)
-        full = grad.new_zeros(n, rows * tile, cols * tile, out_channels)
-        full[:, :height, :width] = _nhwc(grad)
-        grad_tiles = full.view(n, rows, tile, cols, tile, out_channels).transpose(2, 3)
+        full = _nhwc(grad)
+        if (rows * tile, cols * tile) != (height, width):  # cropped tiles: their gradient is zero
+            full = grad.new_zeros(n, rows * tile, cols * tile, out_channels)
+            full[:, :height, :width] = _nhwc(grad)
+        grad_tiles = full.reshape(n, rows, tile, cols, tile, out_channels).transpose(2, 3)
         grad_tiles = grad_tiles.reshape(n * rows * cols, tile * tile, out_channels)
         grad_products = _transforms(tile, grad.dtype, grad.device)[2].T @ grad_tiles
         grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias else None  # type: ignore[attr-defined]
